@@ -1,0 +1,176 @@
+"""Group commit: records from every account go to storage in one durable LMDB transaction.
+
+Commands append to the open batch; the writer task commits it on a worker thread while the
+next batch fills (pipelining). Callers wait on their batch's `done` event and learn its fate
+only after the commit returned, so no reply ever shows state a crash could take back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import trio
+
+from engine.account import Account
+from engine.commands import PriorOutcome, Record
+from engine.errors import EngineStopped, Overloaded
+from engine.ids import UserId
+from storage.store import CommitBatch, MapFull, Store, StoreError
+
+# Commands one open batch accepts before callers are told to back off.
+JOURNAL_PENDING_COMMANDS_MAX = 20_000
+# A batch that meets MapFull is retried after growing the map, at most this many times.
+MAP_GROWTH_ATTEMPTS_MAX = 8
+
+
+class Batch:
+    """Commands applied in memory and waiting for one commit."""
+
+    __slots__ = ("accounts", "commands", "done", "error", "keys", "records", "sequence")
+
+    def __init__(self, sequence: int) -> None:
+        self.sequence = sequence
+        self.accounts: dict[UserId, Account] = {}
+        self.records: list[Record] = []
+        self.keys: list[tuple[str, str]] = []
+        self.commands = 0
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    async def wait(self) -> None:
+        """Return once this batch is durable; raise EngineStopped if it never will be."""
+        await self.done.wait()
+        if self.error is not None:
+            raise EngineStopped(f"storage failed, the engine stopped: {self.error}")
+
+
+class Journal:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        pending_commands_max: int = JOURNAL_PENDING_COMMANDS_MAX,
+        on_commit: Callable[[Batch, float], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._pending_commands_max = pending_commands_max
+        self._on_commit = on_commit
+        self._open = Batch(1)
+        self._committing: Batch | None = None
+        self._wake = trio.Event()
+        self._inflight: dict[tuple[str, str], PriorOutcome] = {}
+        self._closing = False
+        self.failure: BaseException | None = None
+        self.commits = 0
+        # Shared with backups: nothing may copy the environment while the map is resized.
+        self.exclusive = trio.Lock()
+
+    # --- the side the actors use (synchronous: no checkpoint between decide and submit) ----
+
+    def check_accepting(self) -> None:
+        if self.failure is not None or self._closing:
+            raise EngineStopped("the engine is not accepting writes")
+        if self._open.commands >= self._pending_commands_max:
+            raise Overloaded("the journal is full; retry shortly")
+
+    def submit(
+        self,
+        account: Account | None,
+        records: Iterable[Record],
+        keyed: PriorOutcome | None = None,
+    ) -> Batch:
+        """Queue a command's effects; the returned batch tells when they are durable."""
+        self.check_accepting()
+        batch = self._open
+        if account is not None:
+            batch.accounts[account.user_id] = account
+        batch.records.extend(records)
+        if keyed is not None:
+            key = (keyed.scope, keyed.key)
+            batch.keys.append(key)
+            self._inflight[key] = keyed
+        batch.commands += 1
+        self._wake.set()
+        return batch
+
+    def pending_barrier(self) -> Batch | None:
+        """The batch whose commit makes everything submitted so far durable (None: all is)."""
+        if self._open.commands:
+            return self._open
+        committing = self._committing
+        return committing if committing is not None and not committing.done.is_set() else None
+
+    def inflight_outcome(self, scope: str, key: str) -> PriorOutcome | None:
+        """A key applied in memory but not yet committed (so not yet visible in storage)."""
+        return self._inflight.get((scope, key))
+
+    @property
+    def open_batch(self) -> Batch:
+        return self._open
+
+    # --- the writer task ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            if not self._open.commands:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            batch = self._open
+            self._open = Batch(batch.sequence + 1)
+            self._committing = batch
+            # A started commit always finishes: cancelling it would leave callers guessing.
+            with trio.CancelScope(shield=True):
+                await self._commit(batch)
+            if self.failure is not None:
+                self._fail_open_batch()
+                return
+
+    async def _commit(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        work = CommitBatch(list(batch.accounts.values()), batch.records)
+        try:
+            async with self.exclusive:
+                await self._write(work)
+        except BaseException as error:  # any failure: fail-stop, never guess
+            self.failure = error
+            batch.error = error
+        finally:
+            for key in batch.keys:
+                self._inflight.pop(key, None)
+            batch.done.set()
+        if batch.error is None:
+            self.commits += 1
+        if batch.error is None and self._on_commit is not None:
+            self._on_commit(batch, time.perf_counter() - started)
+
+    async def _write(self, work: CommitBatch) -> None:
+        for _ in range(MAP_GROWTH_ATTEMPTS_MAX):
+            if self._store.needs_growth():
+                # On the trio thread between reads: no LMDB transaction is open in-process.
+                self._store.grow()
+            try:
+                await trio.to_thread.run_sync(self._store.commit, work)
+                return
+            except MapFull:
+                self._store.grow()
+        raise StoreError("LMDB map still full after growing it")
+
+    def _fail_open_batch(self) -> None:
+        batch = self._open
+        batch.error = self.failure
+        for key in batch.keys:
+            self._inflight.pop(key, None)
+        batch.done.set()
+
+    async def close(self) -> None:
+        """Stop taking commands; return once everything submitted is durable (or failed)."""
+        self._closing = True
+        self._wake.set()
+        barrier = self.pending_barrier()
+        if barrier is not None:
+            await barrier.done.wait()

@@ -1,0 +1,79 @@
+"""Starting and stopping the engine: lock, store, journal, actors, in one nursery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from engine.pricing import PricingConfig
+from prometheus_client import CollectorRegistry
+
+from actors.billing import Billing
+from actors.config import load_pricing
+from actors.journal import Journal
+from actors.metrics import EngineMetrics
+from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
+from storage.datadir_lock import DataDirLock
+from storage.lmdb_store import MAP_SIZE_INITIAL_BYTES, LmdbStore
+from storage.store import Store
+
+# How long a shutdown waits for the last batch to become durable.
+SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
+
+
+def system_wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@asynccontextmanager
+async def open_billing(
+    data_dir: Path,
+    *,
+    pricing: PricingConfig | None = None,
+    wall_clock_ms: WallClock = system_wall_clock_ms,
+    map_size_bytes: int = MAP_SIZE_INITIAL_BYTES,
+    actor_idle_s: float = ACTOR_IDLE_S,
+    registry: CollectorRegistry | None = None,
+    wrap_store: Callable[[Store], Store] | None = None,
+) -> AsyncIterator[Billing]:
+    """Run the engine for the duration of the block; on exit, flush what was submitted."""
+    lock = DataDirLock(data_dir)
+    try:
+        lmdb_store = LmdbStore(data_dir, map_size_bytes)
+        try:
+            store: Store = wrap_store(lmdb_store) if wrap_store else lmdb_store
+            metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
+            journal = Journal(store, on_commit=metrics.observe_commit)
+            system = ActorSystem(
+                store,
+                journal,
+                wall_clock_ms,
+                idle_s=actor_idle_s,
+                last_transaction_id=store.last_transaction_id(),
+            )
+            metrics.watch(system, journal)
+            billing = Billing(
+                store=store,
+                journal=journal,
+                system=system,
+                pricing=pricing if pricing is not None else load_pricing(),
+                wall_clock_ms=wall_clock_ms,
+                metrics=metrics,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.run)
+                await nursery.start(system.run_passivation)
+                try:
+                    yield billing
+                finally:
+                    with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT_S) as flush:
+                        flush.shield = True
+                        await journal.close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            lmdb_store.close()
+    finally:
+        lock.release()

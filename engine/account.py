@@ -1,0 +1,85 @@
+"""Account state: one immutable value per account, replaced by each transition."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from engine.errors import InvalidInput
+from engine.ids import UserId
+from engine.money import AMOUNT_CENTS_MAX, MICROS_PER_CREDIT, require_int
+
+AUTO_REFILL_TRIGGER_CENTS_MIN = 100
+AUTO_REFILL_TRIGGER_CENTS_DEFAULT = 500
+AUTO_REFILL_AMOUNT_CENTS_MIN = 500
+AUTO_REFILL_AMOUNT_CENTS_DEFAULT = 2500
+AUTO_REFILL_AMOUNT_CENTS_MAX = 100_000
+DEFAULT_PLAN = "free"
+
+
+class AccountStatus(StrEnum):
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+class AutoRefillSettings(msgspec.Struct, frozen=True, gc=False):
+    enabled: bool = False
+    trigger_below_cents: int = AUTO_REFILL_TRIGGER_CENTS_DEFAULT
+    refill_amount_cents: int = AUTO_REFILL_AMOUNT_CENTS_DEFAULT
+
+    @staticmethod
+    def validated(
+        enabled: object, trigger_below_cents: object, refill_amount_cents: object
+    ) -> AutoRefillSettings:
+        if type(enabled) is not bool:
+            raise InvalidInput("enabled must be a boolean", {"field": "enabled"})
+        return AutoRefillSettings(
+            enabled=enabled,
+            trigger_below_cents=require_int(
+                "trigger_below_cents", trigger_below_cents,
+                AUTO_REFILL_TRIGGER_CENTS_MIN, AMOUNT_CENTS_MAX,
+            ),
+            refill_amount_cents=require_int(
+                "refill_amount_cents", refill_amount_cents,
+                AUTO_REFILL_AMOUNT_CENTS_MIN, AUTO_REFILL_AMOUNT_CENTS_MAX,
+            ),
+        )
+
+
+class Account(msgspec.Struct, frozen=True, gc=False):
+    """`balance`, `held` and the lifetime counters are credits; `seq` counts ledger entries."""
+
+    user_id: UserId
+    created_at_ms: int
+    updated_at_ms: int
+    balance: int = 0
+    unbilled_micros: int = 0
+    held: int = 0
+    lifetime_purchased: int = 0
+    lifetime_granted: int = 0
+    lifetime_used: int = 0
+    plan: str = DEFAULT_PLAN
+    auto_refill: AutoRefillSettings = msgspec.field(default_factory=AutoRefillSettings)
+    stripe_customer_id: str | None = None
+    lago_customer_id: str | None = None
+    overdraft_limit: int = 0
+    status: AccountStatus = AccountStatus.ACTIVE
+    seq: int = 0
+
+    @property
+    def available(self) -> int:
+        """Credits that may still be spent without an overdraft: balance less open holds."""
+        return self.balance - self.held
+
+    def can_afford_micros(self, cost_micros: int) -> bool:
+        """Unbilled fractions count against the balance before they become a whole credit."""
+        headroom = self.balance - self.held + self.overdraft_limit
+        return headroom * MICROS_PER_CREDIT - self.unbilled_micros >= cost_micros
+
+    def check_invariants(self) -> None:
+        """Stop rather than store a state no rule can produce."""
+        assert 0 <= self.unbilled_micros < MICROS_PER_CREDIT, self.unbilled_micros
+        assert self.held >= 0, self.held
+        assert self.overdraft_limit >= 0, self.overdraft_limit
+        assert self.seq >= 0, self.seq

@@ -1,0 +1,79 @@
+"""The ledger invariants of DESIGN.md, checked over one account and its entries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.account import Account
+from engine.ledger import GRANTED_TYPES, OTHER_CREDIT_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
+from engine.money import MICROS_PER_CREDIT
+
+
+def audit_account(account: Account, entries: Iterable[LedgerEntry]) -> list[str]:
+    """Every violation found, in words; an empty list means the account is sound.
+
+    `entries` are the account's entries oldest first.
+    """
+    problems: list[str] = []
+    running = 0
+    total = 0
+    count = 0
+    purchased = granted = used = other = 0
+    previous_id = -1
+    for entry in entries:
+        count += 1
+        if entry.user_id != account.user_id:
+            problems.append(f"entry {entry.transaction_id} belongs to {entry.user_id}")
+        if entry.transaction_id <= previous_id:
+            problems.append(f"entry {entry.transaction_id} is out of order")
+        previous_id = entry.transaction_id
+        running += entry.amount
+        total += entry.amount
+        if entry.balance_after != running:
+            problems.append(
+                f"invariant 2: entry {entry.transaction_id} balance_after "
+                f"{entry.balance_after} != previous + amount = {running}"
+            )
+            running = entry.balance_after
+        if entry.entry_type is EntryType.USAGE:
+            used -= entry.amount
+            if entry.amount > 0:
+                problems.append(f"usage entry {entry.transaction_id} credits the account")
+            if entry.balance_after < -account.overdraft_limit:
+                problems.append(
+                    f"invariant 3: usage entry {entry.transaction_id} left the balance at "
+                    f"{entry.balance_after}, below the overdraft limit"
+                )
+        elif entry.entry_type in PURCHASED_TYPES:
+            purchased += entry.amount
+        elif entry.entry_type in GRANTED_TYPES:
+            granted += entry.amount
+        elif entry.entry_type in OTHER_CREDIT_TYPES:
+            other += entry.amount
+    if account.balance != total:
+        problems.append(f"invariant 1: balance {account.balance} != sum of entries {total}")
+    if account.balance - account.held < -account.overdraft_limit:
+        problems.append(
+            f"invariant 3: balance {account.balance} less held {account.held} is below "
+            f"the overdraft limit {account.overdraft_limit}"
+        )
+    lifetime = account.lifetime_purchased + account.lifetime_granted + other - account.lifetime_used
+    if lifetime != account.balance:
+        problems.append(
+            f"invariant 4: purchased + granted + other - used = {lifetime} != balance "
+            f"{account.balance}"
+        )
+    for name, stored, derived in (
+        ("lifetime_purchased", account.lifetime_purchased, purchased),
+        ("lifetime_granted", account.lifetime_granted, granted),
+        ("lifetime_used", account.lifetime_used, used),
+    ):
+        if stored != derived:
+            problems.append(f"{name} {stored} != {derived} from the entries")
+    if account.seq != count:
+        problems.append(f"seq {account.seq} != {count} entries")
+    if not 0 <= account.unbilled_micros < MICROS_PER_CREDIT:
+        problems.append(f"unbilled_micros {account.unbilled_micros} out of range")
+    if account.held < 0:
+        problems.append(f"held {account.held} is negative")
+    return problems

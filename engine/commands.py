@@ -1,0 +1,219 @@
+"""Commands an account actor applies, the records they produce, and their replies."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from engine.account import Account, AutoRefillSettings
+from engine.ids import AgentId, TransactionId, UserId, transaction_id_str
+from engine.ledger import EntryType, LedgerEntry
+from engine.money import MICROS_PER_CREDIT
+from engine.usage import Metric
+
+# Idempotency scopes: a key is unique within its scope.
+SCOPE_USAGE = "usage"
+SCOPE_CREDITS_ADD = "credits_add"
+
+
+class _Value(msgspec.Struct, frozen=True, gc=False):
+    """Immutable value: cheap to build and to copy with a change (msgspec.structs.replace)."""
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+class OpenAccount(_Value):
+    """Create the account; `must_be_new` makes an existing account a conflict."""
+
+    user_id: UserId
+    must_be_new: bool = False
+
+
+class GetAccount(_Value):
+    user_id: UserId
+
+
+class CloseAccount(_Value):
+    user_id: UserId
+
+
+class AddCredits(_Value):
+    user_id: UserId
+    amount_cents: int
+    entry_type: EntryType
+    key: str | None
+    fingerprint: bytes
+    description: str = ""
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        return SCOPE_CREDITS_ADD
+
+
+class ReportUsage(_Value):
+    """One usage event, already priced: `cost_micros` is exact."""
+
+    user_id: UserId
+    event_id: str
+    cost_micros: int
+    fingerprint: bytes
+    occurred_at_ms: int
+    metric: Metric | None = None
+    agent_id: AgentId | None = None
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.event_id
+
+    @property
+    def scope(self) -> str:
+        return SCOPE_USAGE
+
+
+class CheckBalance(_Value):
+    user_id: UserId
+    required_cents: int
+
+
+class SetAutoRefill(_Value):
+    user_id: UserId
+    settings: AutoRefillSettings
+
+
+Command = (
+    OpenAccount | GetAccount | CloseAccount | AddCredits | ReportUsage | CheckBalance
+    | SetAutoRefill
+)
+KeyedCommand = AddCredits | ReportUsage
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+class UsageResult(_Value):
+    event_id: str
+    user_id: UserId
+    transaction_id: TransactionId
+    cost_cents: int
+    cost_micros: int
+    balance_cents: int
+    held_cents: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "user_id": str(self.user_id),
+            "transaction_id": transaction_id_str(self.transaction_id),
+            "cost_cents": self.cost_cents,
+            "cost_micros": self.cost_micros,
+            "balance_cents": self.balance_cents,
+            "held_cents": self.held_cents,
+            "available_cents": self.balance_cents - self.held_cents,
+        }
+
+
+class CreditResult(_Value):
+    user_id: UserId
+    transaction_id: TransactionId
+    entry_type: EntryType
+    amount_cents: int
+    balance_cents: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": str(self.user_id),
+            "transaction_id": transaction_id_str(self.transaction_id),
+            "type": self.entry_type.value,
+            "amount_cents": self.amount_cents,
+            "balance_cents": self.balance_cents,
+        }
+
+
+class BalanceCheck(_Value):
+    sufficient: bool
+    balance_cents: int
+    available_cents: int
+    required_cents: int
+
+
+Reply = Account | UsageResult | CreditResult | BalanceCheck
+
+
+# --- records (what a transition asks the journal to store besides the account) ------------
+
+
+class KeyRecord(_Value):
+    """An idempotency key with the fingerprint of its request and the result it produced."""
+
+    scope: str
+    key: str
+    user_id: UserId
+    fingerprint: bytes
+    result: CreditResult
+
+
+class UsageEventRecord(_Value):
+    """A usage event as received, with its result; doubles as its idempotency key."""
+
+    event_id: str
+    user_id: UserId
+    fingerprint: bytes
+    occurred_at_ms: int
+    metric: Metric | None
+    agent_id: str | None
+    result: UsageResult
+
+    @property
+    def scope(self) -> str:
+        return SCOPE_USAGE
+
+    @property
+    def key(self) -> str:
+        return self.event_id
+
+
+Record = LedgerEntry | KeyRecord | UsageEventRecord
+PriorOutcome = KeyRecord | UsageEventRecord
+
+
+class Transition(_Value):
+    """The outcome of one command: the new state (None: no account), what to store, the reply.
+
+    `keyed` is the record among `records` that holds the command's idempotency key, if any.
+    """
+
+    account: Account | None
+    records: tuple[Record, ...]
+    reply: Reply
+    keyed: PriorOutcome | None = None
+
+
+# --- fingerprints ---------------------------------------------------------------------------
+
+_fingerprint_encoder = msgspec.msgpack.Encoder()
+
+
+def _digest(parts: tuple[Any, ...]) -> bytes:
+    return hashlib.blake2b(_fingerprint_encoder.encode(parts), digest_size=16).digest()
+
+
+def usage_fingerprint(
+    user_id: UserId, metric: Metric | None, cost_micros_override: int | None
+) -> bytes:
+    """What makes two usage requests "the same" for idempotency: user, metric and cost."""
+    kind = metric.type if metric is not None else None
+    return _digest((user_id.bytes, kind, metric, cost_micros_override))
+
+
+def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType) -> bytes:
+    return _digest((user_id.bytes, amount_cents, entry_type.value))
+
+
+def micros_to_cents_ceil(micros: int) -> int:
+    return -(-micros // MICROS_PER_CREDIT)

@@ -1,0 +1,99 @@
+"""The one domain error hierarchy. The API maps each class to an HTTP status once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class BillingError(Exception):
+    """Base of every error the engine reports to a caller."""
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+
+class InvalidInput(BillingError):
+    code = "bad_request"
+
+
+class AccountNotFound(BillingError):
+    code = "account_not_found"
+
+
+class AccountClosed(BillingError):
+    code = "account_closed"
+
+
+class AccountExists(BillingError):
+    code = "conflict"
+
+
+class InsufficientCredits(BillingError):
+    """Carries the numbers a caller needs to decide what to do next."""
+
+    code = "insufficient_credits"
+
+    def __init__(self, balance_cents: int, available_cents: int, required_cents: int) -> None:
+        super().__init__(
+            f"insufficient credits: {required_cents} required, {available_cents} available",
+            {
+                "balance_cents": balance_cents,
+                "available_cents": available_cents,
+                "required_cents": required_cents,
+            },
+        )
+        self.balance_cents = balance_cents
+        self.available_cents = available_cents
+        self.required_cents = required_cents
+
+
+class DuplicateEvent(BillingError):
+    """A repeated idempotency key with the same request: carries the original result."""
+
+    code = "duplicate_event"
+
+    def __init__(self, key: str, original: Mapping[str, Any]) -> None:
+        super().__init__(f"event {key!r} was already applied", dict(original))
+        self.key = key
+        self.original = dict(original)
+
+
+class IdempotencyConflict(BillingError):
+    """The same idempotency key with a different request: a client bug, never a retry."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"key {key!r} was already used for a different request", {"key": key}
+        )
+        self.key = key
+
+
+class Overloaded(BillingError):
+    """A bounded queue is full; the caller should retry after a short pause."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, {"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
+class EngineStopped(BillingError):
+    """The engine refused or lost a write (fail-stop after a storage fault)."""
+
+    code = "engine_stopped"
+
+
+class NotConfigured(BillingError):
+    code = "not_configured"
+
+
+class ExternalServiceError(BillingError):
+    code = "external_service_error"

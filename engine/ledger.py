@@ -1,0 +1,43 @@
+"""Ledger entries: every balance change is one immutable, time-ordered entry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from engine.ids import TransactionId, UserId
+
+
+class EntryType(StrEnum):
+    PURCHASE = "purchase"
+    USAGE = "usage"
+    SUBSCRIPTION_GRANT = "subscription_grant"
+    REFUND = "refund"
+    BONUS = "bonus"
+    AUTO_REFILL = "auto_refill"
+    ADJUSTMENT = "adjustment"
+
+
+# Which lifetime counter each entry type feeds (invariant 4 of DESIGN.md).
+PURCHASED_TYPES = frozenset({EntryType.PURCHASE, EntryType.AUTO_REFILL})
+GRANTED_TYPES = frozenset({EntryType.SUBSCRIPTION_GRANT})
+OTHER_CREDIT_TYPES = frozenset({EntryType.REFUND, EntryType.BONUS, EntryType.ADJUSTMENT})
+# Types an operator may grant by hand through the admin API.
+ADMIN_GRANT_TYPES = OTHER_CREDIT_TYPES
+
+
+class LedgerEntry(msgspec.Struct, frozen=True, gc=False):
+    """`amount` is signed credits; `source_key` is the event or idempotency key behind it."""
+
+    transaction_id: TransactionId
+    user_id: UserId
+    entry_type: EntryType
+    amount: int
+    balance_after: int
+    created_at_ms: int
+    source_key: str | None = None
+    description: str = ""
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)

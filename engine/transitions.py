@@ -1,0 +1,239 @@
+"""Pure transitions `(state, command, context) → Transition`. No I/O, no clock, no trio.
+
+Domain errors are raised; an actor turns them into replies. Nothing is recorded for a command
+that raised, so a rejected event id may be retried after the cause is fixed (say, a top-up).
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec.structs import replace
+
+from engine.account import Account, AccountStatus
+from engine.commands import (
+    AddCredits,
+    BalanceCheck,
+    CheckBalance,
+    CloseAccount,
+    Command,
+    CreditResult,
+    GetAccount,
+    KeyRecord,
+    OpenAccount,
+    PriorOutcome,
+    ReportUsage,
+    SetAutoRefill,
+    Transition,
+    UsageEventRecord,
+    UsageResult,
+    micros_to_cents_ceil,
+)
+from engine.errors import (
+    AccountClosed,
+    AccountExists,
+    AccountNotFound,
+    DuplicateEvent,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+)
+from engine.ids import TransactionId, UserId
+from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
+from engine.money import COST_MICROS_MAX, MICROS_PER_CREDIT, split_micros
+
+
+class Context(msgspec.Struct, frozen=True, gc=False):
+    """What a transition may know of the world: the time, a fresh id, and a key's history."""
+
+    now_ms: int
+    transaction_id: TransactionId
+    prior: PriorOutcome | None = None
+
+
+def apply(account: Account | None, command: Command, context: Context) -> Transition:
+    handler = _HANDLERS[type(command)]
+    transition = handler(account, command, context)
+    if transition.account is not None:
+        transition.account.check_invariants()
+    return transition
+
+
+def _live(account: Account | None, user_id: UserId) -> Account:
+    if account is None:
+        raise AccountNotFound(f"no account for user {user_id}", {"user_id": str(user_id)})
+    if account.status is AccountStatus.CLOSED:
+        raise AccountClosed(
+            f"account {user_id} is closed", {"user_id": str(user_id), "reason": "account_closed"}
+        )
+    return account
+
+
+def _check_prior(command: AddCredits | ReportUsage, prior: PriorOutcome | None) -> None:
+    """A key seen before is either a retry (the original result) or a different request."""
+    if prior is None:
+        return
+    if prior.fingerprint != command.fingerprint:
+        raise IdempotencyConflict(command.key or "")
+    raise DuplicateEvent(command.key or "", prior.result.to_dict())
+
+
+def _open(account: Account | None, command: OpenAccount, context: Context) -> Transition:
+    if account is not None:
+        if command.must_be_new:
+            raise AccountExists(
+                f"account {command.user_id} already exists", {"user_id": str(command.user_id)}
+            )
+        return Transition(account, (), account)
+    created = Account(
+        user_id=command.user_id, created_at_ms=context.now_ms, updated_at_ms=context.now_ms
+    )
+    return Transition(created, (), created)
+
+
+def _get(account: Account | None, command: GetAccount, context: Context) -> Transition:
+    if account is None:
+        raise AccountNotFound(
+            f"no account for user {command.user_id}", {"user_id": str(command.user_id)}
+        )
+    return Transition(account, (), account)
+
+
+def _close(account: Account | None, command: CloseAccount, context: Context) -> Transition:
+    live = _live(account, command.user_id)
+    closed = replace(live, status=AccountStatus.CLOSED, updated_at_ms=context.now_ms)
+    return Transition(closed, (), closed)
+
+
+def _set_auto_refill(
+    account: Account | None, command: SetAutoRefill, context: Context
+) -> Transition:
+    live = _live(account, command.user_id)
+    updated = replace(live, auto_refill=command.settings, updated_at_ms=context.now_ms)
+    return Transition(updated, (), updated)
+
+
+def _check_balance(
+    account: Account | None, command: CheckBalance, context: Context
+) -> Transition:
+    live = _live(account, command.user_id)
+    sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT)
+    reply = BalanceCheck(
+        sufficient=sufficient,
+        balance_cents=live.balance,
+        available_cents=live.available,
+        required_cents=command.required_cents,
+    )
+    return Transition(live, (), reply)
+
+
+def _add_credits(account: Account | None, command: AddCredits, context: Context) -> Transition:
+    _check_prior(command, context.prior)
+    live = _live(account, command.user_id)
+    if command.entry_type is EntryType.USAGE or command.amount_cents <= 0:
+        raise InvalidInput("credits added must be a positive amount of a credit type")
+    balance = live.balance + command.amount_cents
+    entry = LedgerEntry(
+        transaction_id=context.transaction_id,
+        user_id=live.user_id,
+        entry_type=command.entry_type,
+        amount=command.amount_cents,
+        balance_after=balance,
+        created_at_ms=context.now_ms,
+        source_key=command.key,
+        description=command.description,
+        metadata=command.metadata,
+    )
+    updated = replace(
+        live,
+        balance=balance,
+        lifetime_purchased=live.lifetime_purchased
+        + (command.amount_cents if command.entry_type in PURCHASED_TYPES else 0),
+        lifetime_granted=live.lifetime_granted
+        + (command.amount_cents if command.entry_type in GRANTED_TYPES else 0),
+        seq=live.seq + 1,
+        updated_at_ms=context.now_ms,
+    )
+    reply = CreditResult(
+        user_id=live.user_id,
+        transaction_id=context.transaction_id,
+        entry_type=command.entry_type,
+        amount_cents=command.amount_cents,
+        balance_cents=balance,
+    )
+    if command.key is None:
+        return Transition(updated, (entry,), reply)
+    key_record = KeyRecord(
+        scope=command.scope,
+        key=command.key,
+        user_id=live.user_id,
+        fingerprint=command.fingerprint,
+        result=reply,
+    )
+    return Transition(updated, (entry, key_record), reply, key_record)
+
+
+def _report_usage(
+    account: Account | None, command: ReportUsage, context: Context
+) -> Transition:
+    _check_prior(command, context.prior)
+    live = _live(account, command.user_id)
+    cost_micros = command.cost_micros
+    if not 0 <= cost_micros <= COST_MICROS_MAX:
+        raise InvalidInput("cost is out of range", {"field": "cost_micros"})
+    if not live.can_afford_micros(cost_micros):
+        raise InsufficientCredits(
+            balance_cents=live.balance,
+            available_cents=live.available,
+            required_cents=micros_to_cents_ceil(live.unbilled_micros + cost_micros),
+        )
+    debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
+    balance = live.balance - debit
+    entry = LedgerEntry(
+        transaction_id=context.transaction_id,
+        user_id=live.user_id,
+        entry_type=EntryType.USAGE,
+        amount=-debit,
+        balance_after=balance,
+        created_at_ms=context.now_ms,
+        source_key=command.event_id,
+        metadata={**command.metadata, "cost_micros": cost_micros},
+    )
+    updated = replace(
+        live,
+        balance=balance,
+        unbilled_micros=carried_micros,
+        lifetime_used=live.lifetime_used + debit,
+        seq=live.seq + 1,
+        updated_at_ms=context.now_ms,
+    )
+    assert updated.balance - updated.held >= -updated.overdraft_limit, "overdraft passed"
+    reply = UsageResult(
+        event_id=command.event_id,
+        user_id=live.user_id,
+        transaction_id=context.transaction_id,
+        cost_cents=debit,
+        cost_micros=cost_micros,
+        balance_cents=balance,
+        held_cents=updated.held,
+    )
+    event = UsageEventRecord(
+        event_id=command.event_id,
+        user_id=live.user_id,
+        fingerprint=command.fingerprint,
+        occurred_at_ms=command.occurred_at_ms,
+        metric=command.metric,
+        agent_id=command.agent_id,
+        result=reply,
+    )
+    return Transition(updated, (entry, event), reply, event)
+
+
+_HANDLERS = {
+    OpenAccount: _open,
+    GetAccount: _get,
+    CloseAccount: _close,
+    AddCredits: _add_credits,
+    ReportUsage: _report_usage,
+    CheckBalance: _check_balance,
+    SetAutoRefill: _set_auto_refill,
+}

@@ -1,0 +1,213 @@
+"""One CBOR codec per stored record. Records are arrays led by a format number, so a later
+format can be read beside an older one."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import cbor2
+
+from engine.account import Account, AccountStatus, AutoRefillSettings
+from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
+from engine.ids import AgentId, TransactionId, UserId
+from engine.ledger import EntryType, LedgerEntry
+from engine.usage import metric_to_wire, parse_metric
+
+ACCOUNT_FORMAT = 1
+ENTRY_FORMAT = 1
+USAGE_EVENT_FORMAT = 1
+KEY_FORMAT = 1
+
+
+class CodecError(ValueError):
+    """A stored record this version cannot read."""
+
+
+def _expect(fields: list[Any], version: int, kind: str) -> None:
+    if not fields or fields[0] != version:
+        raise CodecError(f"unknown {kind} record format {fields[:1]!r}")
+
+
+def encode_account(account: Account) -> bytes:
+    refill = account.auto_refill
+    return cbor2.dumps(
+        [
+            ACCOUNT_FORMAT,
+            account.user_id.bytes,
+            account.created_at_ms,
+            account.updated_at_ms,
+            account.balance,
+            account.unbilled_micros,
+            account.held,
+            account.lifetime_purchased,
+            account.lifetime_granted,
+            account.lifetime_used,
+            account.plan,
+            [refill.enabled, refill.trigger_below_cents, refill.refill_amount_cents],
+            account.stripe_customer_id,
+            account.lago_customer_id,
+            account.overdraft_limit,
+            account.status.value,
+            account.seq,
+        ]
+    )
+
+
+def decode_account(data: bytes) -> Account:
+    fields = cbor2.loads(data)
+    _expect(fields, ACCOUNT_FORMAT, "account")
+    (
+        _,
+        user_id,
+        created_at_ms,
+        updated_at_ms,
+        balance,
+        unbilled_micros,
+        held,
+        lifetime_purchased,
+        lifetime_granted,
+        lifetime_used,
+        plan,
+        refill,
+        stripe_customer_id,
+        lago_customer_id,
+        overdraft_limit,
+        status,
+        seq,
+    ) = fields
+    return Account(
+        user_id=UserId(uuid.UUID(bytes=user_id)),
+        created_at_ms=created_at_ms,
+        updated_at_ms=updated_at_ms,
+        balance=balance,
+        unbilled_micros=unbilled_micros,
+        held=held,
+        lifetime_purchased=lifetime_purchased,
+        lifetime_granted=lifetime_granted,
+        lifetime_used=lifetime_used,
+        plan=plan,
+        auto_refill=AutoRefillSettings(*refill),
+        stripe_customer_id=stripe_customer_id,
+        lago_customer_id=lago_customer_id,
+        overdraft_limit=overdraft_limit,
+        status=AccountStatus(status),
+        seq=seq,
+    )
+
+
+def encode_entry(entry: LedgerEntry) -> bytes:
+    """The transaction id is the record's key, so it is not repeated in the value."""
+    return cbor2.dumps(
+        [
+            ENTRY_FORMAT,
+            entry.user_id.bytes,
+            entry.entry_type.value,
+            entry.amount,
+            entry.balance_after,
+            entry.created_at_ms,
+            entry.source_key,
+            entry.description,
+            dict(entry.metadata),
+        ]
+    )
+
+
+def decode_entry(transaction_id: int, data: bytes) -> LedgerEntry:
+    fields = cbor2.loads(data)
+    _expect(fields, ENTRY_FORMAT, "entry")
+    _, user_id, entry_type, amount, balance_after, created_at_ms, source_key, description, meta = (
+        fields
+    )
+    return LedgerEntry(
+        transaction_id=TransactionId(transaction_id),
+        user_id=UserId(uuid.UUID(bytes=user_id)),
+        entry_type=EntryType(entry_type),
+        amount=amount,
+        balance_after=balance_after,
+        created_at_ms=created_at_ms,
+        source_key=source_key,
+        description=description,
+        metadata=meta,
+    )
+
+
+def encode_usage_event(event: UsageEventRecord) -> bytes:
+    """The event id is the key; the result keeps only what the event itself does not say."""
+    result = event.result
+    return cbor2.dumps(
+        [
+            USAGE_EVENT_FORMAT,
+            event.user_id.bytes,
+            event.fingerprint,
+            event.occurred_at_ms,
+            metric_to_wire(event.metric) if event.metric is not None else None,
+            event.agent_id,
+            [
+                result.transaction_id,
+                result.cost_cents,
+                result.cost_micros,
+                result.balance_cents,
+                result.held_cents,
+            ],
+        ]
+    )
+
+
+def decode_usage_event(event_id: str, data: bytes) -> UsageEventRecord:
+    fields = cbor2.loads(data)
+    _expect(fields, USAGE_EVENT_FORMAT, "usage event")
+    _, user_bytes, fingerprint, occurred_at_ms, metric, agent_id, result = fields
+    user_id = UserId(uuid.UUID(bytes=user_bytes))
+    transaction_id, cost_cents, cost_micros, balance_cents, held_cents = result
+    return UsageEventRecord(
+        event_id=event_id,
+        user_id=user_id,
+        fingerprint=fingerprint,
+        occurred_at_ms=occurred_at_ms,
+        metric=parse_metric(metric) if metric is not None else None,
+        agent_id=AgentId(agent_id) if agent_id is not None else None,
+        result=UsageResult(
+            event_id=event_id,
+            user_id=user_id,
+            transaction_id=TransactionId(transaction_id),
+            cost_cents=cost_cents,
+            cost_micros=cost_micros,
+            balance_cents=balance_cents,
+            held_cents=held_cents,
+        ),
+    )
+
+
+def encode_key_record(record: KeyRecord) -> bytes:
+    result = record.result
+    return cbor2.dumps(
+        [
+            KEY_FORMAT,
+            record.user_id.bytes,
+            record.fingerprint,
+            [result.transaction_id, result.entry_type.value, result.amount_cents,
+             result.balance_cents],
+        ]
+    )
+
+
+def decode_key_record(scope: str, key: str, data: bytes) -> KeyRecord:
+    fields = cbor2.loads(data)
+    _expect(fields, KEY_FORMAT, "idempotency key")
+    _, user_bytes, fingerprint, result = fields
+    user_id = UserId(uuid.UUID(bytes=user_bytes))
+    transaction_id, entry_type, amount_cents, balance_cents = result
+    return KeyRecord(
+        scope=scope,
+        key=key,
+        user_id=user_id,
+        fingerprint=fingerprint,
+        result=CreditResult(
+            user_id=user_id,
+            transaction_id=TransactionId(transaction_id),
+            entry_type=EntryType(entry_type),
+            amount_cents=amount_cents,
+            balance_cents=balance_cents,
+        ),
+    )

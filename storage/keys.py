@@ -1,0 +1,37 @@
+"""Key layout of the LMDB databases (DESIGN.md "Storage"). Big-endian so bytes sort as numbers."""
+
+from __future__ import annotations
+
+import uuid
+
+TRANSACTION_ID_BYTES = 16
+USER_ID_BYTES = 16
+_SEPARATOR = b"\x00"
+
+
+def transaction_key(transaction_id: int) -> bytes:
+    return transaction_id.to_bytes(TRANSACTION_ID_BYTES, "big")
+
+
+def transaction_id_from_key(key: bytes) -> int:
+    return int.from_bytes(key[-TRANSACTION_ID_BYTES:], "big")
+
+
+def user_key(user_id: uuid.UUID) -> bytes:
+    return user_id.bytes
+
+
+def user_transaction_key(user_id: uuid.UUID, transaction_id: int) -> bytes:
+    return user_id.bytes + transaction_key(transaction_id)
+
+
+def idempotency_key(scope: str, key: str) -> bytes:
+    return scope.encode() + _SEPARATOR + key.encode()
+
+
+def event_key(event_id: str) -> bytes:
+    return event_id.encode()
+
+
+def sequence_key(sequence: int) -> bytes:
+    return sequence.to_bytes(8, "big")

@@ -1,0 +1,249 @@
+"""The LMDB implementation of Store: one environment per data directory, named databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lmdb
+
+from engine.account import Account
+from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord
+from engine.ids import TransactionId, UserId
+from engine.ledger import LedgerEntry
+from storage import codec, keys
+from storage.store import CommitBatch, EntryPage, MapFull, StoreError
+
+SCHEMA_VERSION = 1
+DATABASE_NAMES = (
+    "accounts",
+    "transactions",
+    "transactions_by_user",
+    "usage_events",
+    "reservations",
+    "idempotency",
+    "outbox",
+    "webhooks",
+    "meta",
+)
+MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
+MAP_SIZE_MAX_BYTES = 1 << 40
+# Grow before the map is this full, so a commit rarely meets MapFull at all.
+MAP_FILL_RATIO_MAX = 0.75
+READERS_MAX = 256
+_META_SCHEMA_KEY = b"schema_version"
+_TOP_KEY = b"\xff" * keys.TRANSACTION_ID_BYTES
+
+
+class LmdbStore:
+    """Reads may run on any thread; writes come from one journal thread at a time.
+
+    `readonly` opens a data directory beside a running server (verify, backup): LMDB lets
+    other processes read a consistent snapshot while one process writes.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        map_size_bytes: int = MAP_SIZE_INITIAL_BYTES,
+        *,
+        sync: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        if readonly and not (path / "data.mdb").exists():
+            raise StoreError(f"no data directory at {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._env = lmdb.open(
+                str(path),
+                map_size=map_size_bytes,
+                max_dbs=len(DATABASE_NAMES),
+                max_readers=READERS_MAX,
+                sync=sync,
+                metasync=sync,
+                readahead=False,
+                readonly=readonly,
+            )
+            with self._env.begin(write=not readonly) as txn:
+                self._db = {
+                    name: self._env.open_db(name.encode(), txn=txn, create=not readonly)
+                    for name in DATABASE_NAMES
+                }
+        except lmdb.Error as error:
+            raise StoreError(f"cannot open LMDB at {path}: {error}") from error
+        self._check_schema(readonly)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _check_schema(self, readonly: bool) -> None:
+        with self._env.begin(write=not readonly, db=self._db["meta"]) as txn:
+            found = txn.get(_META_SCHEMA_KEY)
+            if found is None and not readonly:
+                txn.put(_META_SCHEMA_KEY, str(SCHEMA_VERSION).encode())
+            elif found is None:
+                raise StoreError("data directory has no schema version")
+            elif int(found) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"data directory has schema version {int(found)}, "
+                    f"this build reads version {SCHEMA_VERSION}"
+                )
+
+    def close(self) -> None:
+        self._env.close()
+
+    def map_size_bytes(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    def needs_growth(self) -> bool:
+        used = (self._env.info()["last_pgno"] + 1) * self._env.stat()["psize"]
+        return used > self.map_size_bytes() * MAP_FILL_RATIO_MAX
+
+    def grow(self) -> None:
+        size = self.map_size_bytes()
+        if size >= MAP_SIZE_MAX_BYTES:
+            raise StoreError(f"LMDB map reached its limit of {MAP_SIZE_MAX_BYTES} bytes")
+        self._env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
+
+    def backup(self, destination: Path) -> None:
+        """A consistent, compacted copy taken inside one read transaction."""
+        destination.mkdir(parents=True, exist_ok=False)
+        self._env.copy(str(destination), compact=True)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def commit(self, batch: CommitBatch) -> None:
+        db = self._db
+        try:
+            with self._env.begin(write=True) as txn:
+                for account in batch.accounts:
+                    txn.put(
+                        keys.user_key(account.user_id),
+                        codec.encode_account(account),
+                        db=db["accounts"],
+                    )
+                for record in batch.records:
+                    if isinstance(record, LedgerEntry):
+                        txn.put(
+                            keys.transaction_key(record.transaction_id),
+                            codec.encode_entry(record),
+                            db=db["transactions"],
+                        )
+                        txn.put(
+                            keys.user_transaction_key(record.user_id, record.transaction_id),
+                            b"",
+                            db=db["transactions_by_user"],
+                        )
+                    elif isinstance(record, UsageEventRecord):
+                        txn.put(
+                            keys.event_key(record.event_id),
+                            codec.encode_usage_event(record),
+                            db=db["usage_events"],
+                        )
+                    else:
+                        txn.put(
+                            keys.idempotency_key(record.scope, record.key),
+                            codec.encode_key_record(record),
+                            db=db["idempotency"],
+                        )
+        except lmdb.MapFullError as error:
+            raise MapFull(str(error)) from error
+        except lmdb.Error as error:
+            raise StoreError(f"commit failed: {error}") from error
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def get_account(self, user_id: UserId) -> Account | None:
+        with self._env.begin(db=self._db["accounts"]) as txn:
+            data = txn.get(keys.user_key(user_id))
+        return codec.decode_account(data) if data is not None else None
+
+    def get_outcome(self, scope: str, key: str) -> PriorOutcome | None:
+        if scope == SCOPE_USAGE:
+            with self._env.begin(db=self._db["usage_events"]) as txn:
+                data = txn.get(keys.event_key(key))
+            return codec.decode_usage_event(key, data) if data is not None else None
+        with self._env.begin(db=self._db["idempotency"]) as txn:
+            data = txn.get(keys.idempotency_key(scope, key))
+        return codec.decode_key_record(scope, key, data) if data is not None else None
+
+    def get_entry(self, transaction_id: TransactionId) -> LedgerEntry | None:
+        with self._env.begin(db=self._db["transactions"]) as txn:
+            data = txn.get(keys.transaction_key(transaction_id))
+        return codec.decode_entry(transaction_id, data) if data is not None else None
+
+    def list_entries(
+        self,
+        user_id: UserId,
+        limit: int,
+        offset: int = 0,
+        before: TransactionId | None = None,
+    ) -> EntryPage:
+        prefix = keys.user_key(user_id)
+        start = prefix + (keys.transaction_key(before) if before is not None else _TOP_KEY)
+        found: list[LedgerEntry] = []
+        has_more = False
+        with self._env.begin() as txn:
+            index = txn.cursor(db=self._db["transactions_by_user"])
+            transactions = self._db["transactions"]
+            # Position on the last key below `start` (the newest entry older than the cursor).
+            positioned = index.set_range(start)
+            positioned = index.prev() if positioned else index.last()
+            skipped = 0
+            while positioned:
+                key = index.key()
+                if not key.startswith(prefix):
+                    break
+                if before is not None and key >= start:
+                    positioned = index.prev()
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                elif len(found) == limit:
+                    has_more = True
+                    break
+                else:
+                    transaction_id = keys.transaction_id_from_key(key)
+                    data = txn.get(keys.transaction_key(transaction_id), db=transactions)
+                    if data is None:
+                        raise StoreError(f"index row without entry {transaction_id}")
+                    found.append(codec.decode_entry(transaction_id, data))
+                positioned = index.prev()
+        return EntryPage(found, has_more)
+
+    def iter_accounts(self) -> Iterator[Account]:
+        with self._env.begin(db=self._db["accounts"]) as txn:
+            for _, data in txn.cursor():
+                yield codec.decode_account(data)
+
+    def iter_user_entries(self, user_id: UserId) -> Iterator[LedgerEntry]:
+        prefix = keys.user_key(user_id)
+        with self._env.begin() as txn:
+            index = txn.cursor(db=self._db["transactions_by_user"])
+            transactions = self._db["transactions"]
+            if not index.set_range(prefix):
+                return
+            for key in index.iternext(keys=True, values=False):
+                if not key.startswith(prefix):
+                    break
+                transaction_id = keys.transaction_id_from_key(key)
+                data = txn.get(keys.transaction_key(transaction_id), db=transactions)
+                if data is None:
+                    raise StoreError(f"index row without entry {transaction_id}")
+                yield codec.decode_entry(transaction_id, data)
+
+    def iter_outcomes(self) -> Iterator[PriorOutcome]:
+        with self._env.begin() as txn:
+            for key, data in txn.cursor(db=self._db["usage_events"]):
+                yield codec.decode_usage_event(key.decode(), data)
+            for key, data in txn.cursor(db=self._db["idempotency"]):
+                scope, _, name = key.partition(b"\x00")
+                yield codec.decode_key_record(scope.decode(), name.decode(), data)
+
+    def last_transaction_id(self) -> int:
+        with self._env.begin(db=self._db["transactions"]) as txn:
+            cursor = txn.cursor()
+            return keys.transaction_id_from_key(cursor.key()) if cursor.last() else 0
+
+    def count_entries(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._db["transactions"])["entries"])

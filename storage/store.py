@@ -1,0 +1,84 @@
+"""The storage contract every implementation keeps; tests check it against each of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.account import Account
+from engine.commands import PriorOutcome, Record
+from engine.ids import TransactionId, UserId
+from engine.ledger import LedgerEntry
+
+
+class StoreError(RuntimeError):
+    """Storage cannot go on (bad schema, I/O failure). The engine stops taking writes."""
+
+
+class MapFull(StoreError):
+    """The memory map is too small for this batch; grow it and write the batch again."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitBatch:
+    """Everything one group commit writes: the latest state of each touched account and the
+    records of every command in the batch, in order."""
+
+    accounts: Sequence[Account]
+    records: Sequence[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPage:
+    entries: list[LedgerEntry]
+    has_more: bool
+
+
+class Store(Protocol):
+    def commit(self, batch: CommitBatch) -> None:
+        """Write the whole batch in one durable transaction, or nothing (raise StoreError)."""
+        ...
+
+    def get_account(self, user_id: UserId) -> Account | None: ...
+
+    def get_outcome(self, scope: str, key: str) -> PriorOutcome | None:
+        """What an idempotency key produced, if it was used before."""
+        ...
+
+    def list_entries(
+        self,
+        user_id: UserId,
+        limit: int,
+        offset: int = 0,
+        before: TransactionId | None = None,
+    ) -> EntryPage:
+        """A user's entries newest first: skip `offset`, start below `before` when given."""
+        ...
+
+    def iter_accounts(self) -> Iterator[Account]: ...
+
+    def iter_user_entries(self, user_id: UserId) -> Iterator[LedgerEntry]:
+        """A user's entries oldest first."""
+        ...
+
+    def iter_outcomes(self) -> Iterator[PriorOutcome]: ...
+
+    def count_entries(self) -> int: ...
+
+    def last_transaction_id(self) -> int:
+        """The highest transaction id stored (0 when empty): new ids must sort after it."""
+        ...
+
+    def get_entry(self, transaction_id: TransactionId) -> LedgerEntry | None: ...
+
+    def grow(self) -> None:
+        """Make room after MapFull; called with no transaction open in this process."""
+        ...
+
+    def needs_growth(self) -> bool: ...
+
+    def backup(self, destination: Path) -> None: ...
+
+    def close(self) -> None: ...

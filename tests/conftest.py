@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from engine.pricing import PricingConfig
+
+from actors.config import load_pricing
+from engine.ids import UserId
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def pricing() -> PricingConfig:
+    return load_pricing()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def new_user() -> UserId:
+    return UserId(uuid.uuid4())

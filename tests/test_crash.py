@@ -1,0 +1,81 @@
+"""SIGKILL a real engine process mid-stream: every acknowledged debit survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.runtime import open_billing
+from engine.errors import DuplicateEvent
+from engine.metering import UsageRequest
+from storage.lmdb_store import LmdbStore
+from storage.verify import verify_store
+from tests.conftest import new_user
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD_WAIT_S = 60
+
+
+def run_until_acks(data_dir: Path, user: str, acks_before_kill: int) -> list[tuple[str, int]]:
+    """Start the child, read acknowledgements, SIGKILL it after `acks_before_kill` of them."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_child", str(data_dir), user, "200000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acked: list[tuple[str, int]] = []
+    deadline = time.monotonic() + CHILD_WAIT_S
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("ACK "):
+                _, event_id, balance = line.split()
+                acked.append((event_id, int(balance)))
+                if len(acked) >= acks_before_kill:
+                    break
+            assert time.monotonic() < deadline, "child too slow"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=CHILD_WAIT_S)
+    assert child.returncode == -signal.SIGKILL
+    return acked
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("acks_before_kill", [1, 300, 3000])
+async def test_sigkill_loses_no_acknowledged_debit(tmp_path, acks_before_kill):
+    data_dir = tmp_path / "data"
+    user = new_user()
+    acked = run_until_acks(data_dir, str(user), acks_before_kill)
+    assert len(acked) >= acks_before_kill
+
+    store = LmdbStore(data_dir)
+    try:
+        for event_id, _ in acked:
+            outcome = store.get_outcome("usage", event_id)
+            assert outcome is not None, f"acknowledged {event_id} lost"
+        report = verify_store(store)
+        assert report.ok, report.violations
+        account = store.get_account(user)
+        assert account is not None
+        # The balance reflects at least every acknowledged debit (more may have committed
+        # without their acknowledgement reaching us before the kill).
+        assert account.balance <= min(balance for _, balance in acked)
+        assert account.seq - 1 >= len(acked)
+    finally:
+        store.close()
+
+    async with open_billing(data_dir) as billing:
+        event_id, balance = acked[-1]
+        with pytest.raises(DuplicateEvent) as duplicate:
+            await billing.report_usage(
+                UsageRequest(event_id=event_id, user_id=user, cost_micros=1_500_000)
+            )
+        assert duplicate.value.original["balance_cents"] == balance

@@ -1,0 +1,226 @@
+"""Model-based test: random command sequences against the real engine (LMDB on disk, restarts
+included) and a plain reference model; the ledger invariants hold after every step."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from actors.config import load_pricing
+from actors.runtime import open_billing
+from engine.account import AccountStatus
+from engine.commands import UsageResult
+from engine.errors import (
+    AccountClosed,
+    AccountNotFound,
+    BillingError,
+    DuplicateEvent,
+    IdempotencyConflict,
+    InsufficientCredits,
+)
+from engine.ids import UserId
+from engine.ledger import EntryType
+from engine.metering import UsageRequest
+from engine.money import MICROS_PER_CREDIT
+
+USERS = [UserId(uuid.UUID(int=index + 1)) for index in range(3)]
+EVENT_IDS = [f"evt-{index}" for index in range(12)]
+GRANT_KEYS = [None, "grant-a", "grant-b"]
+PRICING = load_pricing()
+
+
+class EngineThread:
+    """A real engine in its own trio.run on a thread; calls cross over with from_thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._ready = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self.billing: Any = None
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+
+    async def _main(self) -> None:
+        async with open_billing(self._data_dir, pricing=PRICING) as billing:
+            self.billing = billing
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            self._ready.set()
+            await self._stop.wait()
+
+    def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        async def invoke() -> Any:
+            return await function(*args, **kwargs)
+
+        return trio.from_thread.run(invoke, trio_token=self._token)
+
+    def stop(self) -> None:
+        assert self._stop is not None
+        trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(timeout=30)
+
+
+@dataclass
+class ModelAccount:
+    balance: int = 0
+    unbilled: int = 0
+    closed: bool = False
+    seq: int = 0
+    purchased: int = 0
+    granted: int = 0
+    used: int = 0
+
+
+@dataclass
+class Model:
+    accounts: dict[UserId, ModelAccount] = field(default_factory=dict)
+    events: dict[str, tuple[UserId, int, int]] = field(default_factory=dict)
+    grants: dict[str, tuple[UserId, int, EntryType]] = field(default_factory=dict)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self._tmp = tempfile.TemporaryDirectory()
+        self.data_dir = Path(self._tmp.name) / "data"
+        self.engine = EngineThread(self.data_dir)
+        self.model = Model()
+
+    def teardown(self) -> None:
+        self.engine.stop()
+        self._tmp.cleanup()
+
+    def outcome(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.engine.call(function, *args, **kwargs)
+        except BillingError as error:
+            return error
+
+    @rule(user=st.sampled_from(USERS))
+    def open_account(self, user: UserId) -> None:
+        account = self.outcome(self.engine.billing.open_account, user)
+        self.model.accounts.setdefault(user, ModelAccount())
+        assert account.balance == self.model.accounts[user].balance
+
+    @rule(
+        user=st.sampled_from(USERS),
+        amount=st.integers(1, 2000),
+        kind=st.sampled_from([EntryType.PURCHASE, EntryType.BONUS, EntryType.REFUND,
+                              EntryType.SUBSCRIPTION_GRANT, EntryType.AUTO_REFILL,
+                              EntryType.ADJUSTMENT]),
+        key=st.sampled_from(GRANT_KEYS),
+    )
+    def add_credits(self, user: UserId, amount: int, kind: EntryType, key: str | None) -> None:
+        got = self.outcome(
+            self.engine.billing.add_credits, user, amount, entry_type=kind, idempotency_key=key
+        )
+        if key is not None and key in self.model.grants:
+            assert isinstance(got, DuplicateEvent if self.model.grants[key] == (user, amount, kind)
+                              else IdempotencyConflict)
+            return
+        account = self.model.accounts.get(user)
+        if account is None:
+            assert isinstance(got, AccountNotFound)
+            return
+        if account.closed:
+            assert isinstance(got, AccountClosed)
+            return
+        account.balance += amount
+        account.seq += 1
+        if kind in (EntryType.PURCHASE, EntryType.AUTO_REFILL):
+            account.purchased += amount
+        elif kind is EntryType.SUBSCRIPTION_GRANT:
+            account.granted += amount
+        assert got.balance_cents == account.balance
+        if key is not None:
+            self.model.grants[key] = (user, amount, kind)
+
+    @rule(
+        user=st.sampled_from(USERS),
+        event_id=st.sampled_from(EVENT_IDS),
+        cost_micros=st.one_of(st.integers(0, 3 * MICROS_PER_CREDIT),
+                              st.sampled_from([1, 450_000, 999_999, 1_000_000])),
+    )
+    def report_usage(self, user: UserId, event_id: str, cost_micros: int) -> None:
+        got = self.outcome(
+            self.engine.billing.report_usage,
+            UsageRequest(event_id=event_id, user_id=user, cost_micros=cost_micros),
+        )
+        seen = self.model.events.get(event_id)
+        if seen is not None:
+            if seen[:2] == (user, cost_micros):
+                assert isinstance(got, DuplicateEvent)
+                assert got.original["balance_cents"] == seen[2]
+            else:
+                assert isinstance(got, IdempotencyConflict)
+            return
+        account = self.model.accounts.get(user)
+        if account is None:
+            assert isinstance(got, AccountNotFound)
+            return
+        if account.closed:
+            assert isinstance(got, AccountClosed)
+            return
+        if account.balance * MICROS_PER_CREDIT - account.unbilled < cost_micros:
+            assert isinstance(got, InsufficientCredits)
+            return
+        debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
+        account.balance -= debit
+        account.used += debit
+        account.seq += 1
+        assert isinstance(got, UsageResult)
+        assert (got.cost_cents, got.balance_cents) == (debit, account.balance)
+        self.model.events[event_id] = (user, cost_micros, account.balance)
+
+    @precondition(lambda self: self.model.accounts)
+    @rule(user=st.sampled_from(USERS))
+    def close_account(self, user: UserId) -> None:
+        got = self.outcome(self.engine.billing.close_account, user)
+        account = self.model.accounts.get(user)
+        if account is None:
+            assert isinstance(got, AccountNotFound)
+        elif account.closed:
+            assert isinstance(got, AccountClosed)
+        else:
+            account.closed = True
+            assert got.status is AccountStatus.CLOSED
+
+    @rule()
+    def restart(self) -> None:
+        self.engine.stop()
+        self.engine = EngineThread(self.data_dir)
+
+    @invariant()
+    def engine_matches_model_and_invariants_hold(self) -> None:
+        for user, expected in self.model.accounts.items():
+            account = self.engine.call(self.engine.billing.get_account, user)
+            assert (account.balance, account.unbilled_micros, account.seq) == (
+                expected.balance, expected.unbilled, expected.seq,
+            )
+            assert (account.lifetime_purchased, account.lifetime_granted,
+                    account.lifetime_used) == (expected.purchased, expected.granted,
+                                               expected.used)
+            assert (account.status is AccountStatus.CLOSED) == expected.closed
+        report = self.engine.call(self.engine.billing.verify)
+        assert report.ok, report.violations
+        assert report.accounts == len(self.model.accounts)
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLedgerModel = LedgerMachine.TestCase
