@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import trio
 
@@ -18,25 +19,34 @@ from engine.errors import EngineStopped, Overloaded
 from engine.ids import UserId
 from storage.store import CommitBatch, MapFull, Store, StoreError
 
-# Commands one open batch accepts before callers are told to back off.
+# Commands waiting for a commit before callers are told to back off.
 JOURNAL_PENDING_COMMANDS_MAX = 20_000
 # A batch that meets MapFull is retried after growing the map, at most this many times.
 MAP_GROWTH_ATTEMPTS_MAX = 8
 
 
+class Submitter(Protocol):
+    """Who submitted a command: told how many of its commands still wait for a commit."""
+
+    in_flight: int
+
+
 class Batch:
     """Commands applied in memory and waiting for one commit."""
 
-    __slots__ = ("accounts", "commands", "done", "error", "keys", "records", "sequence")
+    __slots__ = ("accounts", "done", "error", "keys", "records", "submitters")
 
-    def __init__(self, sequence: int) -> None:
-        self.sequence = sequence
+    def __init__(self) -> None:
         self.accounts: dict[UserId, Account] = {}
         self.records: list[Record] = []
         self.keys: list[tuple[str, str]] = []
-        self.commands = 0
+        self.submitters: list[Submitter] = []
         self.done = trio.Event()
         self.error: BaseException | None = None
+
+    @property
+    def commands(self) -> int:
+        return len(self.submitters)
 
     async def wait(self) -> None:
         """Return once this batch is durable; raise EngineStopped if it never will be."""
@@ -56,7 +66,7 @@ class Journal:
         self._store = store
         self._pending_commands_max = pending_commands_max
         self._on_commit = on_commit
-        self._open = Batch(1)
+        self._open = Batch()
         self._committing: Batch | None = None
         self._wake = trio.Event()
         self._inflight: dict[tuple[str, str], PriorOutcome] = {}
@@ -71,11 +81,12 @@ class Journal:
     def check_accepting(self) -> None:
         if self.failure is not None or self._closing:
             raise EngineStopped("the engine is not accepting writes")
-        if self._open.commands >= self._pending_commands_max:
+        if self.pending_commands >= self._pending_commands_max:
             raise Overloaded("the journal is full; retry shortly")
 
     def submit(
         self,
+        submitter: Submitter,
         account: Account | None,
         records: Iterable[Record],
         keyed: PriorOutcome | None = None,
@@ -83,6 +94,8 @@ class Journal:
         """Queue a command's effects; the returned batch tells when they are durable."""
         self.check_accepting()
         batch = self._open
+        batch.submitters.append(submitter)
+        submitter.in_flight += 1
         if account is not None:
             batch.accounts[account.user_id] = account
         batch.records.extend(records)
@@ -90,7 +103,6 @@ class Journal:
             key = (keyed.scope, keyed.key)
             batch.keys.append(key)
             self._inflight[key] = keyed
-        batch.commands += 1
         self._wake.set()
         return batch
 
@@ -106,8 +118,10 @@ class Journal:
         return self._inflight.get((scope, key))
 
     @property
-    def open_batch(self) -> Batch:
-        return self._open
+    def pending_commands(self) -> int:
+        committing = self._committing
+        in_commit = committing.commands if committing and not committing.done.is_set() else 0
+        return self._open.commands + in_commit
 
     # --- the writer task ---------------------------------------------------------------------
 
@@ -121,32 +135,37 @@ class Journal:
                 self._wake = trio.Event()
                 continue
             batch = self._open
-            self._open = Batch(batch.sequence + 1)
+            self._open = Batch()
             self._committing = batch
             # A started commit always finishes: cancelling it would leave callers guessing.
             with trio.CancelScope(shield=True):
                 await self._commit(batch)
             if self.failure is not None:
-                self._fail_open_batch()
+                self._finish(self._open, self.failure)
                 return
 
     async def _commit(self, batch: Batch) -> None:
         started = time.perf_counter()
-        work = CommitBatch(list(batch.accounts.values()), batch.records)
+        error: BaseException | None = None
         try:
             async with self.exclusive:
-                await self._write(work)
-        except BaseException as error:  # any failure: fail-stop, never guess
-            self.failure = error
-            batch.error = error
-        finally:
-            for key in batch.keys:
-                self._inflight.pop(key, None)
-            batch.done.set()
-        if batch.error is None:
+                await self._write(CommitBatch(list(batch.accounts.values()), batch.records))
+        except BaseException as failure:  # any failure: fail-stop, never guess
+            error = failure
+            self.failure = failure
+        self._finish(batch, error)
+        if error is None:
             self.commits += 1
-        if batch.error is None and self._on_commit is not None:
-            self._on_commit(batch, time.perf_counter() - started)
+            if self._on_commit is not None:
+                self._on_commit(batch, time.perf_counter() - started)
+
+    def _finish(self, batch: Batch, error: BaseException | None) -> None:
+        batch.error = error
+        for key in batch.keys:
+            self._inflight.pop(key, None)
+        for submitter in batch.submitters:
+            submitter.in_flight -= 1
+        batch.done.set()
 
     async def _write(self, work: CommitBatch) -> None:
         for _ in range(MAP_GROWTH_ATTEMPTS_MAX):
@@ -159,13 +178,6 @@ class Journal:
             except MapFull:
                 self._store.grow()
         raise StoreError("LMDB map still full after growing it")
-
-    def _fail_open_batch(self) -> None:
-        batch = self._open
-        batch.error = self.failure
-        for key in batch.keys:
-            self._inflight.pop(key, None)
-        batch.done.set()
 
     async def close(self) -> None:
         """Stop taking commands; return once everything submitted is durable (or failed)."""

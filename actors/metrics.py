@@ -93,7 +93,7 @@ class _RuntimeCollector(Collector):
         pending = GaugeMetricFamily(
             "zbilling_journal_pending_commands", "Commands waiting for the next group commit"
         )
-        pending.add_metric([], self._journal.open_batch.commands)
+        pending.add_metric([], self._journal.pending_commands)
         yield pending
         stopped = GaugeMetricFamily(
             "zbilling_engine_stopped", "1 when a storage fault stopped the engine (fail-stop)"

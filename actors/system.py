@@ -36,7 +36,7 @@ from storage.store import Store
 
 log = logging.getLogger("zbilling.actors")
 
-# Commands one account may have in the open journal batch (its mailbox bound).
+# Commands one account may have waiting for their commit (its mailbox bound).
 MAILBOX_CAPACITY = 1024
 # An actor unused this long, with nothing uncommitted, is dropped from memory.
 ACTOR_IDLE_S = 300.0
@@ -49,13 +49,15 @@ WallClock = Callable[[], int]
 
 
 class AccountActor:
-    __slots__ = ("batch", "batch_commands", "last_used_s", "state", "user_id")
+    """`in_flight` counts this account's commands waiting for their commit (the mailbox)."""
+
+    __slots__ = ("batch", "in_flight", "last_used_s", "state", "user_id")
 
     def __init__(self, user_id: UserId, state: Account | None, now_s: float) -> None:
         self.user_id = user_id
         self.state = state
         self.batch: Batch | None = None
-        self.batch_commands = 0
+        self.in_flight = 0
         self.last_used_s = now_s
 
     def uncommitted(self) -> Batch | None:
@@ -165,14 +167,11 @@ class ActorSystem:
             raise BillingError("internal error while applying the command") from error
         if transition.account is actor.state and not transition.records:
             return Pending(transition.reply, None, actor.uncommitted())
-        if actor.batch is not journal.open_batch:
-            actor.batch_commands = 0
-        if actor.batch_commands >= MAILBOX_CAPACITY:
+        if actor.in_flight >= MAILBOX_CAPACITY:
             raise Overloaded(f"account {actor.user_id} has too many commands in flight")
-        batch = journal.submit(transition.account, transition.records, transition.keyed)
+        batch = journal.submit(actor, transition.account, transition.records, transition.keyed)
         actor.state = transition.account
         actor.batch = batch
-        actor.batch_commands += 1
         self._actors[actor.user_id] = actor
         return Pending(transition.reply, None, batch)
 
@@ -221,7 +220,7 @@ class ActorSystem:
             if not ignore_age and actor.last_used_s > oldest_kept:
                 break
             del self._actors[user_id]
-            if actor.uncommitted() is not None:
+            if actor.in_flight:
                 busy.append(actor)
                 continue
             evicted += 1

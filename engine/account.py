@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import msgspec
 
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, require
 from engine.ids import UserId
 from engine.money import AMOUNT_CENTS_MAX, MICROS_PER_CREDIT, require_int
 
@@ -79,7 +79,8 @@ class Account(msgspec.Struct, frozen=True, gc=False):
 
     def check_invariants(self) -> None:
         """Stop rather than store a state no rule can produce."""
-        assert 0 <= self.unbilled_micros < MICROS_PER_CREDIT, self.unbilled_micros
-        assert self.held >= 0, self.held
-        assert self.overdraft_limit >= 0, self.overdraft_limit
-        assert self.seq >= 0, self.seq
+        require(0 <= self.unbilled_micros < MICROS_PER_CREDIT,
+                f"unbilled_micros {self.unbilled_micros} out of range")
+        require(self.held >= 0, f"held {self.held} is negative")
+        require(self.overdraft_limit >= 0, f"overdraft_limit {self.overdraft_limit} < 0")
+        require(self.seq >= 0, f"seq {self.seq} < 0")

@@ -91,6 +91,17 @@ class EngineStopped(BillingError):
     code = "engine_stopped"
 
 
+class InvariantViolation(Exception):
+    """A state no rule can produce. Not a BillingError: it is a bug, and the command that
+    would have produced it is refused rather than stored."""
+
+
+def require(condition: bool, message: str) -> None:
+    """An invariant check that, unlike `assert`, survives `python -O`."""
+    if not condition:
+        raise InvariantViolation(message)
+
+
 class NotConfigured(BillingError):
     code = "not_configured"
 

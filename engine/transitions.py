@@ -36,6 +36,7 @@ from engine.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    require,
 )
 from engine.ids import TransactionId, UserId
 from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
@@ -206,7 +207,7 @@ def _report_usage(
         seq=live.seq + 1,
         updated_at_ms=context.now_ms,
     )
-    assert updated.balance - updated.held >= -updated.overdraft_limit, "overdraft passed"
+    require(updated.balance - updated.held >= -updated.overdraft_limit, "debit passed overdraft")
     reply = UsageResult(
         event_id=command.event_id,
         user_id=live.user_id,

@@ -32,6 +32,7 @@ from engine.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    InvariantViolation,
 )
 from engine.ids import (
     TransactionId,
@@ -331,5 +332,5 @@ def test_balance_check_uses_available_credits_and_changes_nothing():
 
 
 def test_a_state_breaking_an_invariant_is_refused():
-    with pytest.raises(AssertionError):
+    with pytest.raises(InvariantViolation):
         apply(account(unbilled_micros=1_000_000), CheckBalance(USER, 0), ctx())

@@ -1,0 +1,135 @@
+"""The Store contract, checked against every implementation (LMDB today)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from engine.account import Account, AutoRefillSettings
+from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
+from engine.ids import TransactionId
+from engine.ledger import EntryType, LedgerEntry
+from engine.usage import LlmTokens
+from storage import codec
+from storage.lmdb_store import LmdbStore
+from storage.store import CommitBatch, Store, StoreError
+from tests.conftest import new_user
+
+IMPLEMENTATIONS: dict[str, Callable[[Path], Store]] = {"lmdb": LmdbStore}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def store(request, tmp_path) -> Iterator[Store]:
+    opened = IMPLEMENTATIONS[request.param](tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+def entry(user, transaction_id: int, amount: int, balance_after: int, key=None) -> LedgerEntry:
+    return LedgerEntry(
+        transaction_id=TransactionId(transaction_id),
+        user_id=user,
+        entry_type=EntryType.USAGE if amount < 0 else EntryType.BONUS,
+        amount=amount,
+        balance_after=balance_after,
+        created_at_ms=1_700_000_000_000,
+        source_key=key,
+        metadata={"cost_micros": 1},
+    )
+
+
+def test_every_record_round_trips(store):
+    user = new_user()
+    account = Account(
+        user_id=user, created_at_ms=1, updated_at_ms=2, balance=5, unbilled_micros=7, held=1,
+        lifetime_purchased=3, lifetime_granted=2, lifetime_used=0, plan="pro",
+        auto_refill=AutoRefillSettings(True, 700, 3000), stripe_customer_id="cus_1",
+        lago_customer_id=None, overdraft_limit=4, seq=2,
+    )
+    first = entry(user, 10, 5, 5, key="grant")
+    usage = entry(user, 11, 0, 5, key="evt")
+    result = UsageResult("evt", user, TransactionId(11), 0, 900, 5, 1)
+    event = UsageEventRecord(
+        event_id="evt", user_id=user, fingerprint=b"f" * 16, occurred_at_ms=3,
+        metric=LlmTokens("openai", "gpt-4o", 1, 2), agent_id="agent-1", result=result,
+    )
+    grant = KeyRecord(
+        scope="credits_add", key="grant", user_id=user, fingerprint=b"g" * 16,
+        result=CreditResult(user, TransactionId(10), EntryType.BONUS, 5, 5),
+    )
+    store.commit(CommitBatch([account], [first, usage, event, grant]))
+    assert store.get_account(user) == account
+    assert store.get_entry(TransactionId(10)) == first
+    assert store.get_outcome("usage", "evt") == event
+    assert store.get_outcome("credits_add", "grant") == grant
+    assert store.get_outcome("usage", "missing") is None
+    assert store.get_outcome("credits_add", "evt") is None
+    assert list(store.iter_user_entries(user)) == [first, usage]
+    assert list(store.iter_accounts()) == [account]
+    assert sorted(o.key for o in store.iter_outcomes()) == ["evt", "grant"]
+    assert store.count_entries() == 2
+    assert store.last_transaction_id() == 11
+
+
+def test_entries_page_newest_first_per_user(store):
+    alice, bob = new_user(), new_user()
+    records = [entry(alice, i, 1, i) for i in range(1, 6)] + [entry(bob, 100, 1, 1)]
+    store.commit(CommitBatch([], records))
+    page = store.list_entries(alice, limit=2)
+    assert [e.transaction_id for e in page.entries] == [5, 4]
+    assert page.has_more
+    page = store.list_entries(alice, limit=10, offset=3)
+    assert [e.transaction_id for e in page.entries] == [2, 1]
+    assert not page.has_more
+    page = store.list_entries(alice, limit=10, before=TransactionId(3))
+    assert [e.transaction_id for e in page.entries] == [2, 1]
+    assert store.list_entries(new_user(), limit=5).entries == []
+    assert [e.transaction_id for e in store.list_entries(bob, limit=5).entries] == [100]
+
+
+def test_a_failed_commit_writes_nothing(store):
+    user = new_user()
+    bad = LedgerEntry(
+        transaction_id=TransactionId(1), user_id=user, entry_type=EntryType.BONUS, amount=1,
+        balance_after=1, created_at_ms=1, metadata={"unencodable": object()},
+    )
+    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance=1, seq=1)
+    with pytest.raises(Exception):  # noqa: B017 - any failure, as long as nothing is written
+        store.commit(CommitBatch([account], [entry(user, 2, 1, 1), bad]))
+    assert store.get_account(user) is None
+    assert store.count_entries() == 0
+
+
+def test_growth_makes_room(tmp_path):
+    small = LmdbStore(tmp_path / "small", map_size_bytes=64 * 1024)
+    try:
+        before = small.map_size_bytes()
+        small.grow()
+        assert small.map_size_bytes() == 2 * before
+    finally:
+        small.close()
+
+
+def test_schema_version_mismatch_is_refused(tmp_path):
+    path = tmp_path / "old"
+    LmdbStore(path).close()
+    env = lmdb.open(str(path), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True, db=meta) as txn:
+        txn.put(b"schema_version", b"99")
+    env.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        LmdbStore(path)
+
+
+def test_readonly_open_needs_an_existing_directory(tmp_path):
+    with pytest.raises(StoreError):
+        LmdbStore(tmp_path / "nothing", readonly=True)
+
+
+def test_unknown_record_format_is_an_error():
+    with pytest.raises(codec.CodecError):
+        codec.decode_account(codec.cbor2.dumps([99, b""]))
