@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from engine.pricing import PricingConfig, Quote, quote
 
 from actors.journal import Journal
 from actors.metrics import EngineMetrics
 from actors.system import ActorSystem, Pending, WallClock
+from actors.timers import ExpiryTimers
 from engine.account import Account, AutoRefillSettings
 from engine.commands import (
     AddCredits,
@@ -25,12 +25,27 @@ from engine.commands import (
     SetAutoRefill,
     UsageResult,
     credits_fingerprint,
+    micros_to_cents_ceil,
 )
-from engine.errors import BillingError, InvalidInput
-from engine.ids import TransactionId, UserId, parse_key
+from engine.errors import BillingError, InvalidInput, NotFound
+from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
 from engine.metering import UsageRequest, usage_command, validate_metadata
 from engine.money import AMOUNT_CENTS_MAX, require_amount_cents, require_int
+from engine.pricing import PricingConfig, Quote, price_micros, quote
+from engine.reservations import (
+    RESERVATION_TTL_S_DEFAULT,
+    RESERVATION_TTL_S_MAX,
+    SCOPE_RESERVATION,
+    CommitReservation,
+    ReleaseReservation,
+    Reservation,
+    ReservationCommitted,
+    ReservationHeld,
+    ReservationReleased,
+    Reserve,
+    reserve_fingerprint,
+)
 from engine.usage import Metric
 from storage.store import EntryPage, Store
 from storage.verify import VerifyReport, verify_store
@@ -50,7 +65,9 @@ class Billing:
         pricing: PricingConfig,
         wall_clock_ms: WallClock,
         metrics: EngineMetrics,
+        timers: ExpiryTimers,
     ) -> None:
+        self._timers = timers
         self._store = store
         self._journal = journal
         self._system = system
@@ -167,6 +184,111 @@ class Billing:
         reply = await self._system.execute(CheckBalance(user_id, required_cents))
         assert isinstance(reply, BalanceCheck)
         return reply
+
+    # --- reservations ------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        user_id: UserId,
+        reservation_id: str,
+        *,
+        amount_cents: int | None = None,
+        metric: Metric | None = None,
+        ttl_s: int = RESERVATION_TTL_S_DEFAULT,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ReservationHeld:
+        """Hold `amount_cents`, or the price of an estimated `metric` rounded up to credits."""
+        reservation_id = parse_key("reservation_id", reservation_id)
+        if (amount_cents is None) == (metric is None):
+            raise InvalidInput("send amount_cents or an estimated metric, not both",
+                               {"field": "amount_cents"})
+        amount = (
+            require_amount_cents("amount_cents", amount_cents)
+            if amount_cents is not None
+            else max(1, micros_to_cents_ceil(price_micros(self.pricing, metric)))  # type: ignore[arg-type]
+        )
+        ttl_s = require_int("ttl_seconds", ttl_s, 1, RESERVATION_TTL_S_MAX)
+        command = Reserve(
+            user_id=user_id,
+            reservation_id=reservation_id,
+            amount_cents=amount,
+            ttl_s=ttl_s,
+            fingerprint=reserve_fingerprint(user_id, amount),
+            metadata=validate_metadata(metadata or {}),
+        )
+        held = await self._system.execute(command)
+        assert isinstance(held, ReservationHeld)
+        self._timers.arm(reservation_id, user_id, held.reservation.expires_at_ms)
+        return held
+
+    def _reservation_owner(self, reservation_id: str) -> UserId:
+        reservation = self._system.find_reservation(parse_key("reservation_id", reservation_id))
+        if reservation is None:
+            raise NotFound(f"no reservation {reservation_id!r}",
+                           {"reservation_id": reservation_id})
+        return reservation.user_id
+
+    async def commit_reservation(
+        self,
+        reservation_id: str,
+        *,
+        event_id: str | None = None,
+        metric: Metric | None = None,
+        cost_cents: int | None = None,
+        cost_micros: int | None = None,
+        agent_id: AgentId | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ReservationCommitted:
+        """Charge the actual usage (priced like /v1/usage) and release the rest of the hold."""
+        user_id = self._reservation_owner(reservation_id)
+        usage = usage_command(
+            UsageRequest(
+                event_id=parse_key("event_id", event_id or reservation_id),
+                user_id=user_id,
+                metric=metric,
+                cost_cents=cost_cents,
+                cost_micros=cost_micros,
+                agent_id=agent_id,
+                metadata=metadata or {},
+            ),
+            self.pricing,
+            self._wall_clock_ms(),
+        )
+        command = CommitReservation(
+            user_id=user_id,
+            reservation_id=reservation_id,
+            event_id=usage.event_id,
+            cost_micros=usage.cost_micros,
+            fingerprint=usage.fingerprint,
+            occurred_at_ms=usage.occurred_at_ms,
+            metric=usage.metric,
+            agent_id=usage.agent_id,
+            metadata=usage.metadata,
+        )
+        committed = await self._system.execute(command)
+        assert isinstance(committed, ReservationCommitted)
+        self._timers.disarm(reservation_id)
+        return committed
+
+    async def release_reservation(self, reservation_id: str) -> ReservationReleased:
+        user_id = self._reservation_owner(reservation_id)
+        released = await self._system.execute(ReleaseReservation(user_id, reservation_id))
+        assert isinstance(released, ReservationReleased)
+        self._timers.disarm(reservation_id)
+        return released
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        """The reservation as durably stored (waits for a commit in flight)."""
+        reservation_id = parse_key("reservation_id", reservation_id)
+        if self._journal.inflight_outcome(SCOPE_RESERVATION, reservation_id) is not None:
+            barrier = self._journal.pending_barrier()
+            if barrier is not None:
+                await barrier.wait()
+        reservation = self._store.get_reservation(reservation_id)
+        if reservation is None:
+            raise NotFound(f"no reservation {reservation_id!r}",
+                           {"reservation_id": reservation_id})
+        return reservation
 
     def quote(self, metric: Metric) -> Quote:
         return quote(self.pricing, metric)

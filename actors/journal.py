@@ -17,12 +17,17 @@ from engine.account import Account
 from engine.commands import PriorOutcome, Record
 from engine.errors import EngineStopped, Overloaded
 from engine.ids import UserId
+from engine.reservations import Reservation
 from storage.store import CommitBatch, MapFull, Store, StoreError
 
 # Commands waiting for a commit before callers are told to back off.
 JOURNAL_PENDING_COMMANDS_MAX = 20_000
 # A batch that meets MapFull is retried after growing the map, at most this many times.
 MAP_GROWTH_ATTEMPTS_MAX = 8
+
+
+# Records looked up by key before their commit: idempotency keys and reservations.
+Keyed = PriorOutcome | Reservation
 
 
 class Submitter(Protocol):
@@ -38,8 +43,8 @@ class Batch:
 
     def __init__(self) -> None:
         self.accounts: dict[UserId, Account] = {}
-        self.records: list[Record] = []
-        self.keys: list[tuple[str, str]] = []
+        self.records: list[Record | Reservation] = []
+        self.keys: list[tuple[tuple[str, str], Keyed]] = []
         self.submitters: list[Submitter] = []
         self.done = trio.Event()
         self.error: BaseException | None = None
@@ -69,7 +74,7 @@ class Journal:
         self._open = Batch()
         self._committing: Batch | None = None
         self._wake = trio.Event()
-        self._inflight: dict[tuple[str, str], PriorOutcome] = {}
+        self._inflight: dict[tuple[str, str], Keyed] = {}
         self._closing = False
         self.failure: BaseException | None = None
         self.commits = 0
@@ -88,8 +93,8 @@ class Journal:
         self,
         submitter: Submitter,
         account: Account | None,
-        records: Iterable[Record],
-        keyed: PriorOutcome | None = None,
+        records: Iterable[Record | Reservation],
+        keyed: Iterable[Keyed] = (),
     ) -> Batch:
         """Queue a command's effects; the returned batch tells when they are durable."""
         self.check_accepting()
@@ -99,10 +104,10 @@ class Journal:
         if account is not None:
             batch.accounts[account.user_id] = account
         batch.records.extend(records)
-        if keyed is not None:
-            key = (keyed.scope, keyed.key)
-            batch.keys.append(key)
-            self._inflight[key] = keyed
+        for record in keyed:
+            key = (record.scope, record.key)
+            batch.keys.append((key, record))
+            self._inflight[key] = record
         self._wake.set()
         return batch
 
@@ -113,7 +118,7 @@ class Journal:
         committing = self._committing
         return committing if committing is not None and not committing.done.is_set() else None
 
-    def inflight_outcome(self, scope: str, key: str) -> PriorOutcome | None:
+    def inflight_outcome(self, scope: str, key: str) -> Keyed | None:
         """A key applied in memory but not yet committed (so not yet visible in storage)."""
         return self._inflight.get((scope, key))
 
@@ -161,8 +166,10 @@ class Journal:
 
     def _finish(self, batch: Batch, error: BaseException | None) -> None:
         batch.error = error
-        for key in batch.keys:
-            self._inflight.pop(key, None)
+        for key, record in batch.keys:
+            # A later batch may hold a newer version of the same key: leave that one.
+            if self._inflight.get(key) is record:
+                del self._inflight[key]
         for submitter in batch.submitters:
             submitter.in_flight -= 1
         batch.done.set()

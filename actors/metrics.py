@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from actors.journal import Batch, Journal
 from actors.system import ActorSystem
+from actors.timers import ExpiryTimers
 from engine.ledger import LedgerEntry
 
 BATCH_COMMANDS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -59,14 +60,15 @@ class EngineMetrics:
             self.entries.labels(entry_type).inc(count)
             self.credits.labels(entry_type).inc(amounts[entry_type])
 
-    def watch(self, system: ActorSystem, journal: Journal) -> None:
-        self.registry.register(_RuntimeCollector(system, journal))
+    def watch(self, system: ActorSystem, journal: Journal, timers: ExpiryTimers) -> None:
+        self.registry.register(_RuntimeCollector(system, journal, timers))
 
 
 class _RuntimeCollector(Collector):
-    def __init__(self, system: ActorSystem, journal: Journal) -> None:
+    def __init__(self, system: ActorSystem, journal: Journal, timers: ExpiryTimers) -> None:
         self._system = system
         self._journal = journal
+        self._timers = timers
 
     def collect(self) -> Iterator[Metric]:
         counters = self._system.counters
@@ -83,10 +85,26 @@ class _RuntimeCollector(Collector):
              counters.loads),
             ("zbilling_actor_passivations", "Idle actors dropped from memory",
              counters.passivations),
+            ("zbilling_reservations_opened", "Reservations that placed a hold",
+             counters.reservations_opened),
+            ("zbilling_reservation_commits", "Reservations committed with their actual usage",
+             counters.reservation_commits),
+            ("zbilling_reservation_commits_above_hold", "Commits that charged more than "
+             "their hold", counters.reservation_commits_above_hold),
+            ("zbilling_reservation_releases", "Reservations released by the caller",
+             counters.reservation_releases),
+            ("zbilling_reservation_expiries", "Reservations released by their expiry timer",
+             counters.reservation_expiries),
         ):
             family = CounterMetricFamily(name, help_text)
             family.add_metric([], value)
             yield family
+        holds = GaugeMetricFamily("zbilling_open_holds", "Reservations currently holding credits")
+        holds.add_metric([], self._timers.armed)
+        yield holds
+        held = GaugeMetricFamily("zbilling_held_credits", "Credits held by open reservations")
+        held.add_metric([], counters.held_cents)
+        yield held
         active = GaugeMetricFamily("zbilling_active_actors", "Accounts held in memory")
         active.add_metric([], self._system.active_actors)
         yield active

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from engine.pricing import PricingConfig
 from prometheus_client import CollectorRegistry
 
 from actors.billing import Billing
@@ -16,6 +15,8 @@ from actors.config import load_pricing
 from actors.journal import Journal
 from actors.metrics import EngineMetrics
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
+from actors.timers import ExpiryTimers
+from engine.pricing import PricingConfig
 from storage.datadir_lock import DataDirLock
 from storage.lmdb_store import MAP_SIZE_INITIAL_BYTES, LmdbStore
 from storage.store import Store
@@ -54,7 +55,14 @@ async def open_billing(
                 idle_s=actor_idle_s,
                 last_transaction_id=store.last_transaction_id(),
             )
-            metrics.watch(system, journal)
+            timers = ExpiryTimers(system, wall_clock_ms)
+            for reservation in store.iter_reservations():
+                if reservation.is_open:
+                    # A hold whose time passed while we were down expires at once.
+                    timers.arm(reservation.reservation_id, reservation.user_id,
+                               reservation.expires_at_ms)
+                    system.counters.held_cents += reservation.amount_cents
+            metrics.watch(system, journal, timers)
             billing = Billing(
                 store=store,
                 journal=journal,
@@ -62,10 +70,12 @@ async def open_billing(
                 pricing=pricing if pricing is not None else load_pricing(),
                 wall_clock_ms=wall_clock_ms,
                 metrics=metrics,
+                timers=timers,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)
                 await nursery.start(system.run_passivation)
+                await nursery.start(timers.run)
                 try:
                     yield billing
                 finally:

@@ -14,16 +14,13 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
 from actors.journal import Batch, Journal
 from engine.account import Account
-from engine.commands import (
-    Command,
-    PriorOutcome,
-    Reply,
-)
+from engine.commands import Command, PriorOutcome, UsageResult
 from engine.errors import (
     BillingError,
     DuplicateEvent,
@@ -31,6 +28,15 @@ from engine.errors import (
     Overloaded,
 )
 from engine.ids import TransactionId, UserId, next_transaction_id
+from engine.reservations import (
+    SCOPE_RESERVATION,
+    Reservation,
+    ReservationCommand,
+    ReservationCommitted,
+    ReservationHeld,
+    ReservationReleased,
+    ReservationStatus,
+)
 from engine.transitions import Context, apply
 from storage.store import Store
 
@@ -70,30 +76,47 @@ class Pending:
 
     __slots__ = ("barrier", "error", "reply")
 
-    def __init__(
-        self, reply: Reply | None, error: BillingError | None, barrier: Batch | None
-    ) -> None:
+    def __init__(self, reply: Any, error: BillingError | None, barrier: Batch | None) -> None:
         self.reply = reply
         self.error = error
         self.barrier = barrier
 
-    async def settle(self) -> Reply:
+    async def settle(self) -> Any:
         if self.barrier is not None:
             await self.barrier.wait()
         if self.error is not None:
             raise self.error
-        assert self.reply is not None
         return self.reply
 
 
 @dataclass(slots=True)
 class ActorCounters:
+    """Plain integers bumped on the hot path and read by the metrics collector."""
+
     insufficient_credits: int = 0
     duplicate_events: int = 0
     overloaded: int = 0
     crashes: int = 0
     loads: int = 0
     passivations: int = 0
+    held_cents: int = 0
+    reservations_opened: int = 0
+    reservation_commits: int = 0
+    reservation_commits_above_hold: int = 0
+    reservation_releases: int = 0
+    reservation_expiries: int = 0
+
+    def count_reservation(self, reply: object) -> None:
+        if isinstance(reply, ReservationHeld):
+            self.reservations_opened += 1
+        elif isinstance(reply, ReservationCommitted):
+            self.reservation_commits += 1
+            self.reservation_commits_above_hold += reply.above_hold
+        elif isinstance(reply, ReservationReleased):
+            if reply.status is ReservationStatus.EXPIRED:
+                self.reservation_expiries += 1
+            else:
+                self.reservation_releases += 1
 
 
 class ActorSystem:
@@ -126,10 +149,10 @@ class ActorSystem:
 
     # --- commands ----------------------------------------------------------------------------
 
-    async def execute(self, command: Command) -> Reply:
+    async def execute(self, command: Command | ReservationCommand) -> Any:
         return await self.apply_now(command).settle()
 
-    def apply_now(self, command: Command) -> Pending:
+    def apply_now(self, command: Command | ReservationCommand) -> Pending:
         """Decide `command` against the account's current state and queue its records.
 
         Runs without a checkpoint, which is what makes the actor the account's only writer.
@@ -140,7 +163,7 @@ class ActorSystem:
             self._count(error)
             return Pending(None, error, self._journal.pending_barrier())
 
-    def _decide(self, actor: AccountActor, command: Command) -> Pending:
+    def _decide(self, actor: AccountActor, command: Command | ReservationCommand) -> Pending:
         journal = self._journal
         prior: PriorOutcome | None = None
         key = getattr(command, "key", None)
@@ -151,7 +174,11 @@ class ActorSystem:
         self._last_transaction_id = next_transaction_id(
             self._last_transaction_id, now_ms, _ULID_RANDOM.getrandbits(80)
         )
-        context = Context(now_ms, TransactionId(self._last_transaction_id), prior)
+        reservation: Reservation | None = None
+        reservation_id = getattr(command, "reservation_id", None)
+        if reservation_id is not None:
+            reservation = self.find_reservation(reservation_id)
+        context = Context(now_ms, TransactionId(self._last_transaction_id), prior, reservation)
         try:
             # The transition checks the key before the account: a retry of an applied event
             # gets its original result even if the account was closed since.
@@ -170,10 +197,22 @@ class ActorSystem:
         if actor.in_flight >= MAILBOX_CAPACITY:
             raise Overloaded(f"account {actor.user_id} has too many commands in flight")
         batch = journal.submit(actor, transition.account, transition.records, transition.keyed)
+        if actor.state is not None and transition.account is not None:
+            self.counters.held_cents += transition.account.held - actor.state.held
+        if not isinstance(transition.reply, UsageResult):
+            self.counters.count_reservation(transition.reply)
         actor.state = transition.account
         actor.batch = batch
         self._actors[actor.user_id] = actor
         return Pending(transition.reply, None, batch)
+
+    def find_reservation(self, reservation_id: str) -> Reservation | None:
+        """The latest version of a reservation, committed or not."""
+        found = self._journal.inflight_outcome(SCOPE_RESERVATION, reservation_id)
+        if found is not None:
+            assert isinstance(found, Reservation)
+            return found
+        return self._store.get_reservation(reservation_id)
 
     def _actor(self, user_id: UserId) -> AccountActor:
         """The account's actor, loaded on first use. An unknown account gets a transient

@@ -9,16 +9,20 @@ from engine.ledger import GRANTED_TYPES, OTHER_CREDIT_TYPES, PURCHASED_TYPES, En
 from engine.money import MICROS_PER_CREDIT
 
 
-def audit_account(account: Account, entries: Iterable[LedgerEntry]) -> list[str]:
+def audit_account(
+    account: Account, entries: Iterable[LedgerEntry], open_holds_cents: int = 0
+) -> list[str]:
     """Every violation found, in words; an empty list means the account is sound.
 
-    `entries` are the account's entries oldest first.
+    `entries` are the account's entries oldest first; `open_holds_cents` the sum of its open
+    reservations, which must equal `held`.
     """
     problems: list[str] = []
     running = 0
     total = 0
     count = 0
     purchased = granted = used = other = 0
+    owed_after_commit = False
     previous_id = -1
     for entry in entries:
         count += 1
@@ -39,7 +43,10 @@ def audit_account(account: Account, entries: Iterable[LedgerEntry]) -> list[str]
             used -= entry.amount
             if entry.amount > 0:
                 problems.append(f"usage entry {entry.transaction_id} credits the account")
-            if entry.balance_after < -account.overdraft_limit:
+            # A reservation commit is charged even past the limit (the service was delivered).
+            committed_hold = "reservation_id" in entry.metadata
+            owed_after_commit |= committed_hold
+            if entry.balance_after < -account.overdraft_limit and not committed_hold:
                 problems.append(
                     f"invariant 3: usage entry {entry.transaction_id} left the balance at "
                     f"{entry.balance_after}, below the overdraft limit"
@@ -52,11 +59,13 @@ def audit_account(account: Account, entries: Iterable[LedgerEntry]) -> list[str]
             other += entry.amount
     if account.balance != total:
         problems.append(f"invariant 1: balance {account.balance} != sum of entries {total}")
-    if account.balance - account.held < -account.overdraft_limit:
+    if account.balance - account.held < -account.overdraft_limit and not owed_after_commit:
         problems.append(
             f"invariant 3: balance {account.balance} less held {account.held} is below "
             f"the overdraft limit {account.overdraft_limit}"
         )
+    if account.held != open_holds_cents:
+        problems.append(f"held {account.held} != {open_holds_cents} in open reservations")
     lifetime = account.lifetime_purchased + account.lifetime_granted + other - account.lifetime_used
     if lifetime != account.balance:
         problems.append(

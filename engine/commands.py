@@ -185,13 +185,14 @@ PriorOutcome = KeyRecord | UsageEventRecord
 class Transition(_Value):
     """The outcome of one command: the new state (None: no account), what to store, the reply.
 
-    `keyed` is the record among `records` that holds the command's idempotency key, if any.
+    `keyed` are the records among `records` that others look up by key (idempotency keys,
+    reservations) and so must be visible before their commit.
     """
 
     account: Account | None
-    records: tuple[Record, ...]
-    reply: Reply
-    keyed: PriorOutcome | None = None
+    records: tuple[Any, ...]
+    reply: Any
+    keyed: tuple[Any, ...] = ()
 
 
 # --- fingerprints ---------------------------------------------------------------------------
@@ -199,7 +200,8 @@ class Transition(_Value):
 _fingerprint_encoder = msgspec.msgpack.Encoder()
 
 
-def _digest(parts: tuple[Any, ...]) -> bytes:
+def digest(parts: tuple[Any, ...]) -> bytes:
+    """A short, stable fingerprint of a request's identifying parts."""
     return hashlib.blake2b(_fingerprint_encoder.encode(parts), digest_size=16).digest()
 
 
@@ -208,11 +210,11 @@ def usage_fingerprint(
 ) -> bytes:
     """What makes two usage requests "the same" for idempotency: user, metric and cost."""
     kind = metric.type if metric is not None else None
-    return _digest((user_id.bytes, kind, metric, cost_micros_override))
+    return digest((user_id.bytes, kind, metric, cost_micros_override))
 
 
 def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType) -> bytes:
-    return _digest((user_id.bytes, amount_cents, entry_type.value))
+    return digest((user_id.bytes, amount_cents, entry_type.value))
 
 
 def micros_to_cents_ceil(micros: int) -> int:

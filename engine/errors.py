@@ -75,6 +75,20 @@ class IdempotencyConflict(BillingError):
         self.key = key
 
 
+class NotFound(BillingError):
+    code = "not_found"
+
+
+class ReservationExpired(BillingError):
+    code = "reservation_expired"
+
+
+class ReservationClosed(BillingError):
+    """A reservation already committed or released cannot take the other path."""
+
+    code = "conflict"
+
+
 class Overloaded(BillingError):
     """A bounded queue is full; the caller should retry after a short pause."""
 

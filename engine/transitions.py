@@ -36,22 +36,42 @@ from engine.errors import (
     IdempotencyConflict,
     InsufficientCredits,
     InvalidInput,
+    NotFound,
+    ReservationClosed,
+    ReservationExpired,
     require,
 )
 from engine.ids import TransactionId, UserId
 from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
 from engine.money import COST_MICROS_MAX, MICROS_PER_CREDIT, split_micros
+from engine.reservations import (
+    RESERVATION_TTL_S_MAX,
+    CommitReservation,
+    ExpireReservation,
+    ReleaseReservation,
+    Reservation,
+    ReservationCommand,
+    ReservationCommitted,
+    ReservationHeld,
+    ReservationReleased,
+    ReservationStatus,
+    Reserve,
+)
 
 
 class Context(msgspec.Struct, frozen=True, gc=False):
-    """What a transition may know of the world: the time, a fresh id, and a key's history."""
+    """What a transition may know of the world: the time, a fresh id, a key's history and the
+    reservation the command names."""
 
     now_ms: int
     transaction_id: TransactionId
     prior: PriorOutcome | None = None
+    reservation: Reservation | None = None
 
 
-def apply(account: Account | None, command: Command, context: Context) -> Transition:
+def apply(
+    account: Account | None, command: Command | ReservationCommand, context: Context
+) -> Transition:
     handler = _HANDLERS[type(command)]
     transition = handler(account, command, context)
     if transition.account is not None:
@@ -170,7 +190,7 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
         fingerprint=command.fingerprint,
         result=reply,
     )
-    return Transition(updated, (entry, key_record), reply, key_record)
+    return Transition(updated, (entry, key_record), reply, (key_record,))
 
 
 def _report_usage(
@@ -178,15 +198,34 @@ def _report_usage(
 ) -> Transition:
     _check_prior(command, context.prior)
     live = _live(account, command.user_id)
-    cost_micros = command.cost_micros
-    if not 0 <= cost_micros <= COST_MICROS_MAX:
-        raise InvalidInput("cost is out of range", {"field": "cost_micros"})
-    if not live.can_afford_micros(cost_micros):
+    _check_cost(command.cost_micros)
+    if not live.can_afford_micros(command.cost_micros):
         raise InsufficientCredits(
             balance_cents=live.balance,
             available_cents=live.available,
-            required_cents=micros_to_cents_ceil(live.unbilled_micros + cost_micros),
+            required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
         )
+    transition = _debit(live, command, context, live.held, {})
+    updated = transition.account
+    assert updated is not None
+    require(updated.balance - updated.held >= -updated.overdraft_limit, "debit passed overdraft")
+    return transition
+
+
+def _check_cost(cost_micros: int) -> None:
+    if not 0 <= cost_micros <= COST_MICROS_MAX:
+        raise InvalidInput("cost is out of range", {"field": "cost_micros"})
+
+
+def _debit(
+    live: Account,
+    command: ReportUsage | CommitReservation,
+    context: Context,
+    held: int,
+    extra_metadata: dict[str, str],
+) -> Transition:
+    """Charge a usage event with the carry rule: the entry, the event record, the reply."""
+    cost_micros = command.cost_micros
     debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
     balance = live.balance - debit
     entry = LedgerEntry(
@@ -197,17 +236,17 @@ def _report_usage(
         balance_after=balance,
         created_at_ms=context.now_ms,
         source_key=command.event_id,
-        metadata={**command.metadata, "cost_micros": cost_micros},
+        metadata={**command.metadata, **extra_metadata, "cost_micros": cost_micros},
     )
     updated = replace(
         live,
         balance=balance,
+        held=held,
         unbilled_micros=carried_micros,
         lifetime_used=live.lifetime_used + debit,
         seq=live.seq + 1,
         updated_at_ms=context.now_ms,
     )
-    require(updated.balance - updated.held >= -updated.overdraft_limit, "debit passed overdraft")
     reply = UsageResult(
         event_id=command.event_id,
         user_id=live.user_id,
@@ -215,7 +254,7 @@ def _report_usage(
         cost_cents=debit,
         cost_micros=cost_micros,
         balance_cents=balance,
-        held_cents=updated.held,
+        held_cents=held,
     )
     event = UsageEventRecord(
         event_id=command.event_id,
@@ -226,7 +265,144 @@ def _report_usage(
         agent_id=command.agent_id,
         result=reply,
     )
-    return Transition(updated, (entry, event), reply, event)
+    return Transition(updated, (entry, event), reply, (event,))
+
+
+# --- reservations ---------------------------------------------------------------------------
+
+
+def _reservation(command: CommitReservation | ReleaseReservation, context: Context
+                 ) -> Reservation:
+    reservation = context.reservation
+    if reservation is None or reservation.user_id != command.user_id:
+        raise NotFound(f"no reservation {command.reservation_id!r}",
+                       {"reservation_id": command.reservation_id})
+    return reservation
+
+
+def _reserve(account: Account | None, command: Reserve, context: Context) -> Transition:
+    prior = context.reservation
+    if prior is not None:
+        if prior.fingerprint != command.fingerprint:
+            raise IdempotencyConflict(command.reservation_id)
+        raise DuplicateEvent(command.reservation_id, prior.to_dict())
+    live = _live(account, command.user_id)
+    if not 1 <= command.ttl_s <= RESERVATION_TTL_S_MAX:
+        raise InvalidInput(f"ttl_seconds must be between 1 and {RESERVATION_TTL_S_MAX}",
+                           {"field": "ttl_seconds"})
+    if live.balance - live.held - command.amount_cents < -live.overdraft_limit:
+        raise InsufficientCredits(
+            balance_cents=live.balance,
+            available_cents=live.available,
+            required_cents=command.amount_cents,
+        )
+    reservation = Reservation(
+        reservation_id=command.reservation_id,
+        user_id=live.user_id,
+        amount_cents=command.amount_cents,
+        created_at_ms=context.now_ms,
+        expires_at_ms=context.now_ms + command.ttl_s * 1000,
+        fingerprint=command.fingerprint,
+        metadata=command.metadata,
+    )
+    updated = replace(live, held=live.held + command.amount_cents,
+                      updated_at_ms=context.now_ms)
+    reply = ReservationHeld(reservation, updated.balance, updated.held)
+    return Transition(updated, (reservation,), reply, (reservation,))
+
+
+def _commit_reservation(
+    account: Account | None, command: CommitReservation, context: Context
+) -> Transition:
+    reservation = _reservation(command, context)
+    if reservation.status is ReservationStatus.COMMITTED:
+        if reservation.commit_fingerprint != command.fingerprint:
+            raise IdempotencyConflict(command.reservation_id)
+        assert reservation.commit is not None
+        original = ReservationCommitted(reservation.reservation_id, reservation.commit,
+                                        reservation.released_cents, False)
+        raise DuplicateEvent(command.reservation_id, original.to_dict())
+    if reservation.status is ReservationStatus.RELEASED:
+        raise ReservationClosed(f"reservation {command.reservation_id!r} was released",
+                                reservation.to_dict())
+    if reservation.status is ReservationStatus.EXPIRED or (
+        context.now_ms >= reservation.expires_at_ms
+    ):
+        raise ReservationExpired(f"reservation {command.reservation_id!r} expired",
+                                 reservation.to_dict())
+    if context.prior is not None:
+        # The commit's event id was used by another usage event.
+        raise IdempotencyConflict(command.event_id)
+    live = _live(account, command.user_id)
+    _check_cost(command.cost_micros)
+    # The service was delivered: the commit is charged even above the hold or the balance.
+    transition = _debit(live, command, context, live.held - reservation.amount_cents,
+                        {"reservation_id": reservation.reservation_id})
+    usage = transition.reply
+    assert isinstance(usage, UsageResult)
+    released = max(reservation.amount_cents - usage.cost_cents, 0)
+    closed = replace(
+        reservation,
+        status=ReservationStatus.COMMITTED,
+        closed_at_ms=context.now_ms,
+        released_cents=released,
+        commit=usage,
+        commit_fingerprint=command.fingerprint,
+    )
+    reply = ReservationCommitted(reservation.reservation_id, usage, released,
+                                 usage.cost_cents > reservation.amount_cents)
+    return Transition(
+        transition.account,
+        (*transition.records, closed),
+        reply,
+        (*transition.keyed, closed),
+    )
+
+
+def _close_hold(
+    account: Account | None,
+    reservation: Reservation,
+    status: ReservationStatus,
+    context: Context,
+) -> Transition:
+    if account is None:
+        raise AccountNotFound(f"no account for user {reservation.user_id}")
+    updated = replace(account, held=account.held - reservation.amount_cents,
+                      updated_at_ms=context.now_ms)
+    closed = replace(reservation, status=status, closed_at_ms=context.now_ms,
+                     released_cents=reservation.amount_cents)
+    reply = ReservationReleased(reservation.reservation_id, reservation.user_id, status,
+                                reservation.amount_cents, updated.balance, updated.held)
+    return Transition(updated, (closed,), reply, (closed,))
+
+
+def _release(
+    account: Account | None, command: ReleaseReservation, context: Context
+) -> Transition:
+    reservation = _reservation(command, context)
+    if reservation.status is ReservationStatus.RELEASED:
+        raise DuplicateEvent(command.reservation_id, reservation.to_dict())
+    if reservation.status is ReservationStatus.COMMITTED:
+        raise ReservationClosed(f"reservation {command.reservation_id!r} was committed",
+                                reservation.to_dict())
+    if reservation.status is ReservationStatus.EXPIRED:
+        raise ReservationExpired(f"reservation {command.reservation_id!r} expired",
+                                 reservation.to_dict())
+    return _close_hold(account, reservation, ReservationStatus.RELEASED, context)
+
+
+def _expire(
+    account: Account | None, command: ExpireReservation, context: Context
+) -> Transition:
+    reservation = context.reservation
+    if (
+        reservation is None
+        or not reservation.is_open
+        or context.now_ms < reservation.expires_at_ms
+    ):
+        # Already closed, or the timer woke early: nothing to do.
+        return Transition(account, (), None)
+    return _close_hold(account, reservation, ReservationStatus.EXPIRED, context)
 
 
 _HANDLERS = {
@@ -237,4 +413,8 @@ _HANDLERS = {
     ReportUsage: _report_usage,
     CheckBalance: _check_balance,
     SetAutoRefill: _set_auto_refill,
+    Reserve: _reserve,
+    CommitReservation: _commit_reservation,
+    ReleaseReservation: _release,
+    ExpireReservation: _expire,
 }

@@ -12,12 +12,14 @@ from engine.account import Account, AccountStatus, AutoRefillSettings
 from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
+from engine.reservations import Reservation, ReservationStatus
 from engine.usage import metric_to_wire, parse_metric
 
 ACCOUNT_FORMAT = 1
 ENTRY_FORMAT = 1
 USAGE_EVENT_FORMAT = 1
 KEY_FORMAT = 1
+RESERVATION_FORMAT = 1
 
 
 class CodecError(ValueError):
@@ -210,4 +212,77 @@ def decode_key_record(scope: str, key: str, data: bytes) -> KeyRecord:
             amount_cents=amount_cents,
             balance_cents=balance_cents,
         ),
+    )
+
+
+def encode_reservation(reservation: Reservation) -> bytes:
+    commit = reservation.commit
+    return cbor2.dumps(
+        [
+            RESERVATION_FORMAT,
+            reservation.user_id.bytes,
+            reservation.amount_cents,
+            reservation.created_at_ms,
+            reservation.expires_at_ms,
+            reservation.fingerprint,
+            reservation.status.value,
+            dict(reservation.metadata),
+            reservation.closed_at_ms,
+            reservation.released_cents,
+            None if commit is None else [
+                commit.event_id,
+                commit.transaction_id,
+                commit.cost_cents,
+                commit.cost_micros,
+                commit.balance_cents,
+                commit.held_cents,
+            ],
+            reservation.commit_fingerprint,
+        ]
+    )
+
+
+def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
+    fields = cbor2.loads(data)
+    _expect(fields, RESERVATION_FORMAT, "reservation")
+    (
+        _,
+        user_bytes,
+        amount_cents,
+        created_at_ms,
+        expires_at_ms,
+        fingerprint,
+        status,
+        metadata,
+        closed_at_ms,
+        released_cents,
+        commit,
+        commit_fingerprint,
+    ) = fields
+    user_id = UserId(uuid.UUID(bytes=user_bytes))
+    usage = None
+    if commit is not None:
+        event_id, transaction_id, cost_cents, cost_micros, balance_cents, held_cents = commit
+        usage = UsageResult(
+            event_id=event_id,
+            user_id=user_id,
+            transaction_id=TransactionId(transaction_id),
+            cost_cents=cost_cents,
+            cost_micros=cost_micros,
+            balance_cents=balance_cents,
+            held_cents=held_cents,
+        )
+    return Reservation(
+        reservation_id=reservation_id,
+        user_id=user_id,
+        amount_cents=amount_cents,
+        created_at_ms=created_at_ms,
+        expires_at_ms=expires_at_ms,
+        fingerprint=fingerprint,
+        status=ReservationStatus(status),
+        metadata=metadata,
+        closed_at_ms=closed_at_ms,
+        released_cents=released_cents,
+        commit=usage,
+        commit_fingerprint=commit_fingerprint,
     )

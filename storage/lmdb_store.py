@@ -11,6 +11,7 @@ from engine.account import Account
 from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
+from engine.reservations import Reservation
 from storage import codec, keys
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
 
@@ -139,6 +140,12 @@ class LmdbStore:
                             codec.encode_usage_event(record),
                             db=db["usage_events"],
                         )
+                    elif isinstance(record, Reservation):
+                        txn.put(
+                            keys.event_key(record.reservation_id),
+                            codec.encode_reservation(record),
+                            db=db["reservations"],
+                        )
                     else:
                         txn.put(
                             keys.idempotency_key(record.scope, record.key),
@@ -165,6 +172,16 @@ class LmdbStore:
         with self._env.begin(db=self._db["idempotency"]) as txn:
             data = txn.get(keys.idempotency_key(scope, key))
         return codec.decode_key_record(scope, key, data) if data is not None else None
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None:
+        with self._env.begin(db=self._db["reservations"]) as txn:
+            data = txn.get(keys.event_key(reservation_id))
+        return codec.decode_reservation(reservation_id, data) if data is not None else None
+
+    def iter_reservations(self) -> Iterator[Reservation]:
+        with self._env.begin(db=self._db["reservations"]) as txn:
+            for key, data in txn.cursor():
+                yield codec.decode_reservation(key.decode(), data)
 
     def get_entry(self, transaction_id: TransactionId) -> LedgerEntry | None:
         with self._env.begin(db=self._db["transactions"]) as txn:

@@ -11,6 +11,7 @@ from engine.account import Account
 from engine.commands import PriorOutcome, Record
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
+from engine.reservations import Reservation
 
 
 class StoreError(RuntimeError):
@@ -27,7 +28,7 @@ class CommitBatch:
     records of every command in the batch, in order."""
 
     accounts: Sequence[Account]
-    records: Sequence[Record]
+    records: Sequence[Record | Reservation]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,10 @@ class Store(Protocol):
         ...
 
     def get_entry(self, transaction_id: TransactionId) -> LedgerEntry | None: ...
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    def iter_reservations(self) -> Iterator[Reservation]: ...
 
     def grow(self) -> None:
         """Make room after MapFull; called with no transaction open in this process."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from engine.audit import audit_account
-from engine.ids import transaction_id_str
+from engine.ids import UserId, transaction_id_str
 from storage.store import Store
 
 
@@ -30,12 +31,16 @@ class VerifyReport:
 def verify_store(store: Store) -> VerifyReport:
     """Check every account against its entries, and every stored outcome against the ledger."""
     report = VerifyReport()
+    open_holds: dict[UserId, int] = defaultdict(int)
+    for reservation in store.iter_reservations():
+        if reservation.is_open:
+            open_holds[reservation.user_id] += reservation.amount_cents
     indexed = 0
     for account in store.iter_accounts():
         report.accounts += 1
         entries = list(store.iter_user_entries(account.user_id))
         indexed += len(entries)
-        for problem in audit_account(account, entries):
+        for problem in audit_account(account, entries, open_holds[account.user_id]):
             report.violations.append(Violation(f"account {account.user_id}", problem))
     report.entries = store.count_entries()
     if indexed != report.entries:

@@ -26,14 +26,19 @@ from engine.errors import (
     DuplicateEvent,
     IdempotencyConflict,
     InsufficientCredits,
+    NotFound,
+    ReservationClosed,
+    ReservationExpired,
 )
 from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT
+from engine.reservations import ExpireReservation, ReservationStatus
 
 USERS = [UserId(uuid.UUID(int=index + 1)) for index in range(3)]
 EVENT_IDS = [f"evt-{index}" for index in range(12)]
+RESERVATION_IDS = [f"res-{index}" for index in range(6)]
 GRANT_KEYS = [None, "grant-a", "grant-b"]
 PRICING = load_pricing()
 
@@ -41,8 +46,9 @@ PRICING = load_pricing()
 class EngineThread:
     """A real engine in its own trio.run on a thread; calls cross over with from_thread."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, clock: Any) -> None:
         self._data_dir = data_dir
+        self._clock = clock
         self._ready = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -52,7 +58,8 @@ class EngineThread:
         self._ready.wait(timeout=30)
 
     async def _main(self) -> None:
-        async with open_billing(self._data_dir, pricing=PRICING) as billing:
+        async with open_billing(self._data_dir, pricing=PRICING,
+                                wall_clock_ms=self._clock) as billing:
             self.billing = billing
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()
@@ -83,10 +90,24 @@ class ModelAccount:
 
 
 @dataclass
+class ModelHold:
+    user: UserId
+    amount: int
+    expires_at_ms: int
+    status: str = "held"
+    cost_micros: int | None = None
+
+
+@dataclass
 class Model:
     accounts: dict[UserId, ModelAccount] = field(default_factory=dict)
     events: dict[str, tuple[UserId, int, int]] = field(default_factory=dict)
     grants: dict[str, tuple[UserId, int, EntryType]] = field(default_factory=dict)
+    holds: dict[str, ModelHold] = field(default_factory=dict)
+
+    def held(self, user: UserId) -> int:
+        return sum(h.amount for h in self.holds.values() if h.user == user and
+                   h.status == "held")
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -94,8 +115,12 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self._tmp = tempfile.TemporaryDirectory()
         self.data_dir = Path(self._tmp.name) / "data"
-        self.engine = EngineThread(self.data_dir)
+        self.now_ms = 1_700_000_000_000
+        self.engine = EngineThread(self.data_dir, self.clock)
         self.model = Model()
+
+    def clock(self) -> int:
+        return self.now_ms
 
     def teardown(self) -> None:
         self.engine.stop()
@@ -172,7 +197,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if account.closed:
             assert isinstance(got, AccountClosed)
             return
-        if account.balance * MICROS_PER_CREDIT - account.unbilled < cost_micros:
+        available = account.balance - self.model.held(user)
+        if available * MICROS_PER_CREDIT - account.unbilled < cost_micros:
             assert isinstance(got, InsufficientCredits)
             return
         debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
@@ -196,10 +222,104 @@ class LedgerMachine(RuleBasedStateMachine):
             account.closed = True
             assert got.status is AccountStatus.CLOSED
 
+    @rule(
+        user=st.sampled_from(USERS),
+        reservation_id=st.sampled_from(RESERVATION_IDS),
+        amount=st.integers(1, 800),
+        ttl_s=st.sampled_from([60, 3600]),
+    )
+    def reserve(self, user: UserId, reservation_id: str, amount: int, ttl_s: int) -> None:
+        got = self.outcome(self.engine.billing.reserve, user, reservation_id,
+                           amount_cents=amount, ttl_s=ttl_s)
+        seen = self.model.holds.get(reservation_id)
+        if seen is not None:
+            assert isinstance(got, DuplicateEvent if (seen.user, seen.amount) == (user, amount)
+                              else IdempotencyConflict)
+            return
+        account = self.model.accounts.get(user)
+        if account is None:
+            assert isinstance(got, AccountNotFound)
+            return
+        if account.closed:
+            assert isinstance(got, AccountClosed)
+            return
+        if account.balance - self.model.held(user) - amount < 0:
+            assert isinstance(got, InsufficientCredits)
+            return
+        assert got.reservation.amount_cents == amount
+        self.model.holds[reservation_id] = ModelHold(user, amount, self.now_ms + ttl_s * 1000)
+
+    @rule(
+        reservation_id=st.sampled_from(RESERVATION_IDS),
+        cost_micros=st.integers(0, 900 * MICROS_PER_CREDIT),
+    )
+    def commit_reservation(self, reservation_id: str, cost_micros: int) -> None:
+        got = self.outcome(self.engine.billing.commit_reservation, reservation_id,
+                           cost_micros=cost_micros)
+        hold = self.model.holds.get(reservation_id)
+        if hold is None:
+            assert isinstance(got, NotFound)
+            return
+        if hold.status == "committed":
+            expected = DuplicateEvent if hold.cost_micros == cost_micros else (
+                IdempotencyConflict)
+            assert isinstance(got, expected)
+            return
+        if hold.status == "released":
+            assert isinstance(got, ReservationClosed)
+            return
+        if hold.status == "expired" or self.now_ms >= hold.expires_at_ms:
+            assert isinstance(got, ReservationExpired)
+            return
+        if reservation_id in self.model.events:
+            assert isinstance(got, IdempotencyConflict)
+            return
+        account = self.model.accounts[hold.user]
+        if account.closed:
+            assert isinstance(got, AccountClosed)
+            return
+        debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
+        account.balance -= debit
+        account.used += debit
+        account.seq += 1
+        hold.status, hold.cost_micros = "committed", cost_micros
+        self.model.events[reservation_id] = (hold.user, cost_micros, account.balance)
+        assert got.usage.balance_cents == account.balance
+        assert got.released_cents == max(hold.amount - debit, 0)
+
+    @rule(reservation_id=st.sampled_from(RESERVATION_IDS))
+    def release_reservation(self, reservation_id: str) -> None:
+        got = self.outcome(self.engine.billing.release_reservation, reservation_id)
+        hold = self.model.holds.get(reservation_id)
+        if hold is None:
+            assert isinstance(got, NotFound)
+        elif hold.status == "released":
+            assert isinstance(got, DuplicateEvent)
+        elif hold.status == "committed":
+            assert isinstance(got, ReservationClosed)
+        elif hold.status == "expired":
+            assert isinstance(got, ReservationExpired)
+        else:
+            hold.status = "released"
+            assert got.released_cents == hold.amount
+
+    @rule(seconds=st.sampled_from([30, 90, 4000]))
+    def time_passes(self, seconds: int) -> None:
+        """Advance the clock and run the expiry the timer would run for every due hold."""
+        self.now_ms += seconds * 1000
+        for reservation_id, hold in self.model.holds.items():
+            if hold.status == "held" and self.now_ms >= hold.expires_at_ms:
+                reply = self.engine.call(
+                    self.engine.billing.system.execute,
+                    ExpireReservation(hold.user, reservation_id),
+                )
+                assert reply.status is ReservationStatus.EXPIRED
+                hold.status = "expired"
+
     @rule()
     def restart(self) -> None:
         self.engine.stop()
-        self.engine = EngineThread(self.data_dir)
+        self.engine = EngineThread(self.data_dir, self.clock)
 
     @invariant()
     def engine_matches_model_and_invariants_hold(self) -> None:
@@ -212,6 +332,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     account.lifetime_used) == (expected.purchased, expected.granted,
                                                expected.used)
             assert (account.status is AccountStatus.CLOSED) == expected.closed
+            assert account.held == self.model.held(user)
         report = self.engine.call(self.engine.billing.verify)
         assert report.ok, report.violations
         assert report.accounts == len(self.model.accounts)
