@@ -254,18 +254,7 @@ class Billing:
             self.pricing,
             self._wall_clock_ms(),
         )
-        command = CommitReservation(
-            user_id=user_id,
-            reservation_id=reservation_id,
-            event_id=usage.event_id,
-            cost_micros=usage.cost_micros,
-            fingerprint=usage.fingerprint,
-            occurred_at_ms=usage.occurred_at_ms,
-            metric=usage.metric,
-            agent_id=usage.agent_id,
-            metadata=usage.metadata,
-        )
-        committed = await self._system.execute(command)
+        committed = await self._system.execute(CommitReservation(reservation_id, usage))
         assert isinstance(committed, ReservationCommitted)
         self._timers.disarm(reservation_id)
         return committed

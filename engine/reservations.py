@@ -12,9 +12,8 @@ from typing import Any
 
 import msgspec
 
-from engine.commands import SCOPE_USAGE, UsageResult, digest
-from engine.ids import AgentId, UserId, transaction_id_str
-from engine.usage import Metric
+from engine.commands import SCOPE_USAGE, ReportUsage, UsageResult, digest
+from engine.ids import UserId, transaction_id_str
 
 SCOPE_RESERVATION = "reservation"
 RESERVATION_TTL_S_DEFAULT = 300
@@ -89,21 +88,18 @@ class Reserve(msgspec.Struct, frozen=True, gc=False):
 
 
 class CommitReservation(msgspec.Struct, frozen=True, gc=False):
-    """The actual usage of a reservation; `event_id` is its usage event id."""
+    """The actual usage of a reservation: a usage event, priced like any other."""
 
-    user_id: UserId
     reservation_id: str
-    event_id: str
-    cost_micros: int
-    fingerprint: bytes
-    occurred_at_ms: int
-    metric: Metric | None = None
-    agent_id: AgentId | None = None
-    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    usage: ReportUsage
+
+    @property
+    def user_id(self) -> UserId:
+        return self.usage.user_id
 
     @property
     def key(self) -> str:
-        return self.event_id
+        return self.usage.event_id
 
     @property
     def scope(self) -> str:

@@ -219,7 +219,7 @@ def _check_cost(cost_micros: int) -> None:
 
 def _debit(
     live: Account,
-    command: ReportUsage | CommitReservation,
+    command: ReportUsage,
     context: Context,
     held: int,
     extra_metadata: dict[str, str],
@@ -316,7 +316,7 @@ def _commit_reservation(
 ) -> Transition:
     reservation = _reservation(command, context)
     if reservation.status is ReservationStatus.COMMITTED:
-        if reservation.commit_fingerprint != command.fingerprint:
+        if reservation.commit_fingerprint != command.usage.fingerprint:
             raise IdempotencyConflict(command.reservation_id)
         assert reservation.commit is not None
         original = ReservationCommitted(reservation.reservation_id, reservation.commit,
@@ -330,27 +330,28 @@ def _commit_reservation(
     ):
         raise ReservationExpired(f"reservation {command.reservation_id!r} expired",
                                  reservation.to_dict())
+    usage = command.usage
     if context.prior is not None:
         # The commit's event id was used by another usage event.
-        raise IdempotencyConflict(command.event_id)
-    live = _live(account, command.user_id)
-    _check_cost(command.cost_micros)
+        raise IdempotencyConflict(usage.event_id)
+    live = _live(account, usage.user_id)
+    _check_cost(usage.cost_micros)
     # The service was delivered: the commit is charged even above the hold or the balance.
-    transition = _debit(live, command, context, live.held - reservation.amount_cents,
+    transition = _debit(live, usage, context, live.held - reservation.amount_cents,
                         {"reservation_id": reservation.reservation_id})
-    usage = transition.reply
-    assert isinstance(usage, UsageResult)
-    released = max(reservation.amount_cents - usage.cost_cents, 0)
+    result = transition.reply
+    assert isinstance(result, UsageResult)
+    released = max(reservation.amount_cents - result.cost_cents, 0)
     closed = replace(
         reservation,
         status=ReservationStatus.COMMITTED,
         closed_at_ms=context.now_ms,
         released_cents=released,
-        commit=usage,
-        commit_fingerprint=command.fingerprint,
+        commit=result,
+        commit_fingerprint=usage.fingerprint,
     )
-    reply = ReservationCommitted(reservation.reservation_id, usage, released,
-                                 usage.cost_cents > reservation.amount_cents)
+    reply = ReservationCommitted(reservation.reservation_id, result, released,
+                                 result.cost_cents > reservation.amount_cents)
     return Transition(
         transition.account,
         (*transition.records, closed),

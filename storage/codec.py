@@ -145,14 +145,33 @@ def encode_usage_event(event: UsageEventRecord) -> bytes:
             event.occurred_at_ms,
             metric_to_wire(event.metric) if event.metric is not None else None,
             event.agent_id,
-            [
-                result.transaction_id,
-                result.cost_cents,
-                result.cost_micros,
-                result.balance_cents,
-                result.held_cents,
-            ],
+            _usage_result_fields(result),
         ]
+    )
+
+
+def _usage_result_fields(result: UsageResult) -> list[Any]:
+    """A usage result without what its container already says (user id)."""
+    return [
+        result.event_id,
+        result.transaction_id,
+        result.cost_cents,
+        result.cost_micros,
+        result.balance_cents,
+        result.held_cents,
+    ]
+
+
+def _usage_result(user_id: UserId, fields: list[Any]) -> UsageResult:
+    event_id, transaction_id, cost_cents, cost_micros, balance_cents, held_cents = fields
+    return UsageResult(
+        event_id=event_id,
+        user_id=user_id,
+        transaction_id=TransactionId(transaction_id),
+        cost_cents=cost_cents,
+        cost_micros=cost_micros,
+        balance_cents=balance_cents,
+        held_cents=held_cents,
     )
 
 
@@ -161,7 +180,6 @@ def decode_usage_event(event_id: str, data: bytes) -> UsageEventRecord:
     _expect(fields, USAGE_EVENT_FORMAT, "usage event")
     _, user_bytes, fingerprint, occurred_at_ms, metric, agent_id, result = fields
     user_id = UserId(uuid.UUID(bytes=user_bytes))
-    transaction_id, cost_cents, cost_micros, balance_cents, held_cents = result
     return UsageEventRecord(
         event_id=event_id,
         user_id=user_id,
@@ -169,15 +187,7 @@ def decode_usage_event(event_id: str, data: bytes) -> UsageEventRecord:
         occurred_at_ms=occurred_at_ms,
         metric=parse_metric(metric) if metric is not None else None,
         agent_id=AgentId(agent_id) if agent_id is not None else None,
-        result=UsageResult(
-            event_id=event_id,
-            user_id=user_id,
-            transaction_id=TransactionId(transaction_id),
-            cost_cents=cost_cents,
-            cost_micros=cost_micros,
-            balance_cents=balance_cents,
-            held_cents=held_cents,
-        ),
+        result=_usage_result(user_id, result),
     )
 
 
@@ -229,14 +239,7 @@ def encode_reservation(reservation: Reservation) -> bytes:
             dict(reservation.metadata),
             reservation.closed_at_ms,
             reservation.released_cents,
-            None if commit is None else [
-                commit.event_id,
-                commit.transaction_id,
-                commit.cost_cents,
-                commit.cost_micros,
-                commit.balance_cents,
-                commit.held_cents,
-            ],
+            None if commit is None else _usage_result_fields(commit),
             reservation.commit_fingerprint,
         ]
     )
@@ -260,18 +263,6 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         commit_fingerprint,
     ) = fields
     user_id = UserId(uuid.UUID(bytes=user_bytes))
-    usage = None
-    if commit is not None:
-        event_id, transaction_id, cost_cents, cost_micros, balance_cents, held_cents = commit
-        usage = UsageResult(
-            event_id=event_id,
-            user_id=user_id,
-            transaction_id=TransactionId(transaction_id),
-            cost_cents=cost_cents,
-            cost_micros=cost_micros,
-            balance_cents=balance_cents,
-            held_cents=held_cents,
-        )
     return Reservation(
         reservation_id=reservation_id,
         user_id=user_id,
@@ -283,6 +274,6 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         metadata=metadata,
         closed_at_ms=closed_at_ms,
         released_cents=released_cents,
-        commit=usage,
+        commit=_usage_result(user_id, commit) if commit is not None else None,
         commit_fingerprint=commit_fingerprint,
     )

@@ -29,8 +29,8 @@ def idempotency_key(scope: str, key: str) -> bytes:
     return scope.encode() + _SEPARATOR + key.encode()
 
 
-def event_key(event_id: str) -> bytes:
-    return event_id.encode()
+def text_key(text: str) -> bytes:
+    return text.encode()
 
 
 def sequence_key(sequence: int) -> bytes:

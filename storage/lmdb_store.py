@@ -136,13 +136,13 @@ class LmdbStore:
                         )
                     elif isinstance(record, UsageEventRecord):
                         txn.put(
-                            keys.event_key(record.event_id),
+                            keys.text_key(record.event_id),
                             codec.encode_usage_event(record),
                             db=db["usage_events"],
                         )
                     elif isinstance(record, Reservation):
                         txn.put(
-                            keys.event_key(record.reservation_id),
+                            keys.text_key(record.reservation_id),
                             codec.encode_reservation(record),
                             db=db["reservations"],
                         )
@@ -167,7 +167,7 @@ class LmdbStore:
     def get_outcome(self, scope: str, key: str) -> PriorOutcome | None:
         if scope == SCOPE_USAGE:
             with self._env.begin(db=self._db["usage_events"]) as txn:
-                data = txn.get(keys.event_key(key))
+                data = txn.get(keys.text_key(key))
             return codec.decode_usage_event(key, data) if data is not None else None
         with self._env.begin(db=self._db["idempotency"]) as txn:
             data = txn.get(keys.idempotency_key(scope, key))
@@ -175,7 +175,7 @@ class LmdbStore:
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
         with self._env.begin(db=self._db["reservations"]) as txn:
-            data = txn.get(keys.event_key(reservation_id))
+            data = txn.get(keys.text_key(reservation_id))
         return codec.decode_reservation(reservation_id, data) if data is not None else None
 
     def iter_reservations(self) -> Iterator[Reservation]:

@@ -51,14 +51,14 @@ def reserve(amount: int, rid: str = "r1", ttl_s: int = 300, user: UserId = USER)
 
 
 def commit(cost_micros: int, rid: str = "r1", event_id: str | None = None) -> CommitReservation:
-    return CommitReservation(
+    usage = ReportUsage(
         user_id=USER,
-        reservation_id=rid,
         event_id=event_id or rid,
         cost_micros=cost_micros,
         fingerprint=usage_fingerprint(USER, None, cost_micros),
         occurred_at_ms=NOW,
     )
+    return CommitReservation(rid, usage)
 
 
 def held(amount: int = 10, balance: int = 100) -> tuple[Account, Reservation]:
