@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import engine
+from bench import engine, reservations
 from bench.common import DEFAULT_OUT, Options
 
-PARTS = {"engine": engine.run}
+PARTS = {"engine": engine.run, "reservations": reservations.run}
 
 
 def main() -> None:
