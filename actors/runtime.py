@@ -56,12 +56,10 @@ async def open_billing(
                 last_transaction_id=store.last_transaction_id(),
             )
             timers = ExpiryTimers(system, wall_clock_ms)
-            for reservation in store.iter_reservations():
-                if reservation.is_open:
-                    # A hold whose time passed while we were down expires at once.
-                    timers.arm(reservation.reservation_id, reservation.user_id,
-                               reservation.expires_at_ms)
-                    system.counters.held_cents += reservation.amount_cents
+            for hold in store.iter_open_holds():
+                # A hold whose time passed while we were down expires at once.
+                timers.arm(hold.reservation_id, hold.user_id, hold.expires_at_ms)
+                system.counters.held_cents += hold.amount_cents
             metrics.watch(system, journal, timers)
             billing = Billing(
                 store=store,

@@ -75,6 +75,15 @@ class Reservation(msgspec.Struct, frozen=True, gc=False):
         }
 
 
+class OpenHold(msgspec.Struct, frozen=True, gc=False):
+    """What start-up needs to re-arm an expiry timer."""
+
+    reservation_id: str
+    user_id: UserId
+    amount_cents: int
+    expires_at_ms: int
+
+
 # --- commands -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from engine.account import Account, AccountStatus, AutoRefillSettings
 from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
-from engine.reservations import Reservation, ReservationStatus
+from engine.reservations import OpenHold, Reservation, ReservationStatus
 from engine.usage import metric_to_wire, parse_metric
 
 ACCOUNT_FORMAT = 1
@@ -277,3 +277,18 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         commit=_usage_result(user_id, commit) if commit is not None else None,
         commit_fingerprint=commit_fingerprint,
     )
+
+
+def encode_open_hold(reservation: Reservation) -> bytes:
+    return cbor2.dumps(
+        [RESERVATION_FORMAT, reservation.user_id.bytes, reservation.amount_cents,
+         reservation.expires_at_ms]
+    )
+
+
+def decode_open_hold(reservation_id: str, data: bytes) -> OpenHold:
+    fields = cbor2.loads(data)
+    _expect(fields, RESERVATION_FORMAT, "open hold")
+    _, user_bytes, amount_cents, expires_at_ms = fields
+    return OpenHold(reservation_id, UserId(uuid.UUID(bytes=user_bytes)), amount_cents,
+                    expires_at_ms)

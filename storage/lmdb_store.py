@@ -11,7 +11,7 @@ from engine.account import Account
 from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
-from engine.reservations import Reservation
+from engine.reservations import OpenHold, Reservation
 from storage import codec, keys
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
 
@@ -22,6 +22,8 @@ DATABASE_NAMES = (
     "transactions_by_user",
     "usage_events",
     "reservations",
+    # reservation id -> (user id, expiry) of holds still open: start-up re-arms only these.
+    "open_holds",
     "idempotency",
     "outbox",
     "webhooks",
@@ -141,11 +143,12 @@ class LmdbStore:
                             db=db["usage_events"],
                         )
                     elif isinstance(record, Reservation):
-                        txn.put(
-                            keys.text_key(record.reservation_id),
-                            codec.encode_reservation(record),
-                            db=db["reservations"],
-                        )
+                        key = keys.text_key(record.reservation_id)
+                        txn.put(key, codec.encode_reservation(record), db=db["reservations"])
+                        if record.is_open:
+                            txn.put(key, codec.encode_open_hold(record), db=db["open_holds"])
+                        else:
+                            txn.delete(key, db=db["open_holds"])
                     else:
                         txn.put(
                             keys.idempotency_key(record.scope, record.key),
@@ -177,6 +180,11 @@ class LmdbStore:
         with self._env.begin(db=self._db["reservations"]) as txn:
             data = txn.get(keys.text_key(reservation_id))
         return codec.decode_reservation(reservation_id, data) if data is not None else None
+
+    def iter_open_holds(self) -> Iterator[OpenHold]:
+        with self._env.begin(db=self._db["open_holds"]) as txn:
+            for key, data in txn.cursor():
+                yield codec.decode_open_hold(key.decode(), data)
 
     def iter_reservations(self) -> Iterator[Reservation]:
         with self._env.begin(db=self._db["reservations"]) as txn:

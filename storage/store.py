@@ -11,7 +11,7 @@ from engine.account import Account
 from engine.commands import PriorOutcome, Record
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
-from engine.reservations import Reservation
+from engine.reservations import OpenHold, Reservation
 
 
 class StoreError(RuntimeError):
@@ -77,6 +77,10 @@ class Store(Protocol):
     def get_reservation(self, reservation_id: str) -> Reservation | None: ...
 
     def iter_reservations(self) -> Iterator[Reservation]: ...
+
+    def iter_open_holds(self) -> Iterator[OpenHold]:
+        """Reservations still holding credits (cheap: closed ones are not visited)."""
+        ...
 
     def grow(self) -> None:
         """Make room after MapFull; called with no transaction open in this process."""

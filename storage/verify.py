@@ -32,9 +32,16 @@ def verify_store(store: Store) -> VerifyReport:
     """Check every account against its entries, and every stored outcome against the ledger."""
     report = VerifyReport()
     open_holds: dict[UserId, int] = defaultdict(int)
+    open_ids: set[str] = set()
     for reservation in store.iter_reservations():
         if reservation.is_open:
             open_holds[reservation.user_id] += reservation.amount_cents
+            open_ids.add(reservation.reservation_id)
+    indexed_ids = {hold.reservation_id for hold in store.iter_open_holds()}
+    if indexed_ids != open_ids:
+        report.violations.append(
+            Violation("open_holds", f"index lists {sorted(indexed_ids ^ open_ids)} wrongly")
+        )
     indexed = 0
     for account in store.iter_accounts():
         report.accounts += 1
