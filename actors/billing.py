@@ -28,6 +28,7 @@ from engine.commands import (
     micros_to_cents_ceil,
 )
 from engine.errors import BillingError, InvalidInput, NotFound
+from engine.export import ParkedEvent, RequeueParked
 from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
 from engine.metering import UsageRequest, usage_command, validate_metadata
@@ -53,6 +54,15 @@ from storage.verify import VerifyReport, verify_store
 TRANSACTIONS_PAGE_MAX = 100
 USAGE_BATCH_EVENTS_MAX = 1000
 DESCRIPTION_LENGTH_MAX = 500
+
+
+class _Operator:
+    """Submitter of operator commands to the journal (not bound to an account)."""
+
+    in_flight = 0
+
+
+_OPERATOR = _Operator()
 
 
 class Billing:
@@ -294,6 +304,22 @@ class Billing:
         offset = require_int("offset", offset, 0, 10**9)
         await self.get_account(user_id)
         return self._store.list_entries(user_id, limit, offset, before)
+
+    # --- Lago export --------------------------------------------------------------------------
+
+    def export_backlog(self) -> int:
+        """Lago events committed but not yet exported (or parked)."""
+        return self._store.outbox_depth()
+
+    def dead_letters(self) -> list[ParkedEvent]:
+        return self._store.dead_letters()
+
+    async def requeue_dead_letters(self) -> int:
+        """Send parked events again (after the cause in Lago was fixed); returns how many."""
+        sequences = tuple(parked.sequence for parked in self._store.dead_letters())
+        if sequences:
+            await self._journal.submit(_OPERATOR, None, [RequeueParked(sequences)]).wait()
+        return len(sequences)
 
     # --- operations --------------------------------------------------------------------------
 

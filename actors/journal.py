@@ -14,8 +14,9 @@ from typing import Protocol
 import trio
 
 from engine.account import Account
-from engine.commands import PriorOutcome, Record
+from engine.commands import PriorOutcome, Record, UsageEventRecord
 from engine.errors import EngineStopped, Overloaded
+from engine.export import OutboxAck, RequeueParked, billable_events
 from engine.ids import UserId
 from engine.reservations import Reservation
 from storage.store import CommitBatch, MapFull, Store, StoreError
@@ -43,7 +44,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.accounts: dict[UserId, Account] = {}
-        self.records: list[Record | Reservation] = []
+        self.records: list[Record | Reservation | OutboxAck | RequeueParked] = []
         self.keys: list[tuple[tuple[str, str], Keyed]] = []
         self.submitters: list[Submitter] = []
         self.done = trio.Event()
@@ -67,8 +68,11 @@ class Journal:
         *,
         pending_commands_max: int = JOURNAL_PENDING_COMMANDS_MAX,
         on_commit: Callable[[Batch, float], None] | None = None,
+        export: bool = False,
     ) -> None:
         self._store = store
+        # Write Lago outbox rows for usage events (only while an exporter drains them).
+        self._export = export
         self._pending_commands_max = pending_commands_max
         self._on_commit = on_commit
         self._open = Batch()
@@ -93,7 +97,7 @@ class Journal:
         self,
         submitter: Submitter,
         account: Account | None,
-        records: Iterable[Record | Reservation],
+        records: Iterable[Record | Reservation | OutboxAck | RequeueParked],
         keyed: Iterable[Keyed] = (),
     ) -> Batch:
         """Queue a command's effects; the returned batch tells when they are durable."""
@@ -152,9 +156,17 @@ class Journal:
     async def _commit(self, batch: Batch) -> None:
         started = time.perf_counter()
         error: BaseException | None = None
+        outbox = [
+            event.to_lago()
+            for record in batch.records
+            if isinstance(record, UsageEventRecord)
+            for event in billable_events(record)
+        ] if self._export else []
         try:
             async with self.exclusive:
-                await self._write(CommitBatch(list(batch.accounts.values()), batch.records))
+                await self._write(
+                    CommitBatch(list(batch.accounts.values()), batch.records, outbox)
+                )
         except BaseException as failure:  # any failure: fail-stop, never guess
             error = failure
             self.failure = failure

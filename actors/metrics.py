@@ -4,16 +4,18 @@ path never takes a prometheus-client lock; per-batch figures are observed once p
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from actors.journal import Batch, Journal
-from actors.system import ActorSystem
+from actors.system import ActorSystem, WallClock
 from actors.timers import ExpiryTimers
 from engine.ledger import LedgerEntry
+from storage.store import Store
 
 BATCH_COMMANDS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -62,6 +64,9 @@ class EngineMetrics:
 
     def watch(self, system: ActorSystem, journal: Journal, timers: ExpiryTimers) -> None:
         self.registry.register(_RuntimeCollector(system, journal, timers))
+
+    def watch_export(self, exporter: Exporter, store: Store, wall_clock_ms: WallClock) -> None:
+        self.registry.register(_ExportCollector(exporter, store, wall_clock_ms))
 
 
 class _RuntimeCollector(Collector):
@@ -118,3 +123,45 @@ class _RuntimeCollector(Collector):
         )
         stopped.add_metric([], 1 if self._journal.failure is not None else 0)
         yield stopped
+
+
+class Exporter(Protocol):
+    exported: int
+    batches: int
+    parked: int
+    failures: Mapping[str, int]
+
+    def lag_s(self, now_ms: int) -> float: ...
+
+
+class _ExportCollector(Collector):
+    """Lago export figures, read at scrape time."""
+
+    def __init__(self, exporter: Exporter, store: Store, wall_clock_ms: WallClock) -> None:
+        self._exporter = exporter
+        self._store = store
+        self._wall_clock_ms = wall_clock_ms
+
+    def collect(self) -> Iterator[Metric]:
+        exporter = self._exporter
+        depth = GaugeMetricFamily("zbilling_lago_outbox_depth", "Lago events not yet exported")
+        depth.add_metric([], self._store.outbox_depth())
+        yield depth
+        lag = GaugeMetricFamily("zbilling_lago_export_lag_seconds",
+                                "Age of the oldest Lago event not yet exported")
+        lag.add_metric([], exporter.lag_s(self._wall_clock_ms()))
+        yield lag
+        for name, help_text, value in (
+            ("zbilling_lago_events_exported", "Events Lago accepted", exporter.exported),
+            ("zbilling_lago_batches", "Batches Lago accepted", exporter.batches),
+            ("zbilling_lago_dead_letters", "Events Lago refused on their own, parked",
+             exporter.parked),
+        ):
+            family = CounterMetricFamily(name, help_text)
+            family.add_metric([], value)
+            yield family
+        failures = CounterMetricFamily("zbilling_lago_export_failures",
+                                       "Failed export requests by kind", labels=["kind"])
+        for kind, count in sorted(exporter.failures.items()):
+            failures.add_metric([kind], count)
+        yield failures

@@ -17,6 +17,8 @@ from actors.metrics import EngineMetrics
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
 from actors.timers import ExpiryTimers
 from engine.pricing import PricingConfig
+from integrations.lago.client import LagoClient
+from integrations.lago.exporter import LagoExporter
 from storage.datadir_lock import DataDirLock
 from storage.lmdb_store import MAP_SIZE_INITIAL_BYTES, LmdbStore
 from storage.store import Store
@@ -39,6 +41,7 @@ async def open_billing(
     actor_idle_s: float = ACTOR_IDLE_S,
     registry: CollectorRegistry | None = None,
     wrap_store: Callable[[Store], Store] | None = None,
+    lago: LagoClient | None = None,
 ) -> AsyncIterator[Billing]:
     """Run the engine for the duration of the block; on exit, flush what was submitted."""
     lock = DataDirLock(data_dir)
@@ -47,7 +50,7 @@ async def open_billing(
         try:
             store: Store = wrap_store(lmdb_store) if wrap_store else lmdb_store
             metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
-            journal = Journal(store, on_commit=metrics.observe_commit)
+            journal = Journal(store, on_commit=metrics.observe_commit, export=lago is not None)
             system = ActorSystem(
                 store,
                 journal,
@@ -74,6 +77,10 @@ async def open_billing(
                 await nursery.start(journal.run)
                 await nursery.start(system.run_passivation)
                 await nursery.start(timers.run)
+                if lago is not None:
+                    exporter = LagoExporter(store, journal, lago)
+                    metrics.watch_export(exporter, store, wall_clock_ms)
+                    await nursery.start(exporter.run)
                 try:
                     yield billing
                 finally:

@@ -10,6 +10,7 @@ import cbor2
 
 from engine.account import Account, AccountStatus, AutoRefillSettings
 from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
+from engine.export import ParkedEvent
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
 from engine.reservations import OpenHold, Reservation, ReservationStatus
@@ -20,6 +21,7 @@ ENTRY_FORMAT = 1
 USAGE_EVENT_FORMAT = 1
 KEY_FORMAT = 1
 RESERVATION_FORMAT = 1
+PARKED_FORMAT = 1
 
 
 class CodecError(ValueError):
@@ -292,3 +294,15 @@ def decode_open_hold(reservation_id: str, data: bytes) -> OpenHold:
     _, user_bytes, amount_cents, expires_at_ms = fields
     return OpenHold(reservation_id, UserId(uuid.UUID(bytes=user_bytes)), amount_cents,
                     expires_at_ms)
+
+
+def encode_parked(parked: ParkedEvent) -> bytes:
+    return cbor2.dumps([PARKED_FORMAT, parked.sequence, parked.event, parked.status,
+                        parked.reason])
+
+
+def decode_parked(data: bytes) -> ParkedEvent:
+    fields = cbor2.loads(data)
+    _expect(fields, PARKED_FORMAT, "parked event")
+    _, sequence, event, status, reason = fields
+    return ParkedEvent(sequence, event, status, reason)

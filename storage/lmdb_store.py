@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
+import msgspec
 
 from engine.account import Account
 from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord
+from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.reservations import OpenHold, Reservation
@@ -26,6 +29,8 @@ DATABASE_NAMES = (
     "open_holds",
     "idempotency",
     "outbox",
+    # Lago events refused on their own, with Lago's answer, until an operator re-sends them.
+    "dead_letters",
     "webhooks",
     "meta",
 )
@@ -35,7 +40,11 @@ MAP_SIZE_MAX_BYTES = 1 << 40
 MAP_FILL_RATIO_MAX = 0.75
 READERS_MAX = 256
 _META_SCHEMA_KEY = b"schema_version"
+_META_EXPORT_CURSOR_KEY = b"exporter_cursor"
 _TOP_KEY = b"\xff" * keys.TRANSACTION_ID_BYTES
+# Outbox rows are Lago events as msgpack (DESIGN.md "Storage").
+_packer = msgspec.msgpack.Encoder()
+_unpacker = msgspec.msgpack.Decoder()
 
 
 class LmdbStore:
@@ -67,14 +76,17 @@ class LmdbStore:
                 readahead=False,
                 readonly=readonly,
             )
-            with self._env.begin(write=not readonly) as txn:
-                self._db = {
-                    name: self._env.open_db(name.encode(), txn=txn, create=not readonly)
-                    for name in DATABASE_NAMES
-                }
+            # py-lmdb opens each handle in a transaction of its own that it commits, so the
+            # handles outlive it (handles opened in a read-only transaction would not).
+            self._db = {
+                name: self._env.open_db(name.encode(), create=not readonly)
+                for name in DATABASE_NAMES
+            }
         except lmdb.Error as error:
             raise StoreError(f"cannot open LMDB at {path}: {error}") from error
         self._check_schema(readonly)
+        # Outbox sequence numbers are assigned here, by the one writer, at commit time.
+        self._outbox_next = self._last_key_number("outbox") + 1
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -114,10 +126,20 @@ class LmdbStore:
 
     # --- writes ------------------------------------------------------------------------------
 
+    def _last_key_number(self, name: str) -> int:
+        with self._env.begin(db=self._db[name]) as txn:
+            cursor = txn.cursor()
+            return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+
     def commit(self, batch: CommitBatch) -> None:
         db = self._db
+        next_sequence = self._outbox_next
         try:
             with self._env.begin(write=True) as txn:
+                for event in batch.outbox:
+                    txn.put(keys.sequence_key(next_sequence), _packer.encode(event),
+                            db=db["outbox"], append=True)
+                    next_sequence += 1
                 for account in batch.accounts:
                     txn.put(
                         keys.user_key(account.user_id),
@@ -149,6 +171,10 @@ class LmdbStore:
                             txn.put(key, codec.encode_open_hold(record), db=db["open_holds"])
                         else:
                             txn.delete(key, db=db["open_holds"])
+                    elif isinstance(record, OutboxAck):
+                        self._acknowledge(txn, record)
+                    elif isinstance(record, RequeueParked):
+                        next_sequence = self._requeue(txn, record, next_sequence)
                     else:
                         txn.put(
                             keys.idempotency_key(record.scope, record.key),
@@ -159,6 +185,58 @@ class LmdbStore:
             raise MapFull(str(error)) from error
         except lmdb.Error as error:
             raise StoreError(f"commit failed: {error}") from error
+        self._outbox_next = next_sequence
+
+    def _acknowledge(self, txn: lmdb.Transaction, ack: OutboxAck) -> None:
+        outbox = txn.cursor(db=self._db["outbox"])
+        limit = keys.sequence_key(ack.sequence)
+        positioned = outbox.first()
+        while positioned and outbox.key() <= limit:
+            positioned = outbox.delete()
+        for parked in ack.parked:
+            txn.put(keys.sequence_key(parked.sequence), codec.encode_parked(parked),
+                    db=self._db["dead_letters"])
+        txn.put(_META_EXPORT_CURSOR_KEY, keys.sequence_key(ack.sequence), db=self._db["meta"])
+
+    def _requeue(self, txn: lmdb.Transaction, requeue: RequeueParked, next_sequence: int) -> int:
+        for sequence in requeue.sequences:
+            key = keys.sequence_key(sequence)
+            data = txn.get(key, db=self._db["dead_letters"])
+            if data is None:
+                continue
+            parked = codec.decode_parked(data)
+            txn.put(keys.sequence_key(next_sequence), _packer.encode(parked.event),
+                    db=self._db["outbox"], append=True)
+            txn.delete(key, db=self._db["dead_letters"])
+            next_sequence += 1
+        return next_sequence
+
+    # --- the outbox, for the Lago exporter ---------------------------------------------------
+
+    def read_outbox(self, after_sequence: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` rows after `after_sequence`, oldest first."""
+        rows: list[tuple[int, dict[str, Any]]] = []
+        with self._env.begin(db=self._db["outbox"]) as txn:
+            cursor = txn.cursor()
+            positioned = cursor.set_range(keys.sequence_key(after_sequence + 1))
+            while positioned and len(rows) < limit:
+                rows.append((int.from_bytes(cursor.key(), "big"),
+                             _unpacker.decode(cursor.value())))
+                positioned = cursor.next()
+        return rows
+
+    def outbox_depth(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._db["outbox"])["entries"])
+
+    def export_cursor(self) -> int:
+        with self._env.begin(db=self._db["meta"]) as txn:
+            data = txn.get(_META_EXPORT_CURSOR_KEY)
+        return int.from_bytes(data, "big") if data is not None else 0
+
+    def dead_letters(self) -> list[ParkedEvent]:
+        with self._env.begin(db=self._db["dead_letters"]) as txn:
+            return [codec.decode_parked(data) for _, data in txn.cursor()]
 
     # --- reads -------------------------------------------------------------------------------
 

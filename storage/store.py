@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.account import Account
 from engine.commands import PriorOutcome, Record
+from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.reservations import OpenHold, Reservation
@@ -28,7 +29,9 @@ class CommitBatch:
     records of every command in the batch, in order."""
 
     accounts: Sequence[Account]
-    records: Sequence[Record | Reservation]
+    records: Sequence[Record | Reservation | OutboxAck | RequeueParked]
+    # Lago events appended to the outbox in the same transaction (transactional outbox).
+    outbox: Sequence[dict[str, Any]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,5 +92,14 @@ class Store(Protocol):
     def needs_growth(self) -> bool: ...
 
     def backup(self, destination: Path) -> None: ...
+
+    def read_outbox(self, after_sequence: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        ...
+
+    def outbox_depth(self) -> int: ...
+
+    def export_cursor(self) -> int: ...
+
+    def dead_letters(self) -> list[ParkedEvent]: ...
 
     def close(self) -> None: ...

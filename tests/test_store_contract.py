@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -123,6 +125,27 @@ def test_schema_version_mismatch_is_refused(tmp_path):
     env.close()
     with pytest.raises(StoreError, match="schema version 99"):
         LmdbStore(path)
+
+
+def test_readonly_open_reads_beside_a_live_writer(tmp_path):
+    """Another process (verify, backup) reads a consistent snapshot while the writer runs."""
+    writer = LmdbStore(tmp_path / "live")
+    user = new_user()
+    try:
+        writer.commit(CommitBatch([Account(user_id=user, created_at_ms=1, updated_at_ms=1)],
+                                  [entry(user, 1, 3, 3)]))
+        reader = subprocess.run(
+            [sys.executable, "-c",
+             "import sys, uuid; from pathlib import Path; "
+             "from storage.lmdb_store import LmdbStore; "
+             "s = LmdbStore(Path(sys.argv[1]), readonly=True); "
+             "print(s.count_entries(), s.get_account(uuid.UUID(sys.argv[2])).balance)",
+             str(tmp_path / "live"), str(user)],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+        )
+        assert reader.stdout.split() == ["1", "0"]
+    finally:
+        writer.close()
 
 
 def test_readonly_open_needs_an_existing_directory(tmp_path):

@@ -1,0 +1,168 @@
+"""A local stand-in for Lago's API on 127.0.0.1, behaving as the OpenAPI document describes
+where the exporter depends on it, and able to fail on demand.
+
+- `POST /api/v1/events/batch`: Bearer auth (401), at most 100 events (422), all-or-nothing
+  validation with per-index `error_details` (422), a transaction id seen before refused as
+  `value_already_exist` (Lago deduplicates on it), 200 with the created events otherwise.
+- Every request body is validated against `EventBatchInput` of the shared OpenAPI document
+  when that file exists; violations are recorded in `schema_errors` and answered 400.
+- Modes: "ok", "error" (500), "rate_limited" (429 with Retry-After), "slow" (delays), and
+  `stop()`/`start()` to refuse connections; `reject` holds transaction ids answered 422.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.conftest import SHARED_DIR
+
+LAGO_OPENAPI = SHARED_DIR / "reference" / "lago" / "openapi.yaml"
+BATCH_EVENTS_MAX = 100
+SLOW_RESPONSE_S = 0.2
+
+
+def batch_validator() -> Any | None:
+    """A JSON Schema validator for Lago's EventBatchInput, or None without the document."""
+    if not LAGO_OPENAPI.exists():
+        return None
+    document = yaml.safe_load(Path(LAGO_OPENAPI).read_text())
+    uri = "urn:lago-openapi"
+    registry = Registry().with_resource(
+        uri, Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    return Draft202012Validator(
+        {"$ref": f"{uri}#/components/schemas/EventBatchInput"}, registry=registry
+    )
+
+
+class FakeLago:
+    def __init__(self, api_key: str = "lago-test-key", port: int = 0) -> None:
+        self.api_key = api_key
+        self.mode = "ok"
+        self.reject: set[str] = set()
+        self.events: dict[str, dict[str, Any]] = {}
+        self.duplicates_refused = 0
+        self.batch_sizes: list[int] = []
+        self.statuses: Counter[int] = Counter()
+        self.schema_errors: list[str] = []
+        self.requests = 0
+        self._validator = batch_validator()
+        self._lock = threading.Lock()
+        self._port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.start()
+
+    @property
+    def validates_schema(self) -> bool:
+        return self._validator is not None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> None:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                status, payload, headers = fake.handle(
+                    self.path, self.headers.get("Authorization", ""), body
+                )
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        server.daemon_threads = True
+        self._port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close the listening socket: further connections are refused."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def handle(self, path: str, authorization: str, body: bytes
+               ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with self._lock:
+            self.requests += 1
+            status, payload, headers = self._answer(path, authorization, body)
+            self.statuses[status] += 1
+        if self.mode == "slow":
+            time.sleep(SLOW_RESPONSE_S)
+        return status, payload, headers
+
+    def _answer(self, path: str, authorization: str, body: bytes
+                ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if path != "/api/v1/events/batch":
+            return 404, {"status": 404, "error": "Not Found", "code": "not_found"}, {}
+        if authorization != f"Bearer {self.api_key}":
+            return 401, {"status": 401, "error": "Unauthorized"}, {}
+        if self.mode == "error":
+            return 500, {"status": 500, "error": "Internal Server Error"}, {}
+        if self.mode == "rate_limited":
+            return 429, {"status": 429, "error": "Too Many Requests"}, {"Retry-After": "0"}
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return 400, {"status": 400, "error": "BadRequest: invalid JSON"}, {}
+        if self._validator is not None:
+            problems = [error.message for error in self._validator.iter_errors(document)]
+            if problems:
+                self.schema_errors.extend(problems)
+                return 400, {"status": 400, "error": "BadRequest", "details": problems}, {}
+        events = document.get("events", [])
+        if len(events) > BATCH_EVENTS_MAX:
+            self.schema_errors.append(f"batch of {len(events)} events")
+            return 422, _validation({"events": ["too_many_events"]}), {}
+        details: dict[str, Any] = {}
+        for index, event in enumerate(events):
+            transaction_id = event.get("transaction_id")
+            if transaction_id in self.events:
+                details[str(index)] = {"transaction_id": ["value_already_exist"]}
+            elif transaction_id in self.reject:
+                details[str(index)] = {"code": ["metric_not_found"]}
+        if details:
+            self.duplicates_refused += sum(
+                1 for detail in details.values() if "transaction_id" in detail
+            )
+            return 422, _validation(details), {}
+        self.batch_sizes.append(len(events))
+        for event in events:
+            self.events[event["transaction_id"]] = event
+        return 200, {"events": [{"lago_id": None, **event} for event in events]}, {}
+
+
+def _validation(details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": 422,
+        "error": "Unprocessable Entity",
+        "code": "validation_errors",
+        "error_details": details,
+    }
