@@ -14,9 +14,9 @@ from typing import Protocol
 import trio
 
 from engine.account import Account
-from engine.commands import PriorOutcome, Record, UsageEventRecord
+from engine.commands import PriorOutcome, Record
 from engine.errors import EngineStopped, Overloaded
-from engine.export import OutboxAck, RequeueParked, billable_events
+from engine.export import AccountOpened, OutboxAck, RequeueParked, outbox_rows
 from engine.ids import UserId
 from engine.reservations import Reservation
 from storage.store import CommitBatch, MapFull, Store, StoreError
@@ -44,7 +44,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.accounts: dict[UserId, Account] = {}
-        self.records: list[Record | Reservation | OutboxAck | RequeueParked] = []
+        self.records: list[Record | Reservation | OutboxAck | RequeueParked | AccountOpened] = []
         self.keys: list[tuple[tuple[str, str], Keyed]] = []
         self.submitters: list[Submitter] = []
         self.done = trio.Event()
@@ -97,7 +97,7 @@ class Journal:
         self,
         submitter: Submitter,
         account: Account | None,
-        records: Iterable[Record | Reservation | OutboxAck | RequeueParked],
+        records: Iterable[Record | Reservation | OutboxAck | RequeueParked | AccountOpened],
         keyed: Iterable[Keyed] = (),
     ) -> Batch:
         """Queue a command's effects; the returned batch tells when they are durable."""
@@ -157,16 +157,12 @@ class Journal:
         started = time.perf_counter()
         error: BaseException | None = None
         outbox = [
-            event.to_lago()
-            for record in batch.records
-            if isinstance(record, UsageEventRecord)
-            for event in billable_events(record)
+            row for record in batch.records for row in outbox_rows(record)
         ] if self._export else []
+        stored = [record for record in batch.records if not isinstance(record, AccountOpened)]
         try:
             async with self.exclusive:
-                await self._write(
-                    CommitBatch(list(batch.accounts.values()), batch.records, outbox)
-                )
+                await self._write(CommitBatch(list(batch.accounts.values()), stored, outbox))
         except BaseException as failure:  # any failure: fail-stop, never guess
             error = failure
             self.failure = failure

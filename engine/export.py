@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from engine.commands import UsageEventRecord
+from engine.ids import UserId
 from engine.usage import ApiCalls, Compute, LlmTokens, Storage
 
 CODE_LLM_INPUT_TOKENS = "llm_input_tokens"
@@ -44,6 +45,32 @@ class BillableEvent(msgspec.Struct, frozen=True, gc=False):
             "timestamp": f"{seconds}.{millis:03d}",
             "properties": self.properties,
         }
+
+
+class AccountOpened(msgspec.Struct, frozen=True, gc=False):
+    """An account came into being: integrations (the Lago customer) hear of it. Not stored."""
+
+    user_id: UserId
+    stripe_customer_id: str | None = None
+
+    def to_lago(self) -> dict[str, Any]:
+        """An outbox row for `POST /api/v1/customers` (create or update, by external id)."""
+        customer: dict[str, Any] = {"external_id": str(self.user_id)}
+        if self.stripe_customer_id is not None:
+            customer["billing_configuration"] = {
+                "payment_provider": "stripe",
+                "provider_customer_id": self.stripe_customer_id,
+            }
+        return {"customer": customer}
+
+
+def outbox_rows(record: object) -> tuple[dict[str, Any], ...]:
+    """The outbox rows a committed record stands for (most records stand for none)."""
+    if isinstance(record, UsageEventRecord):
+        return tuple(event.to_lago() for event in billable_events(record))
+    if isinstance(record, AccountOpened):
+        return (record.to_lago(),)
+    return ()
 
 
 def billable_events(record: UsageEventRecord) -> tuple[BillableEvent, ...]:

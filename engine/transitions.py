@@ -41,6 +41,7 @@ from engine.errors import (
     ReservationExpired,
     require,
 )
+from engine.export import AccountOpened
 from engine.ids import TransactionId, UserId
 from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
 from engine.money import COST_MICROS_MAX, MICROS_PER_CREDIT, split_micros
@@ -108,7 +109,7 @@ def _open(account: Account | None, command: OpenAccount, context: Context) -> Tr
     created = Account(
         user_id=command.user_id, created_at_ms=context.now_ms, updated_at_ms=context.now_ms
     )
-    return Transition(created, (), created)
+    return Transition(created, (AccountOpened(command.user_id),), created)
 
 
 def _get(account: Account | None, command: GetAccount, context: Context) -> Transition:

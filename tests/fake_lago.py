@@ -1,6 +1,7 @@
 """A local stand-in for Lago's API on 127.0.0.1, behaving as the OpenAPI document describes
 where the exporter depends on it, and able to fail on demand.
 
+- `POST /api/v1/customers`: create or update by external id.
 - `POST /api/v1/events/batch`: Bearer auth (401), at most 100 events (422), all-or-nothing
   validation with per-index `error_details` (422), a transaction id seen before refused as
   `value_already_exist` (Lago deduplicates on it), 200 with the created events otherwise.
@@ -32,18 +33,22 @@ BATCH_EVENTS_MAX = 100
 SLOW_RESPONSE_S = 0.2
 
 
-def batch_validator() -> Any | None:
-    """A JSON Schema validator for Lago's EventBatchInput, or None without the document."""
+def validators() -> dict[str, Any]:
+    """JSON Schema validators for the request bodies we send, by path; empty without the
+    shared OpenAPI document (then only the fake's own checks run)."""
     if not LAGO_OPENAPI.exists():
-        return None
+        return {}
     document = yaml.safe_load(Path(LAGO_OPENAPI).read_text())
     uri = "urn:lago-openapi"
     registry = Registry().with_resource(
         uri, Resource.from_contents(document, default_specification=DRAFT202012)
     )
-    return Draft202012Validator(
-        {"$ref": f"{uri}#/components/schemas/EventBatchInput"}, registry=registry
-    )
+    return {
+        path: Draft202012Validator({"$ref": f"{uri}#/components/schemas/{schema}"},
+                                   registry=registry)
+        for path, schema in (("/api/v1/events/batch", "EventBatchInput"),
+                             ("/api/v1/customers", "CustomerCreateInput"))
+    }
 
 
 class FakeLago:
@@ -52,12 +57,14 @@ class FakeLago:
         self.mode = "ok"
         self.reject: set[str] = set()
         self.events: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.events_before_customer = 0
         self.duplicates_refused = 0
         self.batch_sizes: list[int] = []
         self.statuses: Counter[int] = Counter()
         self.schema_errors: list[str] = []
         self.requests = 0
-        self._validator = batch_validator()
+        self._validators = validators()
         self._lock = threading.Lock()
         self._port = port
         self._server: ThreadingHTTPServer | None = None
@@ -66,7 +73,7 @@ class FakeLago:
 
     @property
     def validates_schema(self) -> bool:
-        return self._validator is not None
+        return bool(self._validators)
 
     @property
     def url(self) -> str:
@@ -120,7 +127,7 @@ class FakeLago:
 
     def _answer(self, path: str, authorization: str, body: bytes
                 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if path != "/api/v1/events/batch":
+        if path not in ("/api/v1/events/batch", "/api/v1/customers"):
             return 404, {"status": 404, "error": "Not Found", "code": "not_found"}, {}
         if authorization != f"Bearer {self.api_key}":
             return 401, {"status": 401, "error": "Unauthorized"}, {}
@@ -132,11 +139,16 @@ class FakeLago:
             document = json.loads(body)
         except ValueError:
             return 400, {"status": 400, "error": "BadRequest: invalid JSON"}, {}
-        if self._validator is not None:
-            problems = [error.message for error in self._validator.iter_errors(document)]
+        validator = self._validators.get(path)
+        if validator is not None:
+            problems = [error.message for error in validator.iter_errors(document)]
             if problems:
                 self.schema_errors.extend(problems)
                 return 400, {"status": 400, "error": "BadRequest", "details": problems}, {}
+        if path == "/api/v1/customers":
+            customer = document["customer"]
+            self.customers[customer["external_id"]] = customer
+            return 200, {"customer": {"lago_id": None, **customer}}, {}
         events = document.get("events", [])
         if len(events) > BATCH_EVENTS_MAX:
             self.schema_errors.append(f"batch of {len(events)} events")
@@ -156,6 +168,8 @@ class FakeLago:
         self.batch_sizes.append(len(events))
         for event in events:
             self.events[event["transaction_id"]] = event
+            if event.get("external_subscription_id") not in self.customers:
+                self.events_before_customer += 1
         return 200, {"events": [{"lago_id": None, **event} for event in events]}, {}
 
 

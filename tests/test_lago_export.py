@@ -76,6 +76,9 @@ async def test_20000_debits_arrive_exactly_once_in_batches(data_dir, pricing):
     assert sample["properties"] == {"tokens": "1007", "provider": "anthropic",
                                     "model": "claude-3-haiku", "agent_id": "agent-1"}
     assert sample["external_subscription_id"] == str(users[7])
+    # Every account's customer reached Lago before its first event.
+    assert set(lago.customers) == {str(user) for user in users}
+    assert lago.events_before_customer == 0
     check_schema(lago)
 
 
@@ -141,10 +144,10 @@ async def test_rate_limits_and_server_errors_are_retried_without_loss(data_dir, 
                          metric=LlmTokens("openai", "gpt-4o", 10, 1)) for i in range(50)
         ])
         await until(lambda: lago.statuses[429] >= 2)
-        assert billing.export_backlog() == 100
+        assert billing.export_backlog() == 101  # the customer row and 100 events
         lago.mode = "error"
         await until(lambda: lago.statuses[500] >= 2)
-        assert billing.export_backlog() == 100
+        assert billing.export_backlog() == 101
         lago.mode = "ok"
         await drained(billing)
     assert len(lago.events) == 100

@@ -34,6 +34,7 @@ from engine.errors import (
     InvalidInput,
     InvariantViolation,
 )
+from engine.export import AccountOpened
 from engine.ids import (
     TransactionId,
     UserId,
@@ -149,7 +150,8 @@ def test_open_creates_an_empty_active_account():
     assert created is not None
     assert created.balance == 0
     assert created.status is AccountStatus.ACTIVE
-    assert transition.records == ()
+    # A domain event for integrations (the Lago customer), not a stored record.
+    assert transition.records == (AccountOpened(USER),)
     assert transition.reply == created
 
 

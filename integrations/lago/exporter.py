@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -28,6 +29,9 @@ BACKOFF_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 60.0
 REASON_LENGTH_MAX = 2000
 _RETRYABLE = frozenset({408, 409, 425, 429})
+
+Rows = list[tuple[int, dict[str, Any]]]
+Sender = Callable[[Rows], Awaitable[httpx.Response]]
 
 
 class LagoExporter:
@@ -54,30 +58,41 @@ class LagoExporter:
                 continue
             cursor = await self._export_round(rows)
 
-    async def _export_round(self, rows: list[tuple[int, dict[str, Any]]]) -> int:
+    async def _export_round(self, rows: Rows) -> int:
         """Send up to EXPORT_REQUESTS_IN_FLIGHT_MAX batches at once; when every one is
         accepted or parked, commit the new cursor. Lago orders events by their timestamps,
         so batches within a round may land in any order."""
         parked: list[ParkedEvent] = []
+        # A customer row precedes its account's events in the outbox; sending the round's
+        # customers first keeps that order at Lago.
+        events = [row for row in rows if "customer" not in row[1]]
+        for customer in (row for row in rows if "customer" in row[1]):
+            await self._deliver([customer], parked, self._send_customer)
         async with trio.open_nursery() as nursery:
-            for start in range(0, len(rows), LAGO_BATCH_EVENTS_MAX):
-                nursery.start_soon(self._deliver, rows[start:start + LAGO_BATCH_EVENTS_MAX],
-                                   parked)
+            for start in range(0, len(events), LAGO_BATCH_EVENTS_MAX):
+                nursery.start_soon(self._deliver, events[start:start + LAGO_BATCH_EVENTS_MAX],
+                                   parked, self._send_events)
         last = rows[-1][0]
         await self._journal.submit(self, None, [OutboxAck(last, tuple(parked))]).wait()
         self.exported += len(rows) - len(parked)
         self.parked += len(parked)
         return last
 
-    async def _deliver(
-        self, rows: list[tuple[int, dict[str, Any]]], parked: list[ParkedEvent]
-    ) -> None:
-        """Deliver one batch; an event refused on its own is isolated by halving the batch."""
+    async def _send_events(self, rows: Rows) -> httpx.Response:
+        return await self._client.send_events([event for _, event in rows])
+
+    async def _send_customer(self, rows: Rows) -> httpx.Response:
+        (_, customer), = rows
+        return await self._client.upsert_customer(customer)
+
+    async def _deliver(self, rows: Rows, parked: list[ParkedEvent], send: Sender) -> None:
+        """Deliver rows until accepted; a row refused on its own is isolated by halving the
+        batch and parked with Lago's answer."""
         backoff_s = BACKOFF_INITIAL_S
         while True:
             wait_s = backoff_s
             try:
-                response = await self._client.send_events([event for _, event in rows])
+                response = await send(rows)
             except httpx.TimeoutException:
                 self.failures["timeout"] += 1
             except httpx.TransportError:
@@ -95,16 +110,13 @@ class LagoExporter:
                     wait_s = max(wait_s, _retry_after_s(response))
                 else:
                     self.failures["rejected"] += 1
-                    await self._isolate(rows, response, parked)
+                    await self._isolate(rows, response, parked, send)
                     return
             await trio.sleep(wait_s * (0.5 + self._random.random()))
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
     async def _isolate(
-        self,
-        rows: list[tuple[int, dict[str, Any]]],
-        response: httpx.Response,
-        parked: list[ParkedEvent],
+        self, rows: Rows, response: httpx.Response, parked: list[ParkedEvent], send: Sender
     ) -> None:
         if len(rows) == 1:
             sequence, event = rows[0]
@@ -119,15 +131,15 @@ class LagoExporter:
                                       response.text[:REASON_LENGTH_MAX]))
             return
         middle = len(rows) // 2
-        await self._deliver(rows[:middle], parked)
-        await self._deliver(rows[middle:], parked)
+        await self._deliver(rows[:middle], parked, send)
+        await self._deliver(rows[middle:], parked, send)
 
     def lag_s(self, now_ms: int) -> float:
         """Age of the oldest event not yet exported (0 when the outbox is empty)."""
         rows = self._store.read_outbox(self._store.export_cursor(), 1)
-        if not rows:
+        if not rows or "timestamp" not in rows[0][1]:
             return 0.0
-        timestamp = str(rows[0][1].get("timestamp", "0"))
+        timestamp = str(rows[0][1]["timestamp"])
         seconds, _, millis = timestamp.partition(".")
         return max(0.0, (now_ms - (int(seconds) * 1000 + int(millis or 0))) / 1000)
 
