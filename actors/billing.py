@@ -10,7 +10,7 @@ from typing import Any
 import trio
 
 from actors.journal import Journal
-from actors.metrics import EngineMetrics
+from actors.metrics import EngineMetrics, Exporter
 from actors.system import ActorSystem, Pending, WallClock
 from actors.timers import ExpiryTimers
 from engine.account import Account, AutoRefillSettings
@@ -76,8 +76,10 @@ class Billing:
         wall_clock_ms: WallClock,
         metrics: EngineMetrics,
         timers: ExpiryTimers,
+        exporter: Exporter | None = None,
     ) -> None:
         self._timers = timers
+        self._exporter = exporter
         self._store = store
         self._journal = journal
         self._system = system
@@ -310,6 +312,10 @@ class Billing:
     def export_backlog(self) -> int:
         """Lago events committed but not yet exported (or parked)."""
         return self._store.outbox_depth()
+
+    def export_lag_s(self) -> float:
+        """Age of the oldest Lago event not yet exported (0 when none waits)."""
+        return self._exporter.lag_s(self._wall_clock_ms()) if self._exporter else 0.0
 
     def dead_letters(self) -> list[ParkedEvent]:
         return self._store.dead_letters()

@@ -7,6 +7,7 @@ from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -126,10 +127,14 @@ class _RuntimeCollector(Collector):
 
 
 class Exporter(Protocol):
+    """A background exporter draining the outbox (integrations/lago provides one)."""
+
     exported: int
     batches: int
     parked: int
     failures: Mapping[str, int]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
     def lag_s(self, now_ms: int) -> float: ...
 

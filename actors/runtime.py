@@ -13,15 +13,16 @@ from prometheus_client import CollectorRegistry
 from actors.billing import Billing
 from actors.config import load_pricing
 from actors.journal import Journal
-from actors.metrics import EngineMetrics
+from actors.metrics import EngineMetrics, Exporter
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
 from actors.timers import ExpiryTimers
 from engine.pricing import PricingConfig
-from integrations.lago.client import LagoClient
-from integrations.lago.exporter import LagoExporter
 from storage.datadir_lock import DataDirLock
 from storage.lmdb_store import MAP_SIZE_INITIAL_BYTES, LmdbStore
 from storage.store import Store
+
+# Builds the outbox exporter once the store and journal exist (integrations/lago has one).
+ExporterFactory = Callable[[Store, Journal], Exporter]
 
 # How long a shutdown waits for the last batch to become durable.
 SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
@@ -41,7 +42,7 @@ async def open_billing(
     actor_idle_s: float = ACTOR_IDLE_S,
     registry: CollectorRegistry | None = None,
     wrap_store: Callable[[Store], Store] | None = None,
-    lago: LagoClient | None = None,
+    exporter: ExporterFactory | None = None,
 ) -> AsyncIterator[Billing]:
     """Run the engine for the duration of the block; on exit, flush what was submitted."""
     lock = DataDirLock(data_dir)
@@ -50,7 +51,8 @@ async def open_billing(
         try:
             store: Store = wrap_store(lmdb_store) if wrap_store else lmdb_store
             metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
-            journal = Journal(store, on_commit=metrics.observe_commit, export=lago is not None)
+            journal = Journal(store, on_commit=metrics.observe_commit,
+                              export=exporter is not None)
             system = ActorSystem(
                 store,
                 journal,
@@ -64,6 +66,9 @@ async def open_billing(
                 timers.arm(hold.reservation_id, hold.user_id, hold.expires_at_ms)
                 system.counters.held_cents += hold.amount_cents
             metrics.watch(system, journal, timers)
+            export = exporter(store, journal) if exporter is not None else None
+            if export is not None:
+                metrics.watch_export(export, store, wall_clock_ms)
             billing = Billing(
                 store=store,
                 journal=journal,
@@ -72,15 +77,14 @@ async def open_billing(
                 wall_clock_ms=wall_clock_ms,
                 metrics=metrics,
                 timers=timers,
+                exporter=export,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)
                 await nursery.start(system.run_passivation)
                 await nursery.start(timers.run)
-                if lago is not None:
-                    exporter = LagoExporter(store, journal, lago)
-                    metrics.watch_export(exporter, store, wall_clock_ms)
-                    await nursery.start(exporter.run)
+                if export is not None:
+                    await nursery.start(export.run)
                 try:
                     yield billing
                 finally:

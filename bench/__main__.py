@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import engine, reservations
+from bench import engine, export, reservations
 from bench.common import DEFAULT_OUT, Options
 
-PARTS = {"engine": engine.run, "reservations": reservations.run}
+PARTS = {"engine": engine.run, "reservations": reservations.run, "export": export.run}
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from engine.ids import UserId
 from engine.metering import UsageRequest
 from engine.usage import LlmTokens
 from integrations.lago.client import LagoClient
+from integrations.lago.exporter import lago_exporter
 
 USER = UserId(uuid.UUID(int=42))
 PRODUCERS = 8
@@ -27,7 +28,8 @@ RUN_TIME_MAX_S = 120
 
 
 async def main(data_dir: Path, lago_url: str, lago_key: str, events: int) -> None:
-    async with open_billing(data_dir, lago=LagoClient(lago_url, lago_key, timeout_s=2)) as billing:
+    export = lago_exporter(LagoClient(lago_url, lago_key, timeout_s=2))
+    async with open_billing(data_dir, exporter=export) as billing:
         await billing.open_account(USER)
         with contextlib.suppress(DuplicateEvent):  # seeded by an earlier run
             await billing.add_credits(USER, 10**9, idempotency_key="export-seed")

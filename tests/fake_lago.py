@@ -14,6 +14,8 @@ where the exporter depends on it, and able to fail on demand.
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -52,7 +54,9 @@ def validators() -> dict[str, Any]:
 
 
 class FakeLago:
-    def __init__(self, api_key: str = "lago-test-key", port: int = 0) -> None:
+    def __init__(
+        self, api_key: str = "lago-test-key", port: int = 0, *, validate: bool = True
+    ) -> None:
         self.api_key = api_key
         self.mode = "ok"
         self.reject: set[str] = set()
@@ -64,7 +68,7 @@ class FakeLago:
         self.statuses: Counter[int] = Counter()
         self.schema_errors: list[str] = []
         self.requests = 0
-        self._validators = validators()
+        self._validators = validators() if validate else {}
         self._lock = threading.Lock()
         self._port = port
         self._server: ThreadingHTTPServer | None = None
@@ -180,3 +184,18 @@ def _validation(details: dict[str, Any]) -> dict[str, Any]:
         "code": "validation_errors",
         "error_details": details,
     }
+
+
+def main() -> None:
+    """`python -m tests.fake_lago MODE`: serve on a free port, print its URL, run until
+    SIGTERM (for benchmarks, which keep the fake off the engine's process; the schema check
+    is off there so that the sink, not the exporter, is not what gets measured)."""
+    lago = FakeLago(validate=False)
+    lago.mode = sys.argv[1] if len(sys.argv) > 1 else "ok"
+    print(lago.url, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    lago.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ from engine.export import CODE_LLM_INPUT_TOKENS, CODE_LLM_OUTPUT_TOKENS
 from engine.metering import UsageRequest
 from engine.usage import Compute, LlmTokens
 from integrations.lago.client import LagoClient
+from integrations.lago.exporter import lago_exporter
 from storage.lmdb_store import LmdbStore
 from tests.conftest import new_user
 from tests.fake_lago import BATCH_EVENTS_MAX, FakeLago
@@ -26,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DRAIN_TIMEOUT_S = 60
 CHILD_WAIT_S = 60
 LLM_CODES = (CODE_LLM_INPUT_TOKENS, CODE_LLM_OUTPUT_TOKENS)
+
+
+def to(lago: FakeLago):
+    return lago_exporter(LagoClient(lago.url, lago.api_key))
 
 
 async def drained(billing) -> None:
@@ -50,7 +55,7 @@ async def test_20000_debits_arrive_exactly_once_in_batches(data_dir, pricing):
     lago = FakeLago()
     users = [new_user() for _ in range(20)]
     async with open_billing(data_dir, pricing=pricing,
-                            lago=LagoClient(lago.url, lago.api_key)) as billing:
+                            exporter=to(lago)) as billing:
         for user in users:
             await billing.open_account(user)
             await billing.add_credits(user, 10**9)
@@ -88,7 +93,7 @@ async def test_cost_only_events_export_nothing_and_compute_exports_exact_decimal
     lago = FakeLago()
     user = new_user()
     async with open_billing(data_dir, pricing=pricing,
-                            lago=LagoClient(lago.url, lago.api_key)) as billing:
+                            exporter=to(lago)) as billing:
         await billing.open_account(user)
         await billing.add_credits(user, 1000)
         await billing.report_usage(UsageRequest(event_id="cost", user_id=user, cost_cents=3))
@@ -107,7 +112,7 @@ async def test_an_event_lago_refuses_is_parked_and_resent_after_the_fix(data_dir
     lago.reject.add("bad:llm_input_tokens")
     user = new_user()
     async with open_billing(data_dir, pricing=pricing,
-                            lago=LagoClient(lago.url, lago.api_key)) as billing:
+                            exporter=to(lago)) as billing:
         await billing.open_account(user)
         await billing.add_credits(user, 10**6)
         ids = [f"ok-{i}" for i in range(150)] + ["bad"] + [f"ok-{i}" for i in range(150, 300)]
@@ -136,7 +141,7 @@ async def test_rate_limits_and_server_errors_are_retried_without_loss(data_dir, 
     lago.mode = "rate_limited"
     user = new_user()
     async with open_billing(data_dir, pricing=pricing,
-                            lago=LagoClient(lago.url, lago.api_key)) as billing:
+                            exporter=to(lago)) as billing:
         await billing.open_account(user)
         await billing.add_credits(user, 10**6)
         await billing.report_usage_many([

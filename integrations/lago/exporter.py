@@ -144,6 +144,11 @@ class LagoExporter:
         return max(0.0, (now_ms - (int(seconds) * 1000 + int(millis or 0))) / 1000)
 
 
+def lago_exporter(client: LagoClient) -> Callable[[Store, Journal], LagoExporter]:
+    """The factory `open_billing(exporter=...)` takes: export to Lago through `client`."""
+    return lambda store, journal: LagoExporter(store, journal, client)
+
+
 def _already_stored(response: httpx.Response) -> bool:
     """Lago's answer to a transaction id it already has: 422 `value_already_exist`."""
     if response.status_code != 422:
