@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import engine, export, reservations
+from bench import baseline, engine, export, reservations
 from bench.common import DEFAULT_OUT, Options
 
-PARTS = {"engine": engine.run, "reservations": reservations.run, "export": export.run}
+PARTS = {
+    "engine": engine.run,
+    "reservations": reservations.run,
+    "export": export.run,
+    "baseline": baseline.run,
+}
 
 
 def main() -> None:
@@ -21,7 +26,8 @@ def main() -> None:
     parts = list(PARTS) if arguments.part == "all" else [arguments.part]
     for part in parts:
         path = PARTS[part](options)
-        print(f"{part}: wrote {path}")
+        if path is not None:
+            print(f"{part}: wrote {path}")
 
 
 if __name__ == "__main__":
