@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import baseline, engine, export, reservations
+from bench import baseline, engine, export, reservations, scale
 from bench.common import DEFAULT_OUT, Options
 
 PARTS = {
@@ -13,6 +13,7 @@ PARTS = {
     "reservations": reservations.run,
     "export": export.run,
     "baseline": baseline.run,
+    "scale": scale.run,
 }
 
 
