@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from bench import baseline, engine, export, reservations, scale
 from bench.common import DEFAULT_OUT, Options
+from bench.report import write_report
 
 PARTS = {
     "engine": engine.run,
@@ -25,10 +28,16 @@ def main() -> None:
     arguments = parser.parse_args()
     options = Options(quick=arguments.quick, out=arguments.out)
     parts = list(PARTS) if arguments.part == "all" else [arguments.part]
-    for part in parts:
-        path = PARTS[part](options)
-        if path is not None:
-            print(f"{part}: wrote {path}")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  BarColumn()) as progress:
+        overall = progress.add_task("benchmarks", total=len(parts))
+        for part in parts:
+            progress.update(overall, description=f"running {part}")
+            path = PARTS[part](options)
+            progress.console.print(f"{part}: wrote {path}" if path is not None
+                                   else f"{part}: skipped")
+            progress.advance(overall)
+    print(f"report: {write_report(options.out)}")
 
 
 if __name__ == "__main__":
