@@ -105,7 +105,7 @@ class FakeLago:
                 self.end_headers()
                 self.wfile.write(data)
 
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        server = _QuietServer(("127.0.0.1", self._port), Handler)
         server.daemon_threads = True
         self._port = server.server_address[1]
         self._server = server
@@ -175,6 +175,15 @@ class FakeLago:
             if event.get("external_subscription_id") not in self.customers:
                 self.events_before_customer += 1
         return 200, {"events": [{"lago_id": None, **event} for event in events]}, {}
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-answer (our engine shutting down) is not an error here."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _validation(details: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,28 @@ async def test_an_event_lago_refuses_is_parked_and_resent_after_the_fix(data_dir
     check_schema(lago)
 
 
+async def test_shutdown_in_the_middle_of_an_export_round_is_clean_and_loses_nothing(
+    data_dir, pricing
+):
+    lago = FakeLago()
+    lago.mode = "slow"  # every request takes a while: the round is in flight at shutdown
+    user = new_user()
+    async with open_billing(data_dir, pricing=pricing, exporter=to(lago)) as billing:
+        await billing.open_account(user)
+        await billing.add_credits(user, 10**6)
+        await billing.report_usage_many([
+            UsageRequest(event_id=f"s-{i}", user_id=user,
+                         metric=LlmTokens("openai", "gpt-4o", 10, 1)) for i in range(300)
+        ])
+        await until(lambda: lago.requests >= 1)
+    # The block exited without an error; what was not acknowledged is sent on the next start.
+    lago.mode = "ok"
+    async with open_billing(data_dir, pricing=pricing, exporter=to(lago)) as billing:
+        await drained(billing)
+    assert len(lago.events) == 600
+    assert set(lago.customers) == {str(user)}
+
+
 async def test_rate_limits_and_server_errors_are_retried_without_loss(data_dir, pricing):
     lago = FakeLago()
     lago.mode = "rate_limited"

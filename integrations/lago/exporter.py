@@ -15,6 +15,7 @@ import httpx
 import trio
 
 from actors.journal import Journal
+from engine.errors import EngineStopped
 from engine.export import OutboxAck, ParkedEvent
 from integrations.lago.client import LagoClient
 from storage.store import Store
@@ -56,7 +57,13 @@ class LagoExporter:
             if not rows:
                 await trio.sleep(EXPORT_POLL_S)
                 continue
-            cursor = await self._export_round(rows)
+            try:
+                cursor = await self._export_round(rows)
+            except EngineStopped:
+                # Shutting down or fail-stopped: the round's rows stay in the outbox and are
+                # sent again on the next start (Lago deduplicates them by transaction id).
+                log.info("engine stopped taking writes: export paused")
+                return
 
     async def _export_round(self, rows: Rows) -> int:
         """Send up to EXPORT_REQUESTS_IN_FLIGHT_MAX batches at once; when every one is
