@@ -16,6 +16,8 @@ import click
 import trio
 
 from actors.runtime import open_billing
+from api.server import run as run_server
+from api.settings import SettingsError, load_settings
 from engine.errors import BillingError
 from engine.ids import parse_user_id, transaction_id_str
 from engine.money import format_usd
@@ -53,6 +55,22 @@ def open_read_only(data_dir: Path) -> LmdbStore:
 @click.group()
 def main() -> None:
     """z-billing: credit billing and metering engine."""
+
+
+@main.command()
+@click.option("--listen", default=None, help="HOST:PORT (LISTEN_ADDR, default 127.0.0.1:8080)")
+@data_dir_option
+@click.option("--dev", is_flag=True, help="Accept test tokens; generate keys that are unset.")
+def serve(listen: str | None, data_dir: Path, dev: bool) -> None:
+    """Run the HTTP server on the engine (LMDB under the data directory)."""
+    try:
+        settings = load_settings(listen=listen, data_dir=data_dir, dev=dev)
+    except SettingsError as error:
+        fail(str(error))
+    try:
+        run_server(settings)
+    except DataDirLocked as error:
+        fail(str(error))
 
 
 @main.command()

@@ -26,7 +26,9 @@ class AccountNotFound(BillingError):
 
 
 class AccountClosed(BillingError):
-    code = "account_closed"
+    """409 `conflict` with `details.reason = "account_closed"`."""
+
+    code = "conflict"
 
 
 class AccountExists(BillingError):

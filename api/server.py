@@ -1,0 +1,70 @@
+"""`zbilling serve`: hypercorn's trio server, the quart-trio app and the engine in one
+trio.run. SIGTERM and SIGINT stop it cleanly: in-flight requests finish, the journal flushes,
+the process exits 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors.runtime import open_billing
+from api.app import create_app
+from api.auth import Authenticator
+from api.settings import Settings
+from integrations.lago.client import LagoClient
+from integrations.lago.exporter import lago_exporter
+
+log = logging.getLogger("zbilling.server")
+
+# How long in-flight requests may take to finish after SIGTERM.
+SHUTDOWN_GRACE_S = 10.0
+
+
+async def serve(settings: Settings) -> None:
+    exporter = (
+        lago_exporter(LagoClient(settings.lago_api_url or "", settings.lago_api_key or ""))
+        if settings.lago_enabled else None
+    )
+    async with open_billing(settings.data_dir, exporter=exporter) as billing:
+        app = create_app(billing, settings, Authenticator(settings))
+        config = Config()
+        config.bind = [settings.listen]
+        config.graceful_timeout = SHUTDOWN_GRACE_S
+        config.accesslog = None
+        stop = trio.Event()
+        print_banner(settings)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, stop)
+            await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()
+    print("z-billing stopped; journal flushed", flush=True)
+
+
+async def _stop_on_signal(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for received in signals:
+            print(f"received {signal.Signals(received).name}: shutting down", flush=True)
+            stop.set()
+            return
+
+
+def print_banner(settings: Settings) -> None:
+    print("z-billing starting", flush=True)
+    for line in settings.summary():
+        print(f"  {line}", flush=True)
+    if settings.generated_keys:
+        # --dev only: keys generated for this run, printed so that a developer can call us.
+        for key in settings.service_keys:
+            print(f"  dev service key ({key.name}): {key.key}", flush=True)
+        print(f"  dev admin key: {settings.admin_key}", flush=True)
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    trio.run(serve, settings)

@@ -1,0 +1,131 @@
+"""Server settings: environment variables (names of the original service), overridden by
+`zbilling serve` options."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_AUDIENCE = "z-billing"
+MAX_BODY_BYTES_DEFAULT = 1024 * 1024
+SCOPE_USAGE = "usage"
+SCOPE_ADMIN = "admin"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message says which."""
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    name: str
+    key: str
+    scopes: frozenset[str]
+
+    def __repr__(self) -> str:
+        return f"ServiceKey(name={self.name!r}, scopes={sorted(self.scopes)})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    dev: bool = False
+    service_keys: tuple[ServiceKey, ...] = ()
+    admin_key: str | None = field(default=None, repr=False)
+    auth_base_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str = DEFAULT_AUDIENCE
+    auth_hs256_secret: str | None = field(default=None, repr=False)
+    max_body_bytes: int = MAX_BODY_BYTES_DEFAULT
+    metrics_token: str | None = field(default=None, repr=False)
+    lago_api_url: str | None = None
+    lago_api_key: str | None = field(default=None, repr=False)
+    stripe_api_key: str | None = field(default=None, repr=False)
+    generated_keys: bool = False
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"--listen must be HOST:PORT, got {self.listen!r}")
+        return host, int(port)
+
+    @property
+    def lago_enabled(self) -> bool:
+        return bool(self.lago_api_url and self.lago_api_key)
+
+    def summary(self) -> list[str]:
+        """What is on and off, for the start-up banner (never a secret)."""
+        jwt = "JWKS at " + self.auth_base_url if self.auth_base_url else "off"
+        return [
+            f"listening on http://{self.listen}",
+            f"data directory {self.data_dir.resolve()}",
+            f"service keys: {', '.join(key.name for key in self.service_keys) or 'none'}",
+            f"admin key: {'set' if self.admin_key else 'not set'}",
+            f"user JWTs: {jwt}; HS256 {'on' if self.auth_hs256_secret else 'off'}",
+            f"dev mode (test tokens): {'on' if self.dev else 'off'}",
+            f"Lago export: {'on, ' + str(self.lago_api_url) if self.lago_enabled else 'off'}",
+            "Stripe: off (payments answer 503 not_configured)",
+        ]
+
+
+def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) <= 0:
+        raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    listen: str | None = None,
+    data_dir: Path | None = None,
+    dev: bool = False,
+) -> Settings:
+    """Settings from the environment and the command line; refuses to start without a service
+    key outside dev mode, and in dev mode generates the keys that are missing."""
+    env = os.environ if environ is None else environ
+    keys: list[ServiceKey] = []
+    if env.get("SERVICE_API_KEY"):
+        keys.append(ServiceKey("default", env["SERVICE_API_KEY"], frozenset({SCOPE_USAGE})))
+    admin_key = env.get("ADMIN_API_KEY") or None
+    generated = False
+    if dev and not keys:
+        keys.append(ServiceKey("dev", "dev-svc-" + secrets.token_urlsafe(24),
+                               frozenset({SCOPE_USAGE})))
+        generated = True
+    if dev and admin_key is None:
+        admin_key = "dev-admin-" + secrets.token_urlsafe(24)
+        generated = True
+    if not keys:
+        raise SettingsError(
+            "no service key: set SERVICE_API_KEY (or run with --dev to generate one)"
+        )
+    settings = Settings(
+        listen=listen or env.get("LISTEN_ADDR", DEFAULT_LISTEN),
+        data_dir=data_dir or Path(env.get("ZBILLING_DATA_DIR", DEFAULT_DATA_DIR)),
+        dev=dev,
+        service_keys=tuple(keys),
+        admin_key=admin_key,
+        auth_base_url=(env.get("AUTH_BASE_URL") or "").rstrip("/") or None,
+        auth_issuer=env.get("AUTH_ISSUER") or None,
+        auth_audience=env.get("AUTH_AUDIENCE", DEFAULT_AUDIENCE),
+        auth_hs256_secret=env.get("AUTH_HS256_SECRET") or None,
+        max_body_bytes=_int_env(env, "MAX_BODY_BYTES", MAX_BODY_BYTES_DEFAULT),
+        metrics_token=env.get("METRICS_TOKEN") or None,
+        lago_api_url=env.get("LAGO_API_URL") or None,
+        lago_api_key=env.get("LAGO_API_KEY") or None,
+        stripe_api_key=env.get("STRIPE_API_KEY") or None,
+        generated_keys=generated,
+    )
+    settings.host_port  # noqa: B018 - validate early, with a clear message
+    return settings

@@ -1,0 +1,79 @@
+"""A real `zbilling serve` process on 127.0.0.1 for HTTP tests, stopped by its own PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 30
+SERVICE_KEY = "svc-test-key-0123456789"
+ADMIN_KEY = "admin-test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, *, dev: bool = True, env: dict[str, str] | None = None,
+                 port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "SERVICE_API_KEY": SERVICE_KEY, "ADMIN_API_KEY": ADMIN_KEY,
+                       **(env or {})}
+        argv = [sys.executable, "-c", "from api.cli import main; main()", "serve",
+                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir)]
+        if dev:
+            argv.append("--dev")
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=environment,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.process.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError("server did not become ready")
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, wait; returns the exit code and everything it printed."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = self.process.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        return self.process.returncode, output
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.communicate(timeout=STOP_TIMEOUT_S)
+
+
+def service_headers(**extra: str) -> dict[str, str]:
+    return {"X-API-Key": SERVICE_KEY, **extra}
+
+
+def user_headers(user: object) -> dict[str, str]:
+    return {"Authorization": f"Bearer test-token:{user}"}
