@@ -4,10 +4,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from engine.pricing import PricingConfig
 
 from actors.config import load_pricing
 from engine.ids import UserId
+from engine.pricing import PricingConfig
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
