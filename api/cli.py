@@ -21,6 +21,7 @@ from api.settings import SettingsError, load_settings
 from engine.errors import BillingError
 from engine.ids import parse_user_id, transaction_id_str
 from engine.money import format_usd
+from lago.cli import deployment as lago_deployment
 from storage.datadir_lock import DataDirLocked
 from storage.lmdb_store import LmdbStore
 from storage.store import StoreError
@@ -148,7 +149,11 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
 
 @main.group()
 def lago() -> None:
-    """Lago export: dead letters."""
+    """Lago: export dead letters, and a self-hosted deployment with Docker Compose."""
+
+
+for _name, _command in lago_deployment.commands.items():
+    lago.add_command(_command, _name)
 
 
 @lago.command("dead-letters")
