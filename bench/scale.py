@@ -106,8 +106,11 @@ def startup_probe(data_dir: Path) -> tuple[float, float]:
         "        print(ready - started, time.perf_counter() - ready)\n"
         "trio.run(main)\n"
     )
-    output = subprocess.run([sys.executable, "-c", probe, str(data_dir)], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    result = subprocess.run([sys.executable, "-c", probe, str(data_dir)], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"start-up probe failed: {result.stderr[-3000:]}")
+    output = result.stdout.split()
     return float(output[0]), float(output[1])
 
 
