@@ -1,4 +1,9 @@
-"""The HTTP API (quart-trio). Handlers stay thin: parse, call the facade, map the result."""
+"""The HTTP API (quart-trio). Handlers stay thin: typed body in, facade call, typed reply out.
+
+Every route is declared once with `@endpoint(Route(...))`: the declaration registers the handler
+with Quart, authenticates the caller, decodes the body into its type, encodes the reply, and is
+what `/openapi.json` is generated from.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,7 @@ import datetime
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -17,168 +21,158 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from actors.billing import Billing
+from api import schemas
 from api.auth import Authenticator
 from api.errors import ApiError, error_body, render
+from api.openapi import openapi_document
+from api.routes import Caller, Route
 from api.settings import SCOPE_USAGE, Settings
 from engine.account import Account, AutoRefillSettings
 from engine.commands import UsageResult
 from engine.errors import BillingError, InvalidInput
-from engine.ids import (
-    parse_agent_id,
-    parse_key,
-    parse_transaction_id,
-    parse_user_id,
-    transaction_id_str,
-)
-from engine.ledger import ADMIN_GRANT_TYPES, EntryType, LedgerEntry
+from engine.ids import AgentId, UserId, parse_key, parse_transaction_id, transaction_id_str
+from engine.ledger import EntryType, LedgerEntry
 from engine.metering import UsageRequest
 from engine.money import format_usd, require_int
-from engine.usage import parse_metric
+from engine.reservations import Reservation
+from engine.usage import invalid_input
 
 log = logging.getLogger("zbilling.api")
 
 MSGPACK = "application/msgpack"
 JSON = "application/json"
-USAGE_BATCH_EVENTS_MAX = 1000
-TIMESTAMP_LENGTH_MAX = 40
 SERVICE_LABELS_MAX = 50
-NOT_CONFIGURED_ROUTES = (
-    ("/v1/credits/purchase", "POST", "Stripe payments"),
-    ("/v1/payments", "GET", "Stripe payments"),
-    ("/v1/subscriptions/me", "GET", "subscriptions"),
-    ("/v1/subscriptions/checkout", "POST", "subscriptions"),
-    ("/v1/subscriptions/cancel", "POST", "subscriptions"),
-    ("/v1/subscriptions/portal", "POST", "subscriptions"),
-    ("/webhooks/stripe", "POST", "Stripe webhooks"),
-    ("/webhooks/lago", "POST", "Lago webhooks"),
-)
+ERRORS_USER = (400, 401, 404, 409, 503)
+ERRORS_SERVICE = (400, 401, 403, 413, 415, 503)
 
-_json_decoder = msgspec.json.Decoder(float_hook=Decimal)  # decimals exactly, never float
-_msgpack_decoder = msgspec.msgpack.Decoder()
+Handler = Callable[..., Awaitable[Any]]
+
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
+_generic_json = msgspec.json.Decoder()
+_generic_msgpack = msgspec.msgpack.Decoder()
 
 
-def iso_ms(epoch_ms: int | None) -> str | None:
-    if epoch_ms is None:
-        return None
+def iso_ms(epoch_ms: int) -> str:
     moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_timestamp_ms(value: object) -> int:
-    if not isinstance(value, str) or len(value) > TIMESTAMP_LENGTH_MAX:
-        raise InvalidInput("timestamp must be an RFC 3339 string", {"field": "timestamp"})
-    try:
-        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput("timestamp must be an RFC 3339 string",
-                           {"field": "timestamp"}) from None
-    if moment.tzinfo is None:
+def optional_iso_ms(epoch_ms: int | None) -> str | None:
+    return None if epoch_ms is None else iso_ms(epoch_ms)
+
+
+class BodyDecoder:
+    """Typed JSON and msgpack decoders for one body type, built once per route."""
+
+    def __init__(self, body_type: type[msgspec.Struct]) -> None:
+        self.json = msgspec.json.Decoder(body_type)
+        self.msgpack = msgspec.msgpack.Decoder(body_type)
+
+    def decode(self, raw: bytes, content_type: str) -> Any:
+        decoder: Any = self.msgpack if content_type == MSGPACK else self.json
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as error:
+            raise invalid_input(error) from None
+        except msgspec.DecodeError:
+            kind = "msgpack" if content_type == MSGPACK else "JSON"
+            raise InvalidInput(f"malformed {kind} body") from None
+
+
+_usage_decoder = BodyDecoder(schemas.UsageBody)
+
+
+def usage_request(body: schemas.UsageBody) -> UsageRequest:
+    timestamp = body.timestamp
+    if timestamp is not None and timestamp.tzinfo is None:
         raise InvalidInput("timestamp needs a time zone", {"field": "timestamp"})
-    return int(moment.timestamp() * 1000)
-
-
-def _decimals_from_msgpack(value: Any) -> Any:
-    """msgpack has binary floats only; take the shortest decimal that reads back as it."""
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, dict):
-        return {key: _decimals_from_msgpack(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_decimals_from_msgpack(item) for item in value]
-    return value
-
-
-def account_view(account: Account) -> dict[str, Any]:
-    return {
-        "user_id": str(account.user_id),
-        "balance_cents": account.balance,
-        "balance_formatted": format_usd(account.balance),
-        "held_cents": account.held,
-        "available_cents": account.available,
-        "unbilled_micros": account.unbilled_micros,
-        "lifetime_purchased_cents": account.lifetime_purchased,
-        "lifetime_granted_cents": account.lifetime_granted,
-        "lifetime_used_cents": account.lifetime_used,
-        "plan": account.plan,
-        "status": account.status.value,
-        "overdraft_limit_cents": account.overdraft_limit,
-        "auto_refill": auto_refill_view(account.auto_refill),
-        "stripe_customer_id": account.stripe_customer_id,
-        "created_at": iso_ms(account.created_at_ms),
-        "updated_at": iso_ms(account.updated_at_ms),
-    }
-
-
-def balance_view(account: Account) -> dict[str, Any]:
-    return {
-        "user_id": str(account.user_id),
-        "balance_cents": account.balance,
-        "balance_formatted": format_usd(account.balance),
-        "held_cents": account.held,
-        "available_cents": account.available,
-        "plan": account.plan,
-    }
-
-
-def auto_refill_view(settings: AutoRefillSettings) -> dict[str, Any]:
-    return {
-        "enabled": settings.enabled,
-        "trigger_below_cents": settings.trigger_below_cents,
-        "refill_amount_cents": settings.refill_amount_cents,
-    }
-
-
-def entry_view(entry: LedgerEntry) -> dict[str, Any]:
-    return {
-        "id": transaction_id_str(entry.transaction_id),
-        "type": entry.entry_type.value,
-        "amount_cents": entry.amount,
-        "balance_after_cents": entry.balance_after,
-        "description": entry.description,
-        "metadata": dict(entry.metadata),
-        "event_id": entry.source_key,
-        "created_at": iso_ms(entry.created_at_ms),
-    }
-
-
-def usage_view(result: UsageResult) -> dict[str, Any]:
-    return {"success": True, **result.to_dict()}
-
-
-def _object(body: object) -> Mapping[str, Any]:
-    if not isinstance(body, Mapping):
-        raise InvalidInput("the body must be a JSON object")
-    return body
-
-
-def _only(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    unknown = set(body) - allowed
-    if unknown:
-        raise InvalidInput(f"unknown fields: {sorted(unknown)}", {"fields": sorted(unknown)})
-
-
-USAGE_FIELDS = frozenset({"event_id", "user_id", "metric", "cost_cents", "cost_micros",
-                          "agent_id", "timestamp", "metadata"})
-
-
-def usage_request(body: object) -> UsageRequest:
-    event = _object(body)
-    _only(event, USAGE_FIELDS)
-    metric = event.get("metric")
-    agent = event.get("agent_id")
-    timestamp = event.get("timestamp")
     return UsageRequest(
-        event_id=parse_key("event_id", event.get("event_id")),
-        user_id=parse_user_id(event.get("user_id")),
-        metric=parse_metric(metric) if metric is not None else None,
-        cost_cents=event.get("cost_cents"),
-        cost_micros=event.get("cost_micros"),
-        agent_id=parse_agent_id(agent) if agent is not None else None,
-        occurred_at_ms=parse_timestamp_ms(timestamp) if timestamp is not None else None,
-        metadata=event.get("metadata") or {},
+        event_id=parse_key("event_id", body.event_id),
+        user_id=UserId(body.user_id),
+        metric=body.metric,
+        cost_cents=body.cost_cents,
+        cost_micros=body.cost_micros,
+        agent_id=AgentId(body.agent_id) if body.agent_id is not None else None,
+        occurred_at_ms=int(timestamp.timestamp() * 1000) if timestamp is not None else None,
+        metadata=body.metadata,
     )
+
+
+def account_reply(account: Account) -> schemas.AccountReply:
+    return schemas.AccountReply(
+        user_id=account.user_id,
+        balance_cents=account.balance,
+        balance_formatted=format_usd(account.balance),
+        held_cents=account.held,
+        available_cents=account.available,
+        unbilled_micros=account.unbilled_micros,
+        lifetime_purchased_cents=account.lifetime_purchased,
+        lifetime_granted_cents=account.lifetime_granted,
+        lifetime_used_cents=account.lifetime_used,
+        plan=account.plan,
+        status=account.status.value,  # type: ignore[arg-type]
+        overdraft_limit_cents=account.overdraft_limit,
+        auto_refill=auto_refill_reply(account.auto_refill),
+        stripe_customer_id=account.stripe_customer_id,
+        created_at=iso_ms(account.created_at_ms),
+        updated_at=iso_ms(account.updated_at_ms),
+    )
+
+
+def balance_reply(account: Account) -> schemas.BalanceReply:
+    return schemas.BalanceReply(
+        user_id=account.user_id,
+        balance_cents=account.balance,
+        balance_formatted=format_usd(account.balance),
+        held_cents=account.held,
+        available_cents=account.available,
+        plan=account.plan,
+    )
+
+
+def auto_refill_reply(settings: AutoRefillSettings) -> schemas.AutoRefillReply:
+    return schemas.AutoRefillReply(settings.enabled, settings.trigger_below_cents,
+                                   settings.refill_amount_cents)
+
+
+def transaction_reply(entry: LedgerEntry) -> schemas.TransactionReply:
+    return schemas.TransactionReply(
+        id=transaction_id_str(entry.transaction_id),
+        type=entry.entry_type.value,
+        amount_cents=entry.amount,
+        balance_after_cents=entry.balance_after,
+        description=entry.description,
+        metadata=dict(entry.metadata),
+        event_id=entry.source_key,
+        created_at=iso_ms(entry.created_at_ms),
+    )
+
+
+def usage_reply(result: UsageResult) -> schemas.UsageReply:
+    return schemas.UsageReply(success=True, **result.to_dict())
+
+
+def reservation_reply(reservation: Reservation) -> schemas.ReservationReply:
+    view = reservation.to_dict()
+    for name in ("created_at_ms", "expires_at_ms", "closed_at_ms"):
+        view[name.removesuffix("_ms")] = optional_iso_ms(view.pop(name))
+    return msgspec.convert(view, schemas.ReservationReply)
+
+
+def _error_detail(error: BillingError) -> schemas.ErrorDetail:
+    payload, _, _ = render(error)
+    return msgspec.convert(payload["error"], schemas.ErrorDetail)
+
+
+def _event_id_of(raw: bytes, content_type: str) -> str | None:
+    """Best effort, for the answer to an event that failed to decode."""
+    try:
+        event = (_generic_msgpack if content_type == MSGPACK else _generic_json).decode(raw)
+    except msgspec.DecodeError:
+        return None
+    event_id = event.get("event_id") if isinstance(event, dict) else None
+    return event_id if isinstance(event_id, str) else None
 
 
 def create_app(  # noqa: PLR0915 - one place lists every route
@@ -186,6 +180,7 @@ def create_app(  # noqa: PLR0915 - one place lists every route
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    routes: list[Route] = []
     registry = billing.metrics.registry
     requests_total = Counter("zbilling_http_requests", "HTTP requests by route and status",
                              ["route", "method", "status"], registry=registry)
@@ -197,29 +192,12 @@ def create_app(  # noqa: PLR0915 - one place lists every route
                                registry=registry)
     services_seen: set[str] = set()
 
-    async def body(*, msgpack_ok: bool = False) -> Any:
-        content_type = request.mimetype or JSON
-        if content_type == MSGPACK and msgpack_ok:
-            raw = await request.get_data()
-            try:
-                return _decimals_from_msgpack(_msgpack_decoder.decode(raw))
-            except msgspec.DecodeError:
-                raise InvalidInput("malformed msgpack body") from None
-        if content_type != JSON:
-            raise ApiError("unsupported_media_type", f"send {JSON}" +
-                           (f" or {MSGPACK}" if msgpack_ok else ""))
-        raw = await request.get_data()
-        try:
-            return _json_decoder.decode(raw or b"{}")
-        except msgspec.DecodeError:
-            raise InvalidInput("malformed JSON body") from None
-
     def reply(payload: Any, status: int = 200, *, msgpack_ok: bool = False) -> Response:
         if msgpack_ok and MSGPACK in request.headers.get("Accept", ""):
             return Response(_msgpack_encoder.encode(payload), status, content_type=MSGPACK)
         return Response(_json_encoder.encode(payload), status, content_type=JSON)
 
-    def service() -> None:
+    def check_service() -> None:
         key = auth.service(request.headers)
         if SCOPE_USAGE not in key.scopes:
             raise ApiError("forbidden", "this key has no usage scope")
@@ -228,6 +206,50 @@ def create_app(  # noqa: PLR0915 - one place lists every route
             name = "other"
         services_seen.add(name)
         usage_by_service.labels(name).inc()
+
+    def check_metrics_token() -> None:
+        if settings.metrics_token is not None:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
+                raise ApiError("unauthorized", "metrics need the bearer token")
+
+    async def read_body(route: Route, decoder: BodyDecoder) -> Any:
+        content_type = request.mimetype or JSON
+        if content_type != JSON and not (route.msgpack and content_type == MSGPACK):
+            raise ApiError("unsupported_media_type", f"send {JSON}" +
+                           (f" or {MSGPACK}" if route.msgpack else ""))
+        return decoder.decode(await request.get_data() or b"{}", content_type)
+
+    def endpoint(route: Route) -> Callable[[Handler], Handler]:
+        """Register `handler` for `route`. It is called with the authenticated user (USER
+        routes), then the decoded body (routes with one), then the path parameters, and
+        answers with a reply Struct (or a ready Response)."""
+
+        def register(handler: Handler) -> Handler:
+            decoder = BodyDecoder(route.body) if route.body is not None else None
+
+            async def view(**path: str) -> Response:
+                arguments: list[Any] = []
+                if route.caller is Caller.USER:
+                    arguments.append(await auth.user(request.headers))
+                elif route.caller is Caller.SERVICE:
+                    check_service()
+                elif route.caller is Caller.ADMIN:
+                    auth.admin(request.headers)
+                elif route.caller is Caller.METRICS:
+                    check_metrics_token()
+                if decoder is not None:
+                    arguments.append(await read_body(route, decoder))
+                result = await handler(*arguments, **path)
+                if isinstance(result, Response):
+                    return result
+                return reply(result, route.status, msgpack_ok=route.msgpack)
+
+            app.add_url_rule(route.rule, handler.__name__, view, methods=[route.method])
+            routes.append(route)
+            return handler
+
+        return register
 
     @app.before_request
     async def started() -> None:
@@ -262,51 +284,54 @@ def create_app(  # noqa: PLR0915 - one place lists every route
 
     # --- operations --------------------------------------------------------------------------
 
-    @app.get("/health")
-    async def health() -> Response:
-        return reply({"status": "healthy", "timestamp": iso_ms(time.time_ns() // 1_000_000)})
+    @endpoint(Route("GET", "/health", "Liveness", Caller.PUBLIC, reply=schemas.HealthReply))
+    async def health() -> schemas.HealthReply:
+        return schemas.HealthReply("healthy", iso_ms(time.time_ns() // 1_000_000))
 
-    @app.get("/ready")
-    async def ready() -> Response:
+    @endpoint(Route("GET", "/ready", "Readiness: storage open and taking writes",
+                    Caller.PUBLIC, reply=schemas.ReadyReply, errors=(503,)))
+    async def ready() -> schemas.ReadyReply:
         if not billing.accepting_writes:
             raise ApiError("engine_stopped", "storage failed; the engine stopped taking writes")
-        return reply({"status": "ready"})
+        return schemas.ReadyReply("ready")
 
-    @app.get("/metrics")
+    @endpoint(Route("GET", "/metrics", "Prometheus metrics", Caller.METRICS, errors=(401,),
+                    media_type=CONTENT_TYPE_LATEST))
     async def metrics() -> Response:
-        if settings.metrics_token is not None:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
-                raise ApiError("unauthorized", "metrics need the bearer token")
         return Response(generate_latest(registry), 200, content_type=CONTENT_TYPE_LATEST)
+
+    @endpoint(Route("GET", "/openapi.json", "This document", Caller.PUBLIC))
+    async def openapi() -> Response:
+        return Response(_json_encoder.encode(document), 200, content_type=JSON)
 
     # --- end users (JWT) ---------------------------------------------------------------------
 
-    @app.post("/v1/accounts")
-    async def create_account() -> Response:
-        user = await auth.user(request.headers)
-        _only(_object(await body()), frozenset())
-        return reply(account_view(await billing.open_account(user, must_be_new=True)), 201)
+    @endpoint(Route("POST", "/v1/accounts", "Open the caller's account", Caller.USER,
+                    body=schemas.EmptyBody, reply=schemas.AccountReply, status=201,
+                    errors=(400, 401, 409, 415, 503)))
+    async def create_account(user: UserId, _: schemas.EmptyBody) -> schemas.AccountReply:
+        return account_reply(await billing.open_account(user, must_be_new=True))
 
-    @app.get("/v1/accounts/me")
-    async def my_account() -> Response:
-        user = await auth.user(request.headers)
-        return reply(account_view(await billing.open_account(user)))
+    @endpoint(Route("GET", "/v1/accounts/me", "The caller's account (opened on first use)",
+                    Caller.USER, reply=schemas.AccountReply, errors=ERRORS_USER))
+    async def my_account(user: UserId) -> schemas.AccountReply:
+        return account_reply(await billing.open_account(user))
 
-    @app.delete("/v1/accounts/me")
-    async def close_my_account() -> Response:
-        user = await auth.user(request.headers)
+    @endpoint(Route("DELETE", "/v1/accounts/me", "Close the caller's account", Caller.USER,
+                    reply=schemas.DeletedReply, errors=ERRORS_USER))
+    async def close_my_account(user: UserId) -> schemas.DeletedReply:
         await billing.close_account(user)
-        return reply({"deleted": True})
+        return schemas.DeletedReply(deleted=True)
 
-    @app.get("/v1/credits/balance")
-    async def my_balance() -> Response:
-        user = await auth.user(request.headers)
-        return reply(balance_view(await billing.open_account(user)))
+    @endpoint(Route("GET", "/v1/credits/balance", "The caller's balance", Caller.USER,
+                    reply=schemas.BalanceReply, errors=ERRORS_USER))
+    async def my_balance(user: UserId) -> schemas.BalanceReply:
+        return balance_reply(await billing.open_account(user))
 
-    @app.get("/v1/credits/transactions")
-    async def my_transactions() -> Response:
-        user = await auth.user(request.headers)
+    @endpoint(Route("GET", "/v1/credits/transactions", "The caller's ledger, newest first",
+                    Caller.USER, reply=schemas.TransactionPageReply, errors=ERRORS_USER,
+                    parameters=("limit", "offset", "before")))
+    async def my_transactions(user: UserId) -> schemas.TransactionPageReply:
         args = request.args
         limit = _int_arg(args.get("limit"), "limit", 50)
         offset = _int_arg(args.get("offset"), "offset", 0)
@@ -314,176 +339,175 @@ def create_app(  # noqa: PLR0915 - one place lists every route
         before = parse_transaction_id(before_text) if before_text else None
         await billing.open_account(user)
         page = await billing.list_transactions(user, limit=limit, offset=offset, before=before)
-        views = [entry_view(entry) for entry in page.entries]
-        return reply({
-            "transactions": views,
-            "has_more": page.has_more,
-            "next_before": views[-1]["id"] if page.has_more and views else None,
-        })
-
-    @app.get("/v1/credits/auto-refill")
-    async def my_auto_refill() -> Response:
-        user = await auth.user(request.headers)
-        return reply(auto_refill_view((await billing.open_account(user)).auto_refill))
-
-    @app.post("/v1/credits/auto-refill")
-    async def set_my_auto_refill() -> Response:
-        user = await auth.user(request.headers)
-        data = _object(await body())
-        _only(data, frozenset({"enabled", "trigger_below_cents", "refill_amount_cents"}))
-        await billing.open_account(user)
-        settings_now = AutoRefillSettings.validated(
-            data.get("enabled"),
-            data.get("trigger_below_cents", 500),
-            data.get("refill_amount_cents", 2500),
+        views = [transaction_reply(entry) for entry in page.entries]
+        return schemas.TransactionPageReply(
+            transactions=views,
+            has_more=page.has_more,
+            next_before=views[-1].id if page.has_more and views else None,
         )
-        account = await billing.set_auto_refill(user, settings_now)
-        return reply(auto_refill_view(account.auto_refill))
+
+    @endpoint(Route("GET", "/v1/credits/auto-refill", "The caller's auto-refill settings",
+                    Caller.USER, reply=schemas.AutoRefillReply, errors=ERRORS_USER))
+    async def my_auto_refill(user: UserId) -> schemas.AutoRefillReply:
+        return auto_refill_reply((await billing.open_account(user)).auto_refill)
+
+    @endpoint(Route("POST", "/v1/credits/auto-refill", "Change the auto-refill settings",
+                    Caller.USER, body=schemas.AutoRefillBody, reply=schemas.AutoRefillReply,
+                    errors=(*ERRORS_USER, 413, 415)))
+    async def set_my_auto_refill(user: UserId,
+                                 body: schemas.AutoRefillBody) -> schemas.AutoRefillReply:
+        await billing.open_account(user)
+        wanted = AutoRefillSettings.validated(body.enabled, body.trigger_below_cents,
+                                              body.refill_amount_cents)
+        return auto_refill_reply((await billing.set_auto_refill(user, wanted)).auto_refill)
 
     # --- operators ---------------------------------------------------------------------------
 
-    @app.post("/v1/credits/add")
-    async def add_credits() -> Response:
-        auth.admin(request.headers)
-        data = _object(await body())
-        _only(data, frozenset({"user_id", "amount_cents", "reason", "type"}))
-        kind = data.get("type", "bonus")
-        if kind not in {entry_type.value for entry_type in ADMIN_GRANT_TYPES}:
-            raise InvalidInput("type must be bonus, refund or adjustment", {"field": "type"})
+    @endpoint(Route("POST", "/v1/credits/add", "Grant credits (admin)", Caller.ADMIN,
+                    body=schemas.CreditsAddBody, reply=schemas.CreditReply,
+                    errors=(400, 401, 403, 404, 409, 413, 415, 503),
+                    headers=("Idempotency-Key",)))
+    async def add_credits(body: schemas.CreditsAddBody) -> schemas.CreditReply:
         result = await billing.add_credits(
-            parse_user_id(data.get("user_id")),
-            data.get("amount_cents"),
-            entry_type=EntryType(kind),
-            description=data.get("reason", ""),
+            UserId(body.user_id),
+            body.amount_cents,
+            entry_type=EntryType(body.type),
+            description=body.reason,
             idempotency_key=request.headers.get("Idempotency-Key"),
         )
-        return reply({"success": True, **result.to_dict(),
-                      "balance_formatted": format_usd(result.balance_cents)})
+        return schemas.CreditReply(success=True, **result.to_dict(),
+                                   balance_formatted=format_usd(result.balance_cents))
 
     # --- services ----------------------------------------------------------------------------
 
-    @app.post("/v1/usage")
-    async def usage() -> Response:
-        service()
-        result = await billing.report_usage(usage_request(await body(msgpack_ok=True)))
-        return reply(usage_view(result), msgpack_ok=True)
+    @endpoint(Route("POST", "/v1/usage", "Debit one usage event", Caller.SERVICE,
+                    body=schemas.UsageBody, reply=schemas.UsageReply, msgpack=True,
+                    errors=(*ERRORS_SERVICE, 402, 404, 409), headers=("X-Service-Name",)))
+    async def usage(body: schemas.UsageBody) -> schemas.UsageReply:
+        return usage_reply(await billing.report_usage(usage_request(body)))
 
-    @app.post("/v1/usage/batch")
-    async def usage_batch() -> Response:
-        service()
-        data = _object(await body(msgpack_ok=True))
-        _only(data, frozenset({"events"}))
-        events = data.get("events")
-        if not isinstance(events, list) or not 1 <= len(events) <= USAGE_BATCH_EVENTS_MAX:
-            raise InvalidInput(f"events must be a list of 1..{USAGE_BATCH_EVENTS_MAX}",
-                               {"field": "events"})
+    @endpoint(Route("POST", "/v1/usage/batch",
+                    "Debit up to 1000 events; per-event results, in request order",
+                    Caller.SERVICE, body=schemas.UsageBatchBody,
+                    reply=schemas.UsageBatchReply, msgpack=True, errors=ERRORS_SERVICE,
+                    headers=("X-Service-Name",)))
+    async def usage_batch(body: schemas.UsageBatchBody) -> schemas.UsageBatchReply:
+        content_type = request.mimetype or JSON
         parsed: list[UsageRequest | BillingError] = []
-        for event in events:
+        for raw in body.events:
             try:
-                parsed.append(usage_request(event))
+                parsed.append(usage_request(_usage_decoder.decode(raw, content_type)))
             except BillingError as error:
                 parsed.append(error)
         valid = [item for item in parsed if isinstance(item, UsageRequest)]
         outcomes = iter(await billing.report_usage_many(valid))
-        results: list[dict[str, Any]] = []
-        for index, item in enumerate(parsed):
+        results: list[Any] = []
+        processed = 0
+        for raw, item in zip(body.events, parsed, strict=True):
             outcome = next(outcomes) if isinstance(item, UsageRequest) else item
             if isinstance(outcome, UsageResult):
-                results.append(usage_view(outcome))
+                results.append(usage_reply(outcome))
+                processed += 1
             else:
-                event_id = events[index].get("event_id") if isinstance(events[index], dict) \
-                    else None
-                payload, _, _ = render(outcome)
-                results.append({"success": False, "event_id": event_id, **payload})
-        processed = sum(1 for result in results if result["success"])
-        return reply({"results": results, "processed": processed,
-                      "failed": len(results) - processed}, msgpack_ok=True)
+                event_id = (item.event_id if isinstance(item, UsageRequest)
+                            else _event_id_of(raw, content_type))
+                results.append(schemas.UsageFailure(False, event_id, _error_detail(outcome)))
+        return schemas.UsageBatchReply(results, processed, len(results) - processed)
 
-    @app.post("/v1/usage/check")
-    async def usage_check() -> Response:
-        service()
-        data = _object(await body(msgpack_ok=True))
-        _only(data, frozenset({"user_id", "required_cents"}))
-        check = await billing.check_balance(parse_user_id(data.get("user_id")),
-                                            data.get("required_cents"))
-        return reply({"sufficient": check.sufficient, "balance_cents": check.balance_cents,
-                      "available_cents": check.available_cents,
-                      "required_cents": check.required_cents}, msgpack_ok=True)
+    @endpoint(Route("POST", "/v1/usage/check", "Would this much be available?",
+                    Caller.SERVICE, body=schemas.UsageCheckBody,
+                    reply=schemas.UsageCheckReply, msgpack=True,
+                    errors=(*ERRORS_SERVICE, 404, 409)))
+    async def usage_check(body: schemas.UsageCheckBody) -> schemas.UsageCheckReply:
+        check = await billing.check_balance(UserId(body.user_id), body.required_cents)
+        return schemas.UsageCheckReply(check.sufficient, check.balance_cents,
+                                       check.available_cents, check.required_cents)
 
-    @app.post("/v1/usage/quote")
-    async def usage_quote() -> Response:
-        service()
-        data = _object(await body(msgpack_ok=True))
-        _only(data, frozenset({"metric"}))
-        quoted = billing.quote(parse_metric(data.get("metric"))).to_dict()
+    @endpoint(Route("POST", "/v1/usage/quote", "Price a metric without debiting",
+                    Caller.SERVICE, body=schemas.QuoteBody, reply=schemas.QuoteReply,
+                    msgpack=True, errors=ERRORS_SERVICE))
+    async def usage_quote(body: schemas.QuoteBody) -> schemas.QuoteReply:
+        quoted = billing.quote(body.metric).to_dict()
         quoted["cost_cents"] = -(-quoted["cost_micros"] // 1_000_000)
-        return reply(quoted, msgpack_ok=True)
+        return msgspec.convert(quoted, schemas.QuoteReply)
 
     # --- reservations (services) -------------------------------------------------------------
 
-    @app.post("/v1/reservations")
-    async def reserve() -> Response:
-        service()
-        data = _object(await body(msgpack_ok=True))
-        _only(data, frozenset({"reservation_id", "user_id", "amount_cents", "metric",
-                               "ttl_seconds", "metadata"}))
-        metric = data.get("metric")
+    @endpoint(Route("POST", "/v1/reservations", "Hold credits for a streaming call",
+                    Caller.SERVICE, body=schemas.ReserveBody,
+                    reply=schemas.ReservationHeldReply, status=201, msgpack=True,
+                    errors=(*ERRORS_SERVICE, 402, 404, 409)))
+    async def reserve(body: schemas.ReserveBody) -> schemas.ReservationHeldReply:
         held = await billing.reserve(
-            parse_user_id(data.get("user_id")),
-            parse_key("reservation_id", data.get("reservation_id")),
-            amount_cents=data.get("amount_cents"),
-            metric=parse_metric(metric) if metric is not None else None,
-            ttl_s=data.get("ttl_seconds", 300),
-            metadata=data.get("metadata") or {},
+            UserId(body.user_id),
+            parse_key("reservation_id", body.reservation_id),
+            amount_cents=body.amount_cents,
+            metric=body.metric,
+            ttl_s=body.ttl_seconds,
+            metadata=body.metadata,
         )
         view = held.to_dict()
         view["expires_at"] = iso_ms(view.pop("expires_at_ms"))
-        return reply(view, 201, msgpack_ok=True)
+        return msgspec.convert(view, schemas.ReservationHeldReply)
 
-    @app.get("/v1/reservations/<reservation_id>")
-    async def get_reservation(reservation_id: str) -> Response:
-        service()
-        view = (await billing.get_reservation(reservation_id)).to_dict()
-        for name in ("created_at_ms", "expires_at_ms", "closed_at_ms"):
-            view[name.removesuffix("_ms")] = iso_ms(view.pop(name))
-        return reply(view)
+    @endpoint(Route("GET", "/v1/reservations/{reservation_id}", "A reservation",
+                    Caller.SERVICE, reply=schemas.ReservationReply,
+                    errors=(400, 401, 403, 404, 503)))
+    async def get_reservation(reservation_id: str) -> schemas.ReservationReply:
+        return reservation_reply(await billing.get_reservation(reservation_id))
 
-    @app.post("/v1/reservations/<reservation_id>/commit")
-    async def commit_reservation(reservation_id: str) -> Response:
-        service()
-        data = _object(await body(msgpack_ok=True))
-        _only(data, frozenset({"event_id", "metric", "cost_cents", "cost_micros", "agent_id",
-                               "metadata"}))
-        metric = data.get("metric")
-        agent = data.get("agent_id")
+    @endpoint(Route("POST", "/v1/reservations/{reservation_id}/commit",
+                    "Charge the actual usage and release the rest of the hold",
+                    Caller.SERVICE, body=schemas.CommitBody, reply=schemas.CommitReply,
+                    msgpack=True, errors=(*ERRORS_SERVICE, 404, 409)))
+    async def commit_reservation(body: schemas.CommitBody,
+                                 reservation_id: str) -> schemas.CommitReply:
         committed = await billing.commit_reservation(
             reservation_id,
-            event_id=data.get("event_id"),
-            metric=parse_metric(metric) if metric is not None else None,
-            cost_cents=data.get("cost_cents"),
-            cost_micros=data.get("cost_micros"),
-            agent_id=parse_agent_id(agent) if agent is not None else None,
-            metadata=data.get("metadata") or {},
+            event_id=body.event_id,
+            metric=body.metric,
+            cost_cents=body.cost_cents,
+            cost_micros=body.cost_micros,
+            agent_id=AgentId(body.agent_id) if body.agent_id is not None else None,
+            metadata=body.metadata,
         )
-        return reply({"success": True, **committed.to_dict()}, msgpack_ok=True)
+        return schemas.CommitReply(success=True, **committed.to_dict())
 
-    @app.delete("/v1/reservations/<reservation_id>")
-    async def release_reservation(reservation_id: str) -> Response:
-        service()
-        return reply((await billing.release_reservation(reservation_id)).to_dict())
+    @endpoint(Route("DELETE", "/v1/reservations/{reservation_id}", "Release a hold",
+                    Caller.SERVICE, reply=schemas.ReleaseReply,
+                    errors=(400, 401, 403, 404, 409, 503)))
+    async def release_reservation(reservation_id: str) -> schemas.ReleaseReply:
+        released = await billing.release_reservation(reservation_id)
+        return msgspec.convert(released.to_dict(), schemas.ReleaseReply)
 
     # --- later issues ------------------------------------------------------------------------
 
-    def not_configured(what: str) -> Callable[[], Awaitable[Response]]:
+    def not_configured(what: str, name: str) -> Handler:
         async def handler() -> Response:
             raise ApiError("not_configured", f"{what} are not configured on this server")
 
+        handler.__name__ = name
         return handler
 
-    for path, method, what in NOT_CONFIGURED_ROUTES:
-        app.add_url_rule(path, f"not_configured_{path}", not_configured(what), methods=[method])
+    for method, path, what in NOT_CONFIGURED_ROUTES:
+        endpoint(Route(method, path, f"{what}: not configured on this server", Caller.PUBLIC,
+                       errors=(503,), owner=what))(
+            not_configured(what, f"not_configured {method} {path}"))
 
+    document = openapi_document(routes)
     return app
+
+
+NOT_CONFIGURED_ROUTES = (
+    ("POST", "/v1/credits/purchase", "Stripe payments"),
+    ("GET", "/v1/payments", "Stripe payments"),
+    ("GET", "/v1/subscriptions/me", "subscriptions"),
+    ("POST", "/v1/subscriptions/checkout", "subscriptions"),
+    ("POST", "/v1/subscriptions/cancel", "subscriptions"),
+    ("POST", "/v1/subscriptions/portal", "subscriptions"),
+    ("POST", "/webhooks/stripe", "Stripe webhooks"),
+    ("POST", "/webhooks/lago", "Lago webhooks"),
+)
 
 
 def _int_arg(text: str | None, name: str, default: int) -> int:
@@ -492,5 +516,3 @@ def _int_arg(text: str | None, name: str, default: int) -> int:
     if not text.isdigit():
         raise InvalidInput(f"{name} must be a non-negative integer", {"field": name})
     return require_int(name, int(text), 0, 10**9)
-
-

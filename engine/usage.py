@@ -1,10 +1,13 @@
-"""Usage metrics as they arrive from services, validated into immutable values."""
+"""Usage metrics as they arrive from services: typed, tagged by `type`, validated on decoding.
+
+These Structs are the wire schema too: the API decodes request bodies straight into them and
+the OpenAPI document is generated from them, so the rules below are stated once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -15,19 +18,55 @@ API_CALLS_MAX = 10**9
 QUANTITY_MAX = Decimal(10**9)
 QUANTITY_DECIMALS_MAX = 9
 NAME_LENGTH_MAX = 128
+UNKNOWN_FIELD = "Object contains unknown field `"
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_LENGTH_MAX)]
+TokenCount = Annotated[int, msgspec.Meta(ge=0, le=TOKENS_MAX)]
+# JSON numbers and strings both decode exactly (never through float); the schema says so.
+Quantity = Annotated[Decimal, msgspec.Meta(
+    description=f"a decimal between 0 and {QUANTITY_MAX} with at most "
+                f"{QUANTITY_DECIMALS_MAX} decimals, as a JSON number or string",
+    # The OpenAPI document widens msgspec's "string, format decimal" to string or number.
+)]
 
 
-class LlmTokens(msgspec.Struct, frozen=True, gc=False):
+class QuantityError(ValueError):
+    """Raised while decoding; msgspec turns it into a ValidationError at the metric's path."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(
+            f"`{field}` must be a decimal number between 0 and {QUANTITY_MAX} "
+            f"with at most {QUANTITY_DECIMALS_MAX} decimals"
+        )
+
+
+def _check_quantity(field: str, value: Decimal) -> None:
+    """Non-negative, bounded, finite, at most nine decimals: cost stays exact in micros."""
+    if (
+        not value.is_finite()
+        or not Decimal(0) <= value <= QUANTITY_MAX
+        or -value.as_tuple().exponent > QUANTITY_DECIMALS_MAX  # type: ignore[operator]
+    ):
+        raise QuantityError(field)
+
+
+class LlmTokens(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True,
+                tag_field="type", tag="llm_tokens"):
     """Token counts of one model call. `input_tokens` are uncached prompt tokens; cache reads
     and cache writes are counted separately (they are priced separately)."""
 
-    provider: str
-    model: str
-    input_tokens: int
-    output_tokens: int
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
+    provider: Name
+    model: Name
+    input_tokens: TokenCount = 0
+    output_tokens: TokenCount = 0
+    cached_input_tokens: TokenCount = 0
+    cache_write_tokens: TokenCount = 0
     type: ClassVar[str] = "llm_tokens"
+
+    def __post_init__(self) -> None:
+        # Providers are case-insensitive; folding once here keeps the price lookup exact.
+        if not self.provider.islower():
+            msgspec.structs.force_setattr(self, "provider", self.provider.lower())
 
     @property
     def prompt_tokens(self) -> int:
@@ -35,137 +74,61 @@ class LlmTokens(msgspec.Struct, frozen=True, gc=False):
         return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
 
 
-class Compute(msgspec.Struct, frozen=True, gc=False):
-    cpu_hours: Decimal
-    memory_gb_hours: Decimal
+class Compute(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True,
+              tag_field="type", tag="compute"):
+    cpu_hours: Quantity = Decimal(0)
+    memory_gb_hours: Quantity = Decimal(0)
     type: ClassVar[str] = "compute"
 
+    def __post_init__(self) -> None:
+        _check_quantity("cpu_hours", self.cpu_hours)
+        _check_quantity("memory_gb_hours", self.memory_gb_hours)
 
-class ApiCalls(msgspec.Struct, frozen=True, gc=False):
-    endpoint: str
-    count: int
+
+class ApiCalls(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True,
+               tag_field="type", tag="api_calls"):
+    endpoint: Name = "default"
+    count: Annotated[int, msgspec.Meta(ge=0, le=API_CALLS_MAX)] = 1
     type: ClassVar[str] = "api_calls"
 
 
-class Storage(msgspec.Struct, frozen=True, gc=False):
-    gb_hours: Decimal
+class Storage(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True,
+              tag_field="type", tag="storage"):
+    gb_hours: Quantity
     type: ClassVar[str] = "storage"
+
+    def __post_init__(self) -> None:
+        _check_quantity("gb_hours", self.gb_hours)
 
 
 Metric = LlmTokens | Compute | ApiCalls | Storage
 
 
-def _name(obj: Mapping[str, Any], field: str, default: str | None = None) -> str:
-    value = obj.get(field, default)
-    if not isinstance(value, str) or not 0 < len(value) <= NAME_LENGTH_MAX:
-        raise InvalidInput(
-            f"metric.{field} must be a string of 1..{NAME_LENGTH_MAX} characters",
-            {"field": f"metric.{field}"},
-        )
-    return value
+def invalid_input(error: msgspec.ValidationError, prefix: str = "") -> InvalidInput:
+    """A decoding error as the domain's InvalidInput, naming the field it is about.
 
-
-def _count(obj: Mapping[str, Any], field: str, high: int, default: int | None = None) -> int:
-    value = obj.get(field, default)
-    if type(value) is not int or not 0 <= value <= high:
-        raise InvalidInput(
-            f"metric.{field} must be an integer between 0 and {high}",
-            {"field": f"metric.{field}"},
-        )
-    return value
-
-
-def _quantity(obj: Mapping[str, Any], field: str, default: Decimal | None = None) -> Decimal:
-    """A non-negative decimal quantity. Floats are refused: they would already be rounded."""
-    value = obj.get(field, default)
-    if type(value) is int:
-        value = Decimal(value)
-    elif isinstance(value, str):
-        try:
-            value = Decimal(value)
-        except InvalidOperation:
-            value = None
-    if (
-        not isinstance(value, Decimal)
-        or not value.is_finite()
-        or not Decimal(0) <= value <= QUANTITY_MAX
-        or -value.as_tuple().exponent > QUANTITY_DECIMALS_MAX  # type: ignore[operator]
-    ):
-        raise InvalidInput(
-            f"metric.{field} must be a decimal number between 0 and {QUANTITY_MAX} "
-            f"with at most {QUANTITY_DECIMALS_MAX} decimals",
-            {"field": f"metric.{field}"},
-        )
-    return value
-
-
-_FIELDS: dict[str, frozenset[str]] = {
-    "llm_tokens": frozenset(
-        {"type", "provider", "model", "input_tokens", "output_tokens",
-         "cached_input_tokens", "cache_write_tokens"}
-    ),
-    "compute": frozenset({"type", "cpu_hours", "memory_gb_hours"}),
-    "api_calls": frozenset({"type", "endpoint", "count"}),
-    "storage": frozenset({"type", "gb_hours"}),
-}
+    msgspec says where (`- at `$.metric``) and a QuantityError says which field inside it.
+    """
+    message, _, where = str(error).partition(" - at `$")
+    path = where.rstrip("`").lstrip(".")
+    if message.startswith("`") and "` must" in message:
+        inner = message[1:message.index("`", 1)]
+        path = f"{path}.{inner}" if path else inner
+    field = ".".join(part for part in (prefix, path) if part)
+    details: dict[str, Any] = {"field": field} if field else {}
+    if message.startswith(UNKNOWN_FIELD):
+        details["fields"] = [message[len(UNKNOWN_FIELD):].rstrip("`")]
+    return InvalidInput(message if not field else f"{field}: {message}", details)
 
 
 def parse_metric(obj: object) -> Metric:
-    """Validate a decoded `metric` object (decimals already `Decimal`, never float)."""
-    if not isinstance(obj, Mapping):
-        raise InvalidInput("metric must be an object", {"field": "metric"})
-    kind = obj.get("type")
-    allowed = _FIELDS.get(kind) if isinstance(kind, str) else None
-    if allowed is None:
-        raise InvalidInput(
-            f"metric.type must be one of {sorted(_FIELDS)}", {"field": "metric.type"}
-        )
-    unknown = set(obj) - allowed
-    if unknown:
-        raise InvalidInput(
-            f"unknown metric fields: {sorted(unknown)}", {"field": "metric"}
-        )
-    if kind == "llm_tokens":
-        return LlmTokens(
-            provider=_name(obj, "provider").lower(),
-            model=_name(obj, "model"),
-            input_tokens=_count(obj, "input_tokens", TOKENS_MAX, 0),
-            output_tokens=_count(obj, "output_tokens", TOKENS_MAX, 0),
-            cached_input_tokens=_count(obj, "cached_input_tokens", TOKENS_MAX, 0),
-            cache_write_tokens=_count(obj, "cache_write_tokens", TOKENS_MAX, 0),
-        )
-    if kind == "compute":
-        zero = Decimal(0)
-        return Compute(
-            cpu_hours=_quantity(obj, "cpu_hours", zero),
-            memory_gb_hours=_quantity(obj, "memory_gb_hours", zero),
-        )
-    if kind == "api_calls":
-        return ApiCalls(
-            endpoint=_name(obj, "endpoint", "default"),
-            count=_count(obj, "count", API_CALLS_MAX, 1),
-        )
-    return Storage(gb_hours=_quantity(obj, "gb_hours"))
+    """Validate a decoded `metric` object (decimals as `Decimal`, str or int, never float)."""
+    try:
+        return msgspec.convert(obj, Metric)  # type: ignore[arg-type]
+    except msgspec.ValidationError as error:
+        raise invalid_input(error, "metric") from None
 
 
 def metric_to_wire(metric: Metric) -> dict[str, Any]:
     """The metric as plain data (decimals as strings), for storage, fingerprints and export."""
-    if isinstance(metric, LlmTokens):
-        return {
-            "type": metric.type,
-            "provider": metric.provider,
-            "model": metric.model,
-            "input_tokens": metric.input_tokens,
-            "output_tokens": metric.output_tokens,
-            "cached_input_tokens": metric.cached_input_tokens,
-            "cache_write_tokens": metric.cache_write_tokens,
-        }
-    if isinstance(metric, Compute):
-        return {
-            "type": metric.type,
-            "cpu_hours": str(metric.cpu_hours),
-            "memory_gb_hours": str(metric.memory_gb_hours),
-        }
-    if isinstance(metric, ApiCalls):
-        return {"type": metric.type, "endpoint": metric.endpoint, "count": metric.count}
-    return {"type": metric.type, "gb_hours": str(metric.gb_hours)}
+    return msgspec.to_builtins(metric)  # type: ignore[no-any-return]
