@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import httpx
 import trio
 
 from actors.runtime import open_billing
+from api.client import BillingApiError, BillingClient
+from api.config_file import read_config_file
 from api.server import run as run_server
 from api.settings import SettingsError, load_settings
+from engine.commands import CreditResult
 from engine.errors import BillingError
 from engine.ids import parse_user_id, transaction_id_str
-from engine.money import format_usd
+from engine.ledger import ADMIN_GRANT_TYPES, EntryType
+from engine.money import AMOUNT_CENTS_MAX, AMOUNT_CENTS_MIN, format_usd
+from engine.pricing import PricingError
 from lago.cli import deployment as lago_deployment
 from storage.datadir_lock import DataDirLocked
 from storage.lmdb_store import LmdbStore
@@ -61,16 +67,20 @@ def main() -> None:
 @main.command()
 @click.option("--listen", default=None, help="HOST:PORT (LISTEN_ADDR, default 127.0.0.1:8080)")
 @data_dir_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="TOML: named service keys with scopes, the pricing file.")
 @click.option("--dev", is_flag=True, help="Accept test tokens; generate keys that are unset.")
-def serve(listen: str | None, data_dir: Path, dev: bool) -> None:
+def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: bool) -> None:
     """Run the HTTP server on the engine (LMDB under the data directory)."""
     try:
-        settings = load_settings(listen=listen, data_dir=data_dir, dev=dev)
+        keys, pricing_path = read_config_file(config_path) if config_path else ((), None)
+        settings = load_settings(listen=listen, data_dir=data_dir, dev=dev,
+                                 service_keys=keys, pricing_path=pricing_path)
     except SettingsError as error:
         fail(str(error))
     try:
         run_server(settings)
-    except DataDirLocked as error:
+    except (DataDirLocked, PricingError) as error:
         fail(str(error))
 
 
@@ -145,6 +155,68 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
                    f"{entry.source_key or ''}")
     if page.has_more:
         click.echo(f"  … {account.seq - len(page.entries)} older entries")
+
+
+@main.group()
+def credits() -> None:
+    """Grant credits."""
+
+
+@credits.command("add")
+@click.argument("user")
+@click.argument("amount", type=click.IntRange(AMOUNT_CENTS_MIN, AMOUNT_CENTS_MAX))
+@click.option("--reason", default="", help="Shown in the user's ledger.")
+@click.option("--type", "kind", type=click.Choice([kind.value for kind in ADMIN_GRANT_TYPES]),
+              default=EntryType.BONUS.value, show_default=True)
+@click.option("--idempotency-key", default=None,
+              help="Repeat the command with the same key and it grants once.")
+@click.option("--url", envvar="ZBILLING_URL", default=None,
+              help="A running server's base URL (ZBILLING_URL); the admin key comes from "
+                   "ADMIN_API_KEY. Without it the data directory is opened (server stopped).")
+@data_dir_option
+def credits_add(user: str, amount: int, reason: str, kind: str,  # noqa: PLR0917 - click
+                idempotency_key: str | None,
+                url: str | None, data_dir: Path) -> None:
+    """Grant AMOUNT credits (1 credit = $0.01) to USER."""
+    try:
+        user_id = parse_user_id(user)
+    except BillingError as error:
+        fail(error.message)
+    if url is not None:
+        admin_key = os.environ.get("ADMIN_API_KEY")
+        if not admin_key:
+            fail("set ADMIN_API_KEY to add credits over the HTTP API")
+        try:
+            with BillingClient(url, admin_key=admin_key) as client:
+                granted = client.add_credits(user_id, amount, reason=reason, type=kind,
+                                             idempotency_key=idempotency_key)
+        except BillingApiError as error:
+            fail(f"{error.code}: {error.message}")
+        except httpx.TransportError as error:
+            fail(f"cannot reach {url}: {error}")
+        transaction, balance = granted.transaction_id, granted.balance_cents
+    else:
+        async def grant() -> CreditResult | BillingError:
+            async with open_billing(data_dir) as billing:
+                try:
+                    return await billing.add_credits(user_id, amount,
+                                                     entry_type=EntryType(kind),
+                                                     description=reason,
+                                                     idempotency_key=idempotency_key)
+                except BillingError as error:  # returned, so the engine still shuts down clean
+                    return error
+
+        if not (data_dir / "data.mdb").exists():
+            fail(f"no data directory at {data_dir}")
+        try:
+            result = trio.run(grant)
+        except DataDirLocked as error:
+            fail(f"{error}; stop the server or pass --url")
+        if isinstance(result, BillingError):
+            fail(f"{result.code}: {result.message}")
+        transaction, balance = transaction_id_str(result.transaction_id), result.balance_cents
+    click.echo(f"granted {amount} credits ({kind}) to {user_id}: transaction {transaction}, "
+               f"balance {format_usd(balance)}")
 
 
 @main.group()

@@ -12,6 +12,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from actors.config import load_pricing
 from actors.runtime import open_billing
 from api.app import create_app
 from api.auth import Authenticator
@@ -30,7 +31,8 @@ async def serve(settings: Settings) -> None:
         lago_exporter(LagoClient(settings.lago_api_url or "", settings.lago_api_key or ""))
         if settings.lago_enabled else None
     )
-    async with open_billing(settings.data_dir, exporter=exporter) as billing:
+    pricing = load_pricing(settings.pricing_path)
+    async with open_billing(settings.data_dir, pricing=pricing, exporter=exporter) as billing:
         app = create_app(billing, settings, Authenticator(settings))
         config = Config()
         config.bind = [settings.listen]

@@ -47,6 +47,7 @@ class Settings:
     lago_api_url: str | None = None
     lago_api_key: str | None = field(default=None, repr=False)
     stripe_api_key: str | None = field(default=None, repr=False)
+    pricing_path: Path | None = None
     generated_keys: bool = False
 
     @property
@@ -66,6 +67,7 @@ class Settings:
         return [
             f"listening on http://{self.listen}",
             f"data directory {self.data_dir.resolve()}",
+            f"pricing: {self.pricing_path or 'the shipped table'}",
             f"service keys: {', '.join(key.name for key in self.service_keys) or 'none'}",
             f"admin key: {'set' if self.admin_key else 'not set'}",
             f"user JWTs: {jwt}; HS256 {'on' if self.auth_hs256_secret else 'off'}",
@@ -90,13 +92,20 @@ def load_settings(
     listen: str | None = None,
     data_dir: Path | None = None,
     dev: bool = False,
+    service_keys: tuple[ServiceKey, ...] = (),
+    pricing_path: Path | None = None,
 ) -> Settings:
-    """Settings from the environment and the command line; refuses to start without a service
-    key outside dev mode, and in dev mode generates the keys that are missing."""
+    """Settings from the environment, the command line and the config file (its named
+    `service_keys` and `pricing_path`); refuses to start without a service key outside dev
+    mode, and in dev mode generates the keys that are missing."""
     env = os.environ if environ is None else environ
     keys: list[ServiceKey] = []
     if env.get("SERVICE_API_KEY"):
         keys.append(ServiceKey("default", env["SERVICE_API_KEY"], frozenset({SCOPE_USAGE})))
+    for key in service_keys:
+        if any(known.name == key.name for known in keys):
+            raise SettingsError(f"service key name {key.name!r} is used twice")
+        keys.append(key)
     admin_key = env.get("ADMIN_API_KEY") or None
     generated = False
     if dev and not keys:
@@ -125,6 +134,7 @@ def load_settings(
         lago_api_url=env.get("LAGO_API_URL") or None,
         lago_api_key=env.get("LAGO_API_KEY") or None,
         stripe_api_key=env.get("STRIPE_API_KEY") or None,
+        pricing_path=pricing_path,
         generated_keys=generated,
     )
     settings.host_port  # noqa: B018 - validate early, with a clear message

@@ -27,14 +27,14 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, *, dev: bool = True, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "SERVICE_API_KEY": SERVICE_KEY, "ADMIN_API_KEY": ADMIN_KEY,
                        **(env or {})}
         argv = [sys.executable, "-c", "from api.cli import main; main()", "serve",
-                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir)]
+                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *args]
         if dev:
             argv.append("--dev")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=environment,
