@@ -148,7 +148,7 @@ def test_a_bad_config_file_stops_the_start_with_a_clear_message(tmp_path, keys, 
     finished = subprocess.run(
         [sys.executable, "-c", "from api.cli import main; main()", "serve", "--config", config,
          "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+        check=False, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 2
     assert message in finished.stderr
     assert "Traceback" not in finished.stderr
