@@ -11,6 +11,7 @@ import trio
 
 from actors.journal import Journal
 from actors.metrics import EngineMetrics, Exporter
+from actors.payments import PaymentLedger
 from actors.system import ActorSystem, Pending, WallClock
 from actors.timers import ExpiryTimers
 from engine.account import Account, AutoRefillSettings
@@ -86,6 +87,7 @@ class Billing:
         self.pricing = pricing
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
+        self.payments = PaymentLedger(store, journal, system, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:

@@ -28,6 +28,7 @@ from engine.errors import (
     Overloaded,
 )
 from engine.ids import TransactionId, UserId, next_transaction_id
+from engine.payments import PaymentCommand
 from engine.reservations import (
     SCOPE_RESERVATION,
     Reservation,
@@ -40,6 +41,7 @@ from engine.reservations import (
 from engine.transitions import Context, apply
 from storage.store import Store
 
+AnyCommand = Command | ReservationCommand | PaymentCommand
 log = logging.getLogger("zbilling.actors")
 
 # Commands one account may have waiting for their commit (its mailbox bound).
@@ -149,10 +151,10 @@ class ActorSystem:
 
     # --- commands ----------------------------------------------------------------------------
 
-    async def execute(self, command: Command | ReservationCommand) -> Any:
+    async def execute(self, command: AnyCommand) -> Any:
         return await self.apply_now(command).settle()
 
-    def apply_now(self, command: Command | ReservationCommand) -> Pending:
+    def apply_now(self, command: AnyCommand) -> Pending:
         """Decide `command` against the account's current state and queue its records.
 
         Runs without a checkpoint, which is what makes the actor the account's only writer.
@@ -163,7 +165,7 @@ class ActorSystem:
             self._count(error)
             return Pending(None, error, self._journal.pending_barrier())
 
-    def _decide(self, actor: AccountActor, command: Command | ReservationCommand) -> Pending:
+    def _decide(self, actor: AccountActor, command: AnyCommand) -> Pending:
         journal = self._journal
         prior: PriorOutcome | None = None
         key = getattr(command, "key", None)

@@ -7,7 +7,6 @@ what `/openapi.json` is generated from.
 
 from __future__ import annotations
 
-import datetime
 import hmac
 import logging
 import time
@@ -25,7 +24,9 @@ from api import schemas
 from api.auth import Authenticator
 from api.errors import ApiError, error_body, render
 from api.openapi import openapi_document
+from api.payment_routes import register_payment_routes
 from api.routes import Caller, Route
+from api.schemas import iso_ms
 from api.settings import SCOPE_USAGE, Settings
 from engine.account import Account, AutoRefillSettings
 from engine.commands import UsageResult
@@ -36,6 +37,7 @@ from engine.metering import UsageRequest
 from engine.money import format_usd, require_int
 from engine.reservations import Reservation
 from engine.usage import invalid_input
+from integrations.stripe.service import StripeService
 
 log = logging.getLogger("zbilling.api")
 
@@ -51,11 +53,6 @@ _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _generic_json = msgspec.json.Decoder()
 _generic_msgpack = msgspec.msgpack.Decoder()
-
-
-def iso_ms(epoch_ms: int) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def optional_iso_ms(epoch_ms: int | None) -> str | None:
@@ -113,7 +110,7 @@ def account_reply(account: Account) -> schemas.AccountReply:
         plan=account.plan,
         status=account.status.value,  # type: ignore[arg-type]
         overdraft_limit_cents=account.overdraft_limit,
-        auto_refill=auto_refill_reply(account.auto_refill),
+        auto_refill=auto_refill_reply(account),
         stripe_customer_id=account.stripe_customer_id,
         created_at=iso_ms(account.created_at_ms),
         updated_at=iso_ms(account.updated_at_ms),
@@ -131,9 +128,11 @@ def balance_reply(account: Account) -> schemas.BalanceReply:
     )
 
 
-def auto_refill_reply(settings: AutoRefillSettings) -> schemas.AutoRefillReply:
+def auto_refill_reply(account: Account) -> schemas.AutoRefillReply:
+    settings = account.auto_refill
     return schemas.AutoRefillReply(settings.enabled, settings.trigger_below_cents,
-                                   settings.refill_amount_cents)
+                                   settings.refill_amount_cents, account.refill_pending,
+                                   account.auto_refill_error)
 
 
 def transaction_reply(entry: LedgerEntry) -> schemas.TransactionReply:
@@ -176,7 +175,8 @@ def _event_id_of(raw: bytes, content_type: str) -> str | None:
 
 
 def create_app(  # noqa: PLR0915 - one place lists every route
-    billing: Billing, settings: Settings, auth: Authenticator
+    billing: Billing, settings: Settings, auth: Authenticator,
+    stripe: StripeService | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -349,7 +349,7 @@ def create_app(  # noqa: PLR0915 - one place lists every route
     @endpoint(Route("GET", "/v1/credits/auto-refill", "The caller's auto-refill settings",
                     Caller.USER, reply=schemas.AutoRefillReply, errors=ERRORS_USER))
     async def my_auto_refill(user: UserId) -> schemas.AutoRefillReply:
-        return auto_refill_reply((await billing.open_account(user)).auto_refill)
+        return auto_refill_reply(await billing.open_account(user))
 
     @endpoint(Route("POST", "/v1/credits/auto-refill", "Change the auto-refill settings",
                     Caller.USER, body=schemas.AutoRefillBody, reply=schemas.AutoRefillReply,
@@ -359,7 +359,7 @@ def create_app(  # noqa: PLR0915 - one place lists every route
         await billing.open_account(user)
         wanted = AutoRefillSettings.validated(body.enabled, body.trigger_below_cents,
                                               body.refill_amount_cents)
-        return auto_refill_reply((await billing.set_auto_refill(user, wanted)).auto_refill)
+        return auto_refill_reply(await billing.set_auto_refill(user, wanted))
 
     # --- operators ---------------------------------------------------------------------------
 
@@ -489,7 +489,12 @@ def create_app(  # noqa: PLR0915 - one place lists every route
         handler.__name__ = name
         return handler
 
+    if stripe is not None:
+        register_payment_routes(endpoint, billing, stripe)
+    served = {(route.method, route.path) for route in routes}
     for method, path, what in NOT_CONFIGURED_ROUTES:
+        if (method, path) in served:
+            continue
         endpoint(Route(method, path, f"{what}: not configured on this server", Caller.PUBLIC,
                        errors=(503,), owner=what))(
             not_configured(what, f"not_configured {method} {path}"))

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from actors.billing import TRANSACTIONS_PAGE_MAX
+from api.payment_routes import PAYMENTS_PAGE_DEFAULT, PAYMENTS_PAGE_MAX
 from api.routes import Caller, Route
 from api.schemas import ErrorReply, UsageFailure, UsageReply
 from engine.ids import KEY_LENGTH_MAX
@@ -45,12 +46,17 @@ SECURITY_SCHEMES = {
                      "description": "Needed only when METRICS_TOKEN is set"},
 }
 
+# By the id a Route names; "name" when the parameter's name differs from the id.
 QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": TRANSACTIONS_PAGE_MAX,
               "default": 50},
     "offset": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
     "before": {"type": "string", "minLength": 26, "maxLength": 26,
                "description": "a transaction id (ULID): entries older than it"},
+    "payments_limit": {"name": "limit", "type": "integer", "minimum": 1,
+                       "maximum": PAYMENTS_PAGE_MAX, "default": PAYMENTS_PAGE_DEFAULT},
+    "starting_after": {"type": "string", "maxLength": 255,
+                       "description": "a payment id: the page after it"},
 }
 
 HEADER_PARAMETERS: dict[str, dict[str, Any]] = {
@@ -103,8 +109,10 @@ def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
          "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX}}
         for name in _path_names(route.path)
     ]
-    parameters += [{"name": name, "in": "query", "required": False,
-                    "schema": QUERY_PARAMETERS[name]} for name in route.parameters]
+    for parameter in route.parameters:
+        schema = dict(QUERY_PARAMETERS[parameter])
+        parameters.append({"name": schema.pop("name", parameter), "in": "query",
+                           "required": False, "schema": schema})
     parameters += [{"name": name, "in": "header", "required": False,
                     "schema": HEADER_PARAMETERS[name]} for name in route.headers]
     if parameters:

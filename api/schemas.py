@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -43,6 +44,12 @@ Timestamp = Annotated[str, Meta(description="RFC 3339 date-time, UTC, millisecon
                                 extra_json_schema={"format": "date-time"})]
 
 
+def iso_ms(epoch_ms: int) -> str:
+    """The wire form of a time: RFC 3339, UTC, milliseconds."""
+    moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Request bodies: unknown fields are refused, not ignored (a typo must not pass)."""
 
@@ -73,6 +80,11 @@ class CreditsAddBody(Body):
     amount_cents: AmountCents
     reason: Annotated[str, Meta(max_length=DESCRIPTION_LENGTH_MAX)] = ""
     type: Literal["bonus", "refund", "adjustment"] = "bonus"
+
+
+class PurchaseBody(Body):
+    amount_usd: Annotated[Decimal, Meta(
+        description="US dollars to spend, 5 … 1000, at most 2 decimals (1 credit = $0.01)")]
 
 
 class UsageBody(Body):
@@ -150,6 +162,8 @@ class AutoRefillReply(Reply):
     enabled: bool
     trigger_below_cents: int
     refill_amount_cents: int
+    refill_in_flight: bool
+    last_error: str | None
 
 
 class AccountReply(Reply):
@@ -297,3 +311,31 @@ class ReleaseReply(Reply):
     released_cents: int
     balance_cents: int
     available_cents: int
+
+
+class PurchaseReply(Reply):
+    checkout_url: str
+    session_id: str
+    credits: int
+    price_cents: int
+
+
+class PaymentReply(Reply):
+    id: str
+    amount_cents: int
+    currency: str
+    status: str
+    kind: str | None
+    credits: int | None
+    description: str | None
+    created_at: Timestamp
+
+
+class PaymentsPageReply(Reply):
+    payments: list[PaymentReply]
+    has_more: bool
+
+
+class WebhookReply(Reply):
+    received: bool
+    outcome: Annotated[str, Meta(description="applied, duplicate, ignored or recorded")]

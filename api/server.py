@@ -19,6 +19,8 @@ from api.auth import Authenticator
 from api.settings import Settings
 from integrations.lago.client import LagoClient
 from integrations.lago.exporter import lago_exporter
+from integrations.stripe.gateway import StripeGateway
+from integrations.stripe.service import stripe_service
 
 log = logging.getLogger("zbilling.server")
 
@@ -33,7 +35,18 @@ async def serve(settings: Settings) -> None:
     )
     pricing = load_pricing(settings.pricing_path)
     async with open_billing(settings.data_dir, pricing=pricing, exporter=exporter) as billing:
-        app = create_app(billing, settings, Authenticator(settings))
+        stripe = (
+            stripe_service(
+                StripeGateway(settings.stripe_api_key or "",
+                              webhook_secret=settings.stripe_webhook_secret,
+                              frontend_url=settings.frontend_url,
+                              api_base=settings.stripe_api_base),
+                billing.payments, billing.metrics.registry,
+                refill_retry_base_s=settings.refill_retry_base_s,
+            )
+            if settings.stripe_enabled else None
+        )
+        app = create_app(billing, settings, Authenticator(settings), stripe)
         config = Config()
         config.bind = [settings.listen]
         config.graceful_timeout = SHUTDOWN_GRACE_S
@@ -42,6 +55,8 @@ async def serve(settings: Settings) -> None:
         print_banner(settings)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
+            if stripe is not None:
+                await nursery.start(stripe.refills.run)
             await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             nursery.cancel_scope.cancel()
     print("z-billing stopped; journal flushed", flush=True)

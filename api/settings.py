@@ -13,6 +13,8 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_AUDIENCE = "z-billing"
 MAX_BODY_BYTES_DEFAULT = 1024 * 1024
+DEFAULT_FRONTEND_URL = "http://localhost:3000"
+REFILL_RETRY_BASE_S_DEFAULT = 30
 SCOPE_USAGE = "usage"
 SCOPE_ADMIN = "admin"
 
@@ -47,6 +49,10 @@ class Settings:
     lago_api_url: str | None = None
     lago_api_key: str | None = field(default=None, repr=False)
     stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    frontend_url: str = DEFAULT_FRONTEND_URL
+    refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
     pricing_path: Path | None = None
     generated_keys: bool = False
 
@@ -56,6 +62,10 @@ class Settings:
         if not host or not port.isdigit():
             raise SettingsError(f"--listen must be HOST:PORT, got {self.listen!r}")
         return host, int(port)
+
+    @property
+    def stripe_enabled(self) -> bool:
+        return self.stripe_api_key is not None
 
     @property
     def lago_enabled(self) -> bool:
@@ -73,8 +83,15 @@ class Settings:
             f"user JWTs: {jwt}; HS256 {'on' if self.auth_hs256_secret else 'off'}",
             f"dev mode (test tokens): {'on' if self.dev else 'off'}",
             f"Lago export: {'on, ' + str(self.lago_api_url) if self.lago_enabled else 'off'}",
-            "Stripe: off (payments answer 503 not_configured)",
+            f"Stripe: {self._stripe_summary()}",
         ]
+
+    def _stripe_summary(self) -> str:
+        if not self.stripe_enabled:
+            return "off (payments answer 503 not_configured)"
+        api = f", API at {self.stripe_api_base}" if self.stripe_api_base else ""
+        hooks = "on" if self.stripe_webhook_secret else "off (no STRIPE_WEBHOOK_SECRET)"
+        return f"on{api}; webhooks {hooks}"
 
 
 def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -134,6 +151,10 @@ def load_settings(
         lago_api_url=env.get("LAGO_API_URL") or None,
         lago_api_key=env.get("LAGO_API_KEY") or None,
         stripe_api_key=env.get("STRIPE_API_KEY") or None,
+        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+        stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,
+        frontend_url=env.get("FRONTEND_URL", DEFAULT_FRONTEND_URL),
+        refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
         pricing_path=pricing_path,
         generated_keys=generated,
     )

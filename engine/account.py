@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import msgspec
 
-from engine.errors import InvalidInput, require
+from engine.errors import AccountClosed, AccountNotFound, InvalidInput, require
 from engine.ids import UserId
 from engine.money import AMOUNT_CENTS_MAX, MICROS_PER_CREDIT, require_int
 
@@ -66,6 +66,12 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     overdraft_limit: int = 0
     status: AccountStatus = AccountStatus.ACTIVE
     seq: int = 0
+    # Auto-refill: refills raised so far (the current one's number), whether one is in flight,
+    # its declines so far, and the last decline (kept when auto-refill was switched off).
+    refill_count: int = 0
+    refill_pending: bool = False
+    refill_declines: int = 0
+    auto_refill_error: str | None = None
 
     @property
     def available(self) -> int:
@@ -84,3 +90,14 @@ class Account(msgspec.Struct, frozen=True, gc=False):
         require(self.held >= 0, f"held {self.held} is negative")
         require(self.overdraft_limit >= 0, f"overdraft_limit {self.overdraft_limit} < 0")
         require(self.seq >= 0, f"seq {self.seq} < 0")
+
+
+def live_account(account: Account | None, user_id: UserId) -> Account:
+    """The account a command may change: it exists and is not closed."""
+    if account is None:
+        raise AccountNotFound(f"no account for user {user_id}", {"user_id": str(user_id)})
+    if account.status is AccountStatus.CLOSED:
+        raise AccountClosed(
+            f"account {user_id} is closed", {"user_id": str(user_id), "reason": "account_closed"}
+        )
+    return account

@@ -24,8 +24,7 @@ def audit_account(
     purchased = granted = used = other = 0
     owed_after_commit = False
     previous_id = -1
-    for entry in entries:
-        count += 1
+    for count, entry in enumerate(entries, 1):  # noqa: B007 - count is read after the loop
         if entry.user_id != account.user_id:
             problems.append(f"entry {entry.transaction_id} belongs to {entry.user_id}")
         if entry.transaction_id <= previous_id:
@@ -44,9 +43,9 @@ def audit_account(
             if entry.amount > 0:
                 problems.append(f"usage entry {entry.transaction_id} credits the account")
             # A reservation commit is charged even past the limit (the service was delivered).
-            committed_hold = "reservation_id" in entry.metadata
-            owed_after_commit |= committed_hold
-            if entry.balance_after < -account.overdraft_limit and not committed_hold:
+            if "reservation_id" in entry.metadata:
+                owed_after_commit = True
+            elif entry.balance_after < -account.overdraft_limit:
                 problems.append(
                     f"invariant 3: usage entry {entry.transaction_id} left the balance at "
                     f"{entry.balance_after}, below the overdraft limit"
@@ -57,6 +56,8 @@ def audit_account(
             granted += entry.amount
         elif entry.entry_type in OTHER_CREDIT_TYPES:
             other += entry.amount
+            # A Stripe refund takes back credits the user may already have spent.
+            owed_after_commit |= entry.amount < 0
     if account.balance != total:
         problems.append(f"invariant 1: balance {account.balance} != sum of entries {total}")
     if account.balance - account.held < -account.overdraft_limit and not owed_after_commit:

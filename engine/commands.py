@@ -41,7 +41,19 @@ class CloseAccount(_Value):
     user_id: UserId
 
 
+class WebhookMarker(_Value):
+    """An applied webhook event, stored in the same commit as its ledger entry."""
+
+    provider: str
+    event_id: str
+    event_type: str
+    received_at_ms: int
+
+
 class AddCredits(_Value):
+    """Credits of a credit type. Payments use the `stripe_payment` scope keyed on the
+    PaymentIntent, carry the webhook that announced them, and an auto-refill its number."""
+
     user_id: UserId
     amount_cents: int
     entry_type: EntryType
@@ -49,10 +61,9 @@ class AddCredits(_Value):
     fingerprint: bytes
     description: str = ""
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
-
-    @property
-    def scope(self) -> str:
-        return SCOPE_CREDITS_ADD
+    scope: str = SCOPE_CREDITS_ADD
+    webhook: WebhookMarker | None = None
+    refill_number: int | None = None
 
 
 class ReportUsage(_Value):
@@ -178,7 +189,7 @@ class UsageEventRecord(_Value):
         return self.event_id
 
 
-Record = LedgerEntry | KeyRecord | UsageEventRecord
+Record = LedgerEntry | KeyRecord | UsageEventRecord | WebhookMarker
 PriorOutcome = KeyRecord | UsageEventRecord
 
 

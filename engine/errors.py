@@ -81,6 +81,13 @@ class NotFound(BillingError):
     code = "not_found"
 
 
+class NotYetApplicable(BillingError):
+    """An event that depends on one not applied yet (a refund before its payment): 409, so
+    that its sender delivers it again later."""
+
+    code = "conflict"
+
+
 class ReservationExpired(BillingError):
     code = "reservation_expired"
 

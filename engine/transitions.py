@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 from msgspec.structs import replace
 
-from engine.account import Account, AccountStatus
+from engine.account import Account, AccountStatus, live_account
 from engine.commands import (
     AddCredits,
     BalanceCheck,
@@ -29,7 +29,6 @@ from engine.commands import (
     micros_to_cents_ceil,
 )
 from engine.errors import (
-    AccountClosed,
     AccountExists,
     AccountNotFound,
     DuplicateEvent,
@@ -42,9 +41,21 @@ from engine.errors import (
     require,
 )
 from engine.export import AccountOpened
-from engine.ids import TransactionId, UserId
+from engine.ids import TransactionId
 from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
 from engine.money import COST_MICROS_MAX, MICROS_PER_CREDIT, split_micros
+from engine.payments import (
+    DeclineRefill,
+    PaymentCommand,
+    SetStripeCustomer,
+    TakeBackCredits,
+    decline_refill,
+    enabling_clears_error,
+    refill_if_low,
+    set_stripe_customer,
+    settle_refill,
+    take_back_credits,
+)
 from engine.reservations import (
     RESERVATION_TTL_S_MAX,
     CommitReservation,
@@ -71,23 +82,14 @@ class Context(msgspec.Struct, frozen=True, gc=False):
 
 
 def apply(
-    account: Account | None, command: Command | ReservationCommand, context: Context
+    account: Account | None, command: Command | ReservationCommand | PaymentCommand,
+    context: Context,
 ) -> Transition:
     handler = _HANDLERS[type(command)]
     transition = handler(account, command, context)
     if transition.account is not None:
         transition.account.check_invariants()
     return transition
-
-
-def _live(account: Account | None, user_id: UserId) -> Account:
-    if account is None:
-        raise AccountNotFound(f"no account for user {user_id}", {"user_id": str(user_id)})
-    if account.status is AccountStatus.CLOSED:
-        raise AccountClosed(
-            f"account {user_id} is closed", {"user_id": str(user_id), "reason": "account_closed"}
-        )
-    return account
 
 
 def _check_prior(command: AddCredits | ReportUsage, prior: PriorOutcome | None) -> None:
@@ -121,7 +123,7 @@ def _get(account: Account | None, command: GetAccount, context: Context) -> Tran
 
 
 def _close(account: Account | None, command: CloseAccount, context: Context) -> Transition:
-    live = _live(account, command.user_id)
+    live = live_account(account, command.user_id)
     closed = replace(live, status=AccountStatus.CLOSED, updated_at_ms=context.now_ms)
     return Transition(closed, (), closed)
 
@@ -129,7 +131,7 @@ def _close(account: Account | None, command: CloseAccount, context: Context) -> 
 def _set_auto_refill(
     account: Account | None, command: SetAutoRefill, context: Context
 ) -> Transition:
-    live = _live(account, command.user_id)
+    live = enabling_clears_error(command.settings, live_account(account, command.user_id))
     updated = replace(live, auto_refill=command.settings, updated_at_ms=context.now_ms)
     return Transition(updated, (), updated)
 
@@ -137,7 +139,7 @@ def _set_auto_refill(
 def _check_balance(
     account: Account | None, command: CheckBalance, context: Context
 ) -> Transition:
-    live = _live(account, command.user_id)
+    live = live_account(account, command.user_id)
     sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT)
     reply = BalanceCheck(
         sufficient=sufficient,
@@ -150,7 +152,7 @@ def _check_balance(
 
 def _add_credits(account: Account | None, command: AddCredits, context: Context) -> Transition:
     _check_prior(command, context.prior)
-    live = _live(account, command.user_id)
+    live = live_account(account, command.user_id)
     if command.entry_type is EntryType.USAGE or command.amount_cents <= 0:
         raise InvalidInput("credits added must be a positive amount of a credit type")
     balance = live.balance + command.amount_cents
@@ -175,6 +177,7 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
         seq=live.seq + 1,
         updated_at_ms=context.now_ms,
     )
+    updated, settled = settle_refill(updated, command.refill_number)
     reply = CreditResult(
         user_id=live.user_id,
         transaction_id=context.transaction_id,
@@ -182,8 +185,9 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
         amount_cents=command.amount_cents,
         balance_cents=balance,
     )
+    marker = (command.webhook,) if command.webhook is not None else ()
     if command.key is None:
-        return Transition(updated, (entry,), reply)
+        return Transition(updated, (entry, *settled, *marker), reply)
     key_record = KeyRecord(
         scope=command.scope,
         key=command.key,
@@ -191,14 +195,14 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
         fingerprint=command.fingerprint,
         result=reply,
     )
-    return Transition(updated, (entry, key_record), reply, (key_record,))
+    return Transition(updated, (entry, key_record, *settled, *marker), reply, (key_record,))
 
 
 def _report_usage(
     account: Account | None, command: ReportUsage, context: Context
 ) -> Transition:
     _check_prior(command, context.prior)
-    live = _live(account, command.user_id)
+    live = live_account(account, command.user_id)
     _check_cost(command.cost_micros)
     if not live.can_afford_micros(command.cost_micros):
         raise InsufficientCredits(
@@ -266,7 +270,8 @@ def _debit(
         agent_id=command.agent_id,
         result=reply,
     )
-    return Transition(updated, (entry, event), reply, (event,))
+    updated, refill = refill_if_low(updated)
+    return Transition(updated, (entry, event, *refill), reply, (event,))
 
 
 # --- reservations ---------------------------------------------------------------------------
@@ -287,7 +292,7 @@ def _reserve(account: Account | None, command: Reserve, context: Context) -> Tra
         if prior.fingerprint != command.fingerprint:
             raise IdempotencyConflict(command.reservation_id)
         raise DuplicateEvent(command.reservation_id, prior.to_dict())
-    live = _live(account, command.user_id)
+    live = live_account(account, command.user_id)
     if not 1 <= command.ttl_s <= RESERVATION_TTL_S_MAX:
         raise InvalidInput(f"ttl_seconds must be between 1 and {RESERVATION_TTL_S_MAX}",
                            {"field": "ttl_seconds"})
@@ -335,7 +340,7 @@ def _commit_reservation(
     if context.prior is not None:
         # The commit's event id was used by another usage event.
         raise IdempotencyConflict(usage.event_id)
-    live = _live(account, usage.user_id)
+    live = live_account(account, usage.user_id)
     _check_cost(usage.cost_micros)
     # The service was delivered: the commit is charged even above the hold or the balance.
     transition = _debit(live, usage, context, live.held - reservation.amount_cents,
@@ -419,4 +424,10 @@ _HANDLERS = {
     CommitReservation: _commit_reservation,
     ReleaseReservation: _release,
     ExpireReservation: _expire,
+    TakeBackCredits: lambda account, command, context: take_back_credits(
+        account, command, context.now_ms, context.transaction_id, context.prior),
+    DeclineRefill: lambda account, command, context: decline_refill(
+        account, command, context.now_ms),
+    SetStripeCustomer: lambda account, command, context: set_stripe_customer(
+        account, command, context.now_ms),
 }

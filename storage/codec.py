@@ -9,19 +9,23 @@ from typing import Any
 import cbor2
 
 from engine.account import Account, AccountStatus, AutoRefillSettings
-from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
+from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult, WebhookMarker
 from engine.export import ParkedEvent
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
+from engine.payments import RefillIntent
 from engine.reservations import OpenHold, Reservation, ReservationStatus
 from engine.usage import metric_to_wire, parse_metric
 
-ACCOUNT_FORMAT = 1
+ACCOUNT_FORMAT = 2
+ACCOUNT_FORMAT_V1 = 1  # before auto-refill state; read with its defaults
 ENTRY_FORMAT = 1
 USAGE_EVENT_FORMAT = 1
 KEY_FORMAT = 1
 RESERVATION_FORMAT = 1
 PARKED_FORMAT = 1
+WEBHOOK_FORMAT = 1
+REFILL_FORMAT = 1
 
 
 class CodecError(ValueError):
@@ -54,12 +58,18 @@ def encode_account(account: Account) -> bytes:
             account.overdraft_limit,
             account.status.value,
             account.seq,
+            account.refill_count,
+            account.refill_pending,
+            account.refill_declines,
+            account.auto_refill_error,
         ]
     )
 
 
 def decode_account(data: bytes) -> Account:
     fields = cbor2.loads(data)
+    if fields and fields[0] == ACCOUNT_FORMAT_V1:
+        fields = [ACCOUNT_FORMAT, *fields[1:], 0, False, 0, None]
     _expect(fields, ACCOUNT_FORMAT, "account")
     (
         _,
@@ -79,6 +89,10 @@ def decode_account(data: bytes) -> Account:
         overdraft_limit,
         status,
         seq,
+        refill_count,
+        refill_pending,
+        refill_declines,
+        auto_refill_error,
     ) = fields
     return Account(
         user_id=UserId(uuid.UUID(bytes=user_id)),
@@ -97,6 +111,10 @@ def decode_account(data: bytes) -> Account:
         overdraft_limit=overdraft_limit,
         status=AccountStatus(status),
         seq=seq,
+        refill_count=refill_count,
+        refill_pending=refill_pending,
+        refill_declines=refill_declines,
+        auto_refill_error=auto_refill_error,
     )
 
 
@@ -306,3 +324,26 @@ def decode_parked(data: bytes) -> ParkedEvent:
     _expect(fields, PARKED_FORMAT, "parked event")
     _, sequence, event, status, reason = fields
     return ParkedEvent(sequence, event, status, reason)
+
+
+def encode_webhook(marker: WebhookMarker) -> bytes:
+    return cbor2.dumps([WEBHOOK_FORMAT, marker.event_type, marker.received_at_ms])
+
+
+def decode_webhook(provider: str, event_id: str, data: bytes) -> WebhookMarker:
+    fields = cbor2.loads(data)
+    _expect(fields, WEBHOOK_FORMAT, "webhook")
+    _, event_type, received_at_ms = fields
+    return WebhookMarker(provider, event_id, event_type, received_at_ms)
+
+
+def encode_refill(intent: RefillIntent) -> bytes:
+    return cbor2.dumps([REFILL_FORMAT, intent.number, intent.amount_cents, intent.price_cents,
+                        intent.customer_id, intent.declines])
+
+
+def decode_refill(user_id: UserId, data: bytes) -> RefillIntent:
+    fields = cbor2.loads(data)
+    _expect(fields, REFILL_FORMAT, "refill")
+    _, number, amount_cents, price, customer_id, declines = fields
+    return RefillIntent(user_id, number, amount_cents, price, customer_id, declines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,11 @@ import lmdb
 import msgspec
 
 from engine.account import Account
-from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord
+from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord, WebhookMarker
 from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
+from engine.payments import RefillIntent, RefillResolved
 from engine.reservations import OpenHold, Reservation
 from storage import codec, keys
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
@@ -31,7 +33,10 @@ DATABASE_NAMES = (
     "outbox",
     # Lago events refused on their own, with Lago's answer, until an operator re-sends them.
     "dead_letters",
+    # provider ‖ event id -> marker: webhook events applied (in the commit of their entry).
     "webhooks",
+    # user id -> the auto-refill in flight, until it is credited or given up.
+    "refills",
     "meta",
 )
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
@@ -171,6 +176,14 @@ class LmdbStore:
                             txn.put(key, codec.encode_open_hold(record), db=db["open_holds"])
                         else:
                             txn.delete(key, db=db["open_holds"])
+                    elif isinstance(record, WebhookMarker):
+                        txn.put(keys.idempotency_key(record.provider, record.event_id),
+                                codec.encode_webhook(record), db=db["webhooks"])
+                    elif isinstance(record, RefillIntent):
+                        txn.put(keys.user_key(record.user_id), codec.encode_refill(record),
+                                db=db["refills"])
+                    elif isinstance(record, RefillResolved):
+                        txn.delete(keys.user_key(record.user_id), db=db["refills"])
                     elif isinstance(record, OutboxAck):
                         self._acknowledge(txn, record)
                     elif isinstance(record, RequeueParked):
@@ -263,6 +276,16 @@ class LmdbStore:
         with self._env.begin(db=self._db["open_holds"]) as txn:
             for key, data in txn.cursor():
                 yield codec.decode_open_hold(key.decode(), data)
+
+    def get_webhook(self, provider: str, event_id: str) -> WebhookMarker | None:
+        with self._env.begin(db=self._db["webhooks"]) as txn:
+            data = txn.get(keys.idempotency_key(provider, event_id))
+        return codec.decode_webhook(provider, event_id, data) if data is not None else None
+
+    def iter_refills(self) -> Iterator[RefillIntent]:
+        with self._env.begin(db=self._db["refills"]) as txn:
+            for key, data in txn.cursor():
+                yield codec.decode_refill(UserId(uuid.UUID(bytes=key)), data)
 
     def iter_reservations(self) -> Iterator[Reservation]:
         with self._env.begin(db=self._db["reservations"]) as txn:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.account import Account
-from engine.commands import PriorOutcome, Record
+from engine.commands import PriorOutcome, Record, WebhookMarker
 from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
+from engine.payments import RefillIntent
 from engine.reservations import OpenHold, Reservation
 
 
@@ -83,6 +84,14 @@ class Store(Protocol):
 
     def iter_open_holds(self) -> Iterator[OpenHold]:
         """Reservations still holding credits (cheap: closed ones are not visited)."""
+        ...
+
+    def get_webhook(self, provider: str, event_id: str) -> WebhookMarker | None:
+        """The marker of a webhook event already applied."""
+        ...
+
+    def iter_refills(self) -> Iterator[RefillIntent]:
+        """Auto-refills in flight (raised, not yet credited or given up)."""
         ...
 
     def grow(self) -> None:

@@ -243,7 +243,8 @@ def test_auto_refill_settings_are_stored_and_validated(server):
     url = f"{server.url}/v1/credits/auto-refill"
     saved = httpx.post(url, headers=user_headers(user),
                        json={"enabled": True, "trigger_below_cents": 300}).json()
-    assert saved == {"enabled": True, "trigger_below_cents": 300, "refill_amount_cents": 2500}
+    assert saved == {"enabled": True, "trigger_below_cents": 300, "refill_amount_cents": 2500,
+                     "refill_in_flight": False, "last_error": None}
     assert httpx.get(url, headers=user_headers(user)).json() == saved
     bad = httpx.post(url, headers=user_headers(user), json={"enabled": True,
                                                               "trigger_below_cents": 99})

@@ -1,0 +1,99 @@
+"""`PaymentLedger`: the engine side of Stripe payments (credits, refunds, auto-refill state).
+
+Stripe itself is called by integrations/stripe; this facade only turns what Stripe said into
+commands for the account's actor, and waits until they are durable, like `Billing` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from actors.journal import Journal
+from actors.system import ActorSystem, WallClock
+from engine.account import Account
+from engine.commands import AddCredits, CreditResult, KeyRecord, WebhookMarker
+from engine.ids import UserId
+from engine.ledger import EntryType
+from engine.payments import (
+    SCOPE_STRIPE_PAYMENT,
+    DeclineRefill,
+    RefillDeclined,
+    RefillIntent,
+    SetStripeCustomer,
+    TakeBackCredits,
+    payment_fingerprint,
+)
+from storage.store import Store
+
+
+class PaymentLedger:
+    def __init__(self, store: Store, journal: Journal, system: ActorSystem,
+                 wall_clock_ms: WallClock) -> None:
+        self._store = store
+        self._journal = journal
+        self._system = system
+        self._wall_clock_ms = wall_clock_ms
+
+    def marker(self, provider: str, event_id: str, event_type: str) -> WebhookMarker:
+        return WebhookMarker(provider, event_id, event_type, self._wall_clock_ms())
+
+    def webhook_applied(self, provider: str, event_id: str) -> bool:
+        return self._store.get_webhook(provider, event_id) is not None
+
+    def credited_payment(self, payment_intent_id: str) -> KeyRecord | None:
+        """What a PaymentIntent credited (committed or about to be), or None."""
+        found = (self._journal.inflight_outcome(SCOPE_STRIPE_PAYMENT, payment_intent_id)
+                 or self._store.get_outcome(SCOPE_STRIPE_PAYMENT, payment_intent_id))
+        return found if isinstance(found, KeyRecord) else None
+
+    def pending_refills(self) -> list[RefillIntent]:
+        return list(self._store.iter_refills())
+
+    async def set_customer(self, user_id: UserId, customer_id: str) -> Account:
+        account = await self._system.execute(SetStripeCustomer(user_id, customer_id))
+        assert isinstance(account, Account)
+        return account
+
+    async def credit_payment(
+        self,
+        user_id: UserId,
+        payment_intent_id: str,
+        amount_cents: int,
+        *,
+        entry_type: EntryType,
+        description: str,
+        metadata: Mapping[str, Any],
+        webhook: WebhookMarker | None = None,
+        refill_number: int | None = None,
+    ) -> CreditResult:
+        """Credit a paid PaymentIntent once; a second arrival raises DuplicateEvent."""
+        command = AddCredits(
+            user_id=user_id,
+            amount_cents=amount_cents,
+            entry_type=entry_type,
+            key=payment_intent_id,
+            fingerprint=payment_fingerprint(user_id, amount_cents, entry_type),
+            description=description,
+            metadata=metadata,
+            scope=SCOPE_STRIPE_PAYMENT,
+            webhook=webhook,
+            refill_number=refill_number,
+        )
+        result = await self._system.execute(command)
+        assert isinstance(result, CreditResult)
+        return result
+
+    async def take_back(self, user_id: UserId, charge_id: str, total_cents: int, *,
+                        description: str, metadata: Mapping[str, Any],
+                        webhook: WebhookMarker | None = None) -> CreditResult:
+        command = TakeBackCredits(user_id, charge_id, total_cents, description, metadata,
+                                  webhook)
+        result = await self._system.execute(command)
+        assert isinstance(result, CreditResult)
+        return result
+
+    async def decline_refill(self, user_id: UserId, number: int, reason: str) -> RefillDeclined:
+        result = await self._system.execute(DeclineRefill(user_id, number, reason))
+        assert isinstance(result, RefillDeclined)
+        return result

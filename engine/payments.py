@@ -1,0 +1,239 @@
+"""Stripe payments as pure rules: what a purchase costs and credits, what a refund takes back,
+and when an account raises an auto-refill. No Stripe calls here; integrations/stripe makes
+them and feeds the outcomes back as the commands below.
+
+Idempotency: a payment is credited once per PaymentIntent id (scope `stripe_payment`), whether
+Stripe's answer or a webhook — under any event id — arrives first. A refund is keyed on the
+charge and is cumulative: each `charge.refunded` carries the total refunded so far, so the
+entry takes back only what earlier ones did not, and a replayed or older event takes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from engine.account import Account, AutoRefillSettings, live_account
+from engine.commands import CreditResult, KeyRecord, Transition, WebhookMarker, digest
+from engine.errors import DuplicateEvent, InvalidInput
+from engine.ids import TransactionId, UserId
+from engine.ledger import EntryType, LedgerEntry
+from engine.money import round_half_even
+
+SCOPE_STRIPE_PAYMENT = "stripe_payment"
+SCOPE_STRIPE_REFUND = "stripe_refund"
+PURCHASE_USD_MIN = Decimal(5)
+PURCHASE_USD_MAX = Decimal(1000)
+CREDITS_PER_USD = 100
+# Declines of one refill before auto-refill is switched off (the first attempt included).
+REFILL_ATTEMPTS_MAX = 4
+REASON_LENGTH_MAX = 200
+# The plans' purchase discounts (on the price, never the credits); unknown plans pay full price.
+PURCHASE_DISCOUNT_PERCENT = {"free": 0, "standard": 10, "pro": 20}
+
+
+class RefillIntent(msgspec.Struct, frozen=True, gc=False):
+    """An auto-refill to be charged: kept in the `refills` index until it is resolved."""
+
+    user_id: UserId
+    number: int
+    amount_cents: int
+    price_cents: int
+    customer_id: str
+    declines: int = 0
+
+
+class RefillResolved(msgspec.Struct, frozen=True, gc=False):
+    """The refill was credited or given up: drop it from the `refills` index."""
+
+    user_id: UserId
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+class TakeBackCredits(msgspec.Struct, frozen=True, gc=False):
+    """A Stripe refund of a payment we credited: bring the credits taken back for `charge_id`
+    up to `total_cents` (cumulative over the charge's refunds). May leave the balance below
+    zero: the user already spent those credits."""
+
+    user_id: UserId
+    charge_id: str
+    total_cents: int
+    description: str = ""
+    metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    webhook: WebhookMarker | None = None
+
+    @property
+    def scope(self) -> str:
+        return SCOPE_STRIPE_REFUND
+
+    @property
+    def key(self) -> str:
+        return self.charge_id
+
+
+class DeclineRefill(msgspec.Struct, frozen=True, gc=False):
+    """Stripe declined refill `number`; after REFILL_ATTEMPTS_MAX declines, give up."""
+
+    user_id: UserId
+    number: int
+    reason: str
+
+
+class SetStripeCustomer(msgspec.Struct, frozen=True, gc=False):
+    user_id: UserId
+    customer_id: str
+
+
+class RefillDeclined(msgspec.Struct, frozen=True, gc=False):
+    """Reply to DeclineRefill: `gave_up` when auto-refill was switched off."""
+
+    declines: int
+    gave_up: bool
+
+
+# --- pure rules -----------------------------------------------------------------------------
+
+
+def purchase_credits(amount_usd: Decimal) -> int:
+    """Credits bought for `amount_usd` dollars (5 … 1000, at most two decimals)."""
+    if (
+        not amount_usd.is_finite()
+        or not PURCHASE_USD_MIN <= amount_usd <= PURCHASE_USD_MAX
+        or -amount_usd.as_tuple().exponent > 2  # type: ignore[operator]
+    ):
+        raise InvalidInput(
+            f"amount_usd must be between {PURCHASE_USD_MIN} and {PURCHASE_USD_MAX} with at "
+            "most 2 decimals", {"field": "amount_usd"},
+        )
+    return int(amount_usd * CREDITS_PER_USD)
+
+
+def price_cents(credits: int, plan: str) -> int:
+    """What `credits` cost on `plan`: its purchase discount applies to the price only."""
+    discount = PURCHASE_DISCOUNT_PERCENT.get(plan, 0)
+    return round_half_even(Fraction(credits * (100 - discount), 100))
+
+
+def refunded_credits(credited_cents: int, paid_cents: int, refunded_cents: int) -> int:
+    """Credits to take back for `refunded_cents` of a payment of `paid_cents` that credited
+    `credited_cents`: proportional, exact at a full refund, never more than was credited."""
+    if paid_cents <= 0 or refunded_cents <= 0:
+        return 0
+    share = Fraction(credited_cents * min(refunded_cents, paid_cents), paid_cents)
+    return min(credited_cents, round_half_even(share))
+
+
+def payment_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType) -> bytes:
+    return digest((user_id.bytes, amount_cents, entry_type.value, SCOPE_STRIPE_PAYMENT))
+
+
+def refill_if_low(account: Account) -> tuple[Account, tuple[RefillIntent, ...]]:
+    """After a debit: raise one refill when the balance fell below the trigger, unless one is
+    already in flight (never two) or there is no Stripe customer to charge."""
+    settings = account.auto_refill
+    if (
+        not settings.enabled
+        or account.refill_pending
+        or account.stripe_customer_id is None
+        or account.balance >= settings.trigger_below_cents
+    ):
+        return account, ()
+    number = account.refill_count + 1
+    raised = replace(account, refill_count=number, refill_pending=True, refill_declines=0)
+    amount = settings.refill_amount_cents
+    intent = RefillIntent(account.user_id, number, amount, price_cents(amount, account.plan),
+                          account.stripe_customer_id)
+    return raised, (intent,)
+
+
+def settle_refill(account: Account, number: int | None) -> tuple[Account, tuple[Any, ...]]:
+    """A credited auto-refill payment ends the refill in flight, if it is that one."""
+    if number is None or not account.refill_pending or number != account.refill_count:
+        return account, ()
+    settled = replace(account, refill_pending=False, refill_declines=0, auto_refill_error=None)
+    return settled, (RefillResolved(account.user_id),)
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def take_back_credits(account: Account | None, command: TakeBackCredits, now_ms: int,
+                      transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+    taken_before = -prior.result.amount_cents if prior is not None else 0
+    if command.total_cents <= taken_before:
+        assert prior is not None
+        raise DuplicateEvent(command.charge_id, prior.result.to_dict())
+    live = live_account(account, command.user_id)
+    amount = command.total_cents - taken_before
+    balance = live.balance - amount
+    entry = LedgerEntry(
+        transaction_id=transaction_id,
+        user_id=live.user_id,
+        entry_type=EntryType.REFUND,
+        amount=-amount,
+        balance_after=balance,
+        created_at_ms=now_ms,
+        source_key=command.charge_id,
+        description=command.description,
+        metadata=command.metadata,
+    )
+    updated = replace(live, balance=balance, seq=live.seq + 1, updated_at_ms=now_ms)
+    reply = CreditResult(live.user_id, transaction_id, EntryType.REFUND, -amount, balance)
+    # The key's result holds the running total taken back (negative), for the next refund.
+    record = KeyRecord(SCOPE_STRIPE_REFUND, command.charge_id, live.user_id, b"",
+                       replace(reply, amount_cents=-command.total_cents))
+    marker = (command.webhook,) if command.webhook is not None else ()
+    return Transition(updated, (entry, record, *marker), reply, (record,))
+
+
+def decline_refill(account: Account | None, command: DeclineRefill,
+                   now_ms: int) -> Transition:
+    live = live_account(account, command.user_id)
+    reason = command.reason[:REASON_LENGTH_MAX]
+    if not live.refill_pending or command.number != live.refill_count:
+        return Transition(live, (), RefillDeclined(live.refill_declines, False))
+    declines = live.refill_declines + 1
+    if declines < REFILL_ATTEMPTS_MAX:
+        updated = replace(live, refill_declines=declines, auto_refill_error=reason,
+                          updated_at_ms=now_ms)
+        amount = live.auto_refill.refill_amount_cents
+        intent = RefillIntent(live.user_id, live.refill_count, amount,
+                              price_cents(amount, live.plan), live.stripe_customer_id or "",
+                              declines)
+        return Transition(updated, (intent,), RefillDeclined(declines, False))
+    switched_off = replace(
+        live,
+        refill_pending=False,
+        refill_declines=declines,
+        auto_refill=replace(live.auto_refill, enabled=False),
+        auto_refill_error=f"switched off after {declines} declines: {reason}",
+        updated_at_ms=now_ms,
+    )
+    return Transition(switched_off, (RefillResolved(live.user_id),),
+                      RefillDeclined(declines, True))
+
+
+def set_stripe_customer(account: Account | None, command: SetStripeCustomer,
+                        now_ms: int) -> Transition:
+    live = live_account(account, command.user_id)
+    if live.stripe_customer_id == command.customer_id:
+        return Transition(live, (), live)
+    updated = replace(live, stripe_customer_id=command.customer_id, updated_at_ms=now_ms)
+    return Transition(updated, (), updated)
+
+
+def enabling_clears_error(settings: AutoRefillSettings, account: Account) -> Account:
+    """Switching auto-refill on again forgets why it was switched off."""
+    if settings.enabled and not account.auto_refill.enabled:
+        return replace(account, auto_refill_error=None, refill_declines=0)
+    return account
+
+
+PaymentCommand = TakeBackCredits | DeclineRefill | SetStripeCustomer

@@ -1,0 +1,148 @@
+"""The auto-refill worker: charges the refills accounts raise, off the debit path.
+
+An account raises a refill in the commit of the debit that took it below its trigger (the
+`refills` index holds it until it is resolved), so nothing is lost across a crash and debits
+never wait for Stripe. The worker polls that small index, charges each refill with an
+off-session PaymentIntent, and reports the outcome to the account's actor:
+- succeeded: credited once (keyed on the PaymentIntent, so the webhook can come first);
+- declined: recorded; tried again after a backoff; after REFILL_ATTEMPTS_MAX declines the
+  account switches auto-refill off and shows why;
+- Stripe unreachable or failing: not a decline; tried again later, with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+
+import stripe
+import trio
+
+from actors.payments import PaymentLedger
+from engine.errors import BillingError, DuplicateEvent
+from engine.ids import UserId
+from engine.ledger import EntryType
+from engine.payments import RefillIntent
+from integrations.stripe.gateway import StripeGateway
+
+log = logging.getLogger("zbilling.refill")
+
+POLL_S = 0.2
+DECLINE_BACKOFF_BASE_S = 30.0
+UNREACHABLE_BACKOFF_BASE_S = 1.0
+BACKOFF_MAX_S = 600.0
+ATTEMPTS_IN_FLIGHT_MAX = 8
+
+AttemptKey = tuple[UserId, int, int]
+
+
+class RefillWorker:
+    def __init__(self, gateway: StripeGateway, payments: PaymentLedger, *,
+                 poll_s: float = POLL_S, decline_backoff_s: float = DECLINE_BACKOFF_BASE_S,
+                 unreachable_backoff_s: float = UNREACHABLE_BACKOFF_BASE_S,
+                 clock: Callable[[], float] = trio.current_time) -> None:
+        self._gateway = gateway
+        self._payments = payments
+        self._poll_s = poll_s
+        self._decline_backoff_s = decline_backoff_s
+        self._unreachable_backoff_s = unreachable_backoff_s
+        self._clock = clock
+        self._not_before: dict[AttemptKey, float] = {}
+        self._unreachable_streak: dict[AttemptKey, int] = {}
+        self._running: set[UserId] = set()
+        self._limiter = trio.CapacityLimiter(ATTEMPTS_IN_FLIGHT_MAX)
+        # outcome -> count; exported as zbilling_auto_refill_attempts_total.
+        self.outcomes: Counter[str] = Counter()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                now = self._clock()
+                pending = self._payments.pending_refills()
+                self._forget_resolved({(intent.user_id, intent.number, intent.declines)
+                                       for intent in pending})
+                for intent in pending:
+                    key = (intent.user_id, intent.number, intent.declines)
+                    if intent.user_id in self._running or self._not_before.get(key, 0) > now:
+                        continue
+                    self._running.add(intent.user_id)
+                    nursery.start_soon(self._attempt, intent)
+                await trio.sleep(self._poll_s)
+
+    def _forget_resolved(self, pending: set[AttemptKey]) -> None:
+        for table in (self._not_before, self._unreachable_streak):
+            for key in [key for key in table if key not in pending]:
+                del table[key]
+
+    async def _attempt(self, intent: RefillIntent) -> None:
+        key = (intent.user_id, intent.number, intent.declines)
+        try:
+            async with self._limiter:
+                outcome = await self._charge(intent)
+        except (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError,
+                stripe.AuthenticationError) as error:
+            streak = self._unreachable_streak.get(key, 0) + 1
+            self._unreachable_streak[key] = streak
+            self._not_before[key] = self._clock() + _backoff(self._unreachable_backoff_s,
+                                                             streak)
+            log.warning("auto-refill %s #%d: Stripe unavailable (%s); retrying later",
+                        intent.user_id, intent.number, type(error).__name__)
+            outcome = "stripe_unavailable"
+        except BillingError as error:  # the account closed meanwhile, the engine stopped, …
+            log.warning("auto-refill %s #%d not recorded: %s", intent.user_id, intent.number,
+                        error.message)
+            self._not_before[key] = self._clock() + self._decline_backoff_s
+            outcome = "not_recorded"
+        finally:
+            self._running.discard(intent.user_id)
+        self.outcomes[outcome] += 1
+
+    async def _charge(self, intent: RefillIntent) -> str:
+        method = await self._gateway.default_payment_method(intent.customer_id)
+        if method is None:
+            return await self._declined(intent, "no default payment method")
+        try:
+            payment = await self._gateway.charge_refill(intent, method)
+        except stripe.CardError as error:
+            return await self._declined(intent, error.code or "card_declined")
+        except stripe.InvalidRequestError as error:
+            return await self._declined(intent, error.user_message or "invalid_request")
+        status = payment.get("status")
+        if status == "succeeded":
+            try:
+                await self._payments.credit_payment(
+                    intent.user_id, str(payment["id"]), intent.amount_cents,
+                    entry_type=EntryType.AUTO_REFILL,
+                    description=f"Auto-refill of {intent.amount_cents:,} credits",
+                    metadata={"payment_intent": str(payment["id"])},
+                    refill_number=intent.number,
+                )
+            except DuplicateEvent:
+                return "succeeded_webhook_first"
+            return "succeeded"
+        if status in ("requires_action", "requires_payment_method", "canceled"):
+            return await self._declined(intent, f"payment {status}")
+        # processing: the payment_intent.succeeded webhook will credit it.
+        self._not_before[(intent.user_id, intent.number, intent.declines)] = (
+            self._clock() + self._decline_backoff_s)
+        return "processing"
+
+    async def _declined(self, intent: RefillIntent, reason: str) -> str:
+        result = await self._payments.decline_refill(intent.user_id, intent.number, reason)
+        log.info("auto-refill %s #%d declined (%s), %d so far%s", intent.user_id,
+                 intent.number, reason, result.declines,
+                 "; auto-refill switched off" if result.gave_up else "")
+        if result.gave_up:
+            return "gave_up"
+        self._not_before[(intent.user_id, intent.number, result.declines)] = (
+            self._clock() + _backoff(self._decline_backoff_s, result.declines))
+        return "declined"
+
+
+def _backoff(base_s: float, attempt: int) -> float:
+    """Exponential with full jitter, capped."""
+    return random.uniform(0, min(BACKOFF_MAX_S, base_s * 2 ** (attempt - 1)))

@@ -1,0 +1,139 @@
+"""Applying Stripe webhook events: each at most once, whatever the order or the repeats.
+
+An applied event leaves a marker in the `webhooks` database in the commit of its entry. The
+money itself is keyed on the PaymentIntent (purchases, auto-refills) and the charge (refunds),
+so the same object under two event ids — `checkout.session.completed` and
+`payment_intent.succeeded` both announce a purchase — is credited once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+import msgspec
+import stripe
+
+from actors.payments import PaymentLedger
+from engine.errors import BillingError, DuplicateEvent, InvalidInput, NotYetApplicable
+from engine.ids import UserId
+from engine.ledger import EntryType
+from engine.payments import refunded_credits
+from integrations.stripe.gateway import StripeGateway
+
+PROVIDER = "stripe"
+HANDLED_TYPES = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
+                 "payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
+
+
+class StripeWebhooks:
+    def __init__(self, gateway: StripeGateway, payments: PaymentLedger) -> None:
+        self._gateway = gateway
+        self._payments = payments
+        # (event type, outcome) -> count; exported as zbilling_stripe_webhooks_total.
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+
+    async def handle(self, payload: bytes, signature: str | None) -> str:
+        """Verify and apply one delivery; returns the outcome (raises to refuse it: Stripe
+        delivers a refused event again)."""
+        if not signature:
+            raise self._refused("missing Stripe-Signature header")
+        try:
+            self._gateway.verify(payload, signature)
+        except stripe.SignatureVerificationError:
+            raise self._refused("invalid or expired Stripe signature") from None
+        try:
+            event = msgspec.json.decode(payload)
+            event_id, event_type = str(event["id"]), str(event["type"])
+            obj: dict[str, Any] = event["data"]["object"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            raise self._refused("not a Stripe event") from None
+        label = event_type if event_type in HANDLED_TYPES else "other"
+        if self._payments.webhook_applied(PROVIDER, event_id):
+            outcome = "duplicate"
+        else:
+            try:
+                outcome = await self._apply(event_id, event_type, obj)
+            except DuplicateEvent:
+                outcome = "duplicate"
+            except BillingError:
+                self.outcomes[label, "refused"] += 1
+                raise
+        self.outcomes[label, outcome] += 1
+        return outcome
+
+    def _refused(self, message: str) -> InvalidInput:
+        self.outcomes["unverified", "refused"] += 1
+        return InvalidInput(message)
+
+    async def _apply(self, event_id: str, event_type: str, obj: dict[str, Any]) -> str:
+        marker = self._payments.marker(PROVIDER, event_id, event_type)
+        if event_type in ("checkout.session.completed",
+                          "checkout.session.async_payment_succeeded"):
+            if obj.get("mode") != "payment" or obj.get("payment_status") != "paid":
+                return "ignored"
+            payment_id = obj.get("payment_intent") or obj["id"]
+            return await self._credit(str(payment_id), obj.get("metadata") or {}, marker,
+                                      {"checkout_session": str(obj["id"])})
+        if event_type == "payment_intent.succeeded":
+            return await self._credit(str(obj["id"]), obj.get("metadata") or {}, marker, {})
+        if event_type == "payment_intent.payment_failed":
+            # The refill worker records declines from Stripe's answer; this only confirms it.
+            return "recorded"
+        if event_type == "charge.refunded":
+            return await self._refund(obj, marker)
+        return "ignored"
+
+    async def _credit(self, payment_id: str, metadata: dict[str, Any], marker: Any,
+                      extra: dict[str, str]) -> str:
+        kind = metadata.get("kind")
+        if kind not in ("purchase", "auto_refill"):
+            return "ignored"  # not a payment z-billing asked for
+        user_id, credits = _user(metadata), _positive(metadata.get("credits"))
+        refill_number = (_positive(metadata.get("refill_number")) if kind == "auto_refill"
+                         else None)
+        await self._payments.credit_payment(
+            user_id, payment_id, credits,
+            entry_type=EntryType.PURCHASE if kind == "purchase" else EntryType.AUTO_REFILL,
+            description=f"{'Purchase' if kind == 'purchase' else 'Auto-refill'} of "
+                        f"{credits:,} credits",
+            metadata={"payment_intent": payment_id, **extra},
+            webhook=marker,
+            refill_number=refill_number,
+        )
+        return "applied"
+
+    async def _refund(self, charge: dict[str, Any], marker: Any) -> str:
+        payment_id = charge.get("payment_intent")
+        credited = self._payments.credited_payment(str(payment_id)) if payment_id else None
+        if credited is None:
+            if (charge.get("metadata") or {}).get("kind") in ("purchase", "auto_refill"):
+                # Ours, but its payment is not credited yet: refuse, so Stripe sends it again.
+                raise NotYetApplicable("the refunded payment is not credited yet")
+            return "ignored"
+        total = refunded_credits(credited.result.amount_cents, int(charge["amount"]),
+                                 int(charge.get("amount_refunded") or 0))
+        if total == 0:
+            return "ignored"
+        await self._payments.take_back(
+            credited.user_id, str(charge["id"]), total,
+            description=f"Stripe refund of {charge.get('amount_refunded', 0)} cents",
+            metadata={"payment_intent": str(payment_id), "charge": str(charge["id"])},
+            webhook=marker,
+        )
+        return "applied"
+
+
+def _user(metadata: dict[str, Any]) -> UserId:
+    try:
+        return UserId(uuid.UUID(str(metadata.get("user_id"))))
+    except ValueError:
+        raise InvalidInput("the payment carries no valid user_id") from None
+
+
+def _positive(value: object) -> int:
+    text = str(value)
+    if not text.isdigit() or int(text) <= 0:
+        raise InvalidInput(f"the payment carries an invalid amount {value!r}")
+    return int(text)
