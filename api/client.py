@@ -58,6 +58,9 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "Payment",
+    "PaymentsPage",
+    "Purchase",
     "Quote",
     "Ready",
     "ReleaseResult",
@@ -105,6 +108,31 @@ class AutoRefill(_Result):
     enabled: bool
     trigger_below_cents: int
     refill_amount_cents: int
+    refill_in_flight: bool = False
+    last_error: str | None = None
+
+
+class Purchase(_Result):
+    checkout_url: str
+    session_id: str
+    credits: int
+    price_cents: int
+
+
+class Payment(_Result):
+    id: str
+    amount_cents: int
+    currency: str
+    status: str
+    kind: str | None = None
+    credits: int | None = None
+    description: str | None = None
+    created_at: str | None = None
+
+
+class PaymentsPage(_Result):
+    payments: list[Payment]
+    has_more: bool
 
 
 class BillingAccount(_Result):
@@ -607,6 +635,19 @@ class _Routes:
         return _Spec("POST", "/v1/credits/auto-refill", _plain(AutoRefill), body=body)
 
     @staticmethod
+    def purchase_credits(amount_usd: Decimal | int | str) -> _Spec[Purchase]:
+        # Not retried: each call opens a new Checkout Session (only a paid one credits).
+        return _Spec("POST", "/v1/credits/purchase", _plain(Purchase),
+                     body={"amount_usd": str(amount_usd)})
+
+    @staticmethod
+    def payments(limit: int, starting_after: str | None) -> _Spec[PaymentsPage]:
+        params: dict[str, str | int] = {"limit": limit}
+        if starting_after is not None:
+            params["starting_after"] = starting_after
+        return _Spec("GET", "/v1/payments", _plain(PaymentsPage), params=params, retry=True)
+
+    @staticmethod
     def add_credits(user_id: object, amount_cents: int, reason: str, kind: str,
                     idempotency_key: str | None) -> _Spec[CreditResult]:
         body = {"user_id": str(user_id), "amount_cents": amount_cents, "reason": reason,
@@ -811,6 +852,12 @@ class BillingClient:
         return self._send(_Routes.set_auto_refill(enabled, trigger_below_cents,
                                                   refill_amount_cents))
 
+    def purchase_credits(self, amount_usd: Decimal | int | str) -> Purchase:
+        return self._send(_Routes.purchase_credits(amount_usd))
+
+    def payments(self, limit: int = 10, starting_after: str | None = None) -> PaymentsPage:
+        return self._send(_Routes.payments(limit, starting_after))
+
     def add_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
                     type: str = "bonus", idempotency_key: str | None = None
                     ) -> CreditResult:
@@ -924,6 +971,13 @@ class AsyncBillingClient:
                               refill_amount_cents: int | None = None) -> AutoRefill:
         return await self._send(_Routes.set_auto_refill(enabled, trigger_below_cents,
                                                         refill_amount_cents))
+
+    async def purchase_credits(self, amount_usd: Decimal | int | str) -> Purchase:
+        return await self._send(_Routes.purchase_credits(amount_usd))
+
+    async def payments(self, limit: int = 10, starting_after: str | None = None
+                       ) -> PaymentsPage:
+        return await self._send(_Routes.payments(limit, starting_after))
 
     async def add_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
                           type: str = "bonus", idempotency_key: str | None = None
