@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import click
 import httpx
 import trio
 
+from actors.billing import Billing
 from actors.runtime import open_billing
 from api.client import BillingApiError, BillingClient
 from api.config_file import read_config_file
 from api.server import run as run_server
 from api.settings import SettingsError, load_settings
-from engine.commands import CreditResult
 from engine.errors import BillingError
 from engine.ids import parse_user_id, transaction_id_str
 from engine.ledger import ADMIN_GRANT_TYPES, EntryType
@@ -33,6 +34,7 @@ from storage.lmdb_store import LmdbStore
 from storage.store import StoreError
 from storage.verify import verify_store
 
+T = TypeVar("T")
 DEFAULT_DATA_DIR = "./data"
 ENTRIES_SHOWN_DEFAULT = 20
 ENTRIES_SHOWN_MAX = 1000
@@ -57,6 +59,27 @@ def open_read_only(data_dir: Path) -> LmdbStore:
         return LmdbStore(data_dir, readonly=True)
     except StoreError as error:
         fail(str(error))
+
+
+def on_data_dir(data_dir: Path, use: Callable[[Billing], Awaitable[T]], hint: str) -> T:
+    """Run `use` on the engine over a data directory no server holds; fail clearly."""
+
+    async def run() -> T | BillingError:
+        async with open_billing(data_dir) as billing:
+            try:
+                return await use(billing)
+            except BillingError as error:  # returned, so the engine still shuts down clean
+                return error
+
+    if not (data_dir / "data.mdb").exists():
+        fail(f"no data directory at {data_dir}")
+    try:
+        result = trio.run(run)
+    except DataDirLocked as error:
+        fail(f"{error}; {hint}")
+    if isinstance(result, BillingError):
+        fail(f"{result.code}: {result.message}")
+    return result
 
 
 @click.group()
@@ -196,24 +219,9 @@ def credits_add(user: str, amount: int, reason: str, kind: str,  # noqa: PLR0917
             fail(f"cannot reach {url}: {error}")
         transaction, balance = granted.transaction_id, granted.balance_cents
     else:
-        async def grant() -> CreditResult | BillingError:
-            async with open_billing(data_dir) as billing:
-                try:
-                    return await billing.add_credits(user_id, amount,
-                                                     entry_type=EntryType(kind),
-                                                     description=reason,
-                                                     idempotency_key=idempotency_key)
-                except BillingError as error:  # returned, so the engine still shuts down clean
-                    return error
-
-        if not (data_dir / "data.mdb").exists():
-            fail(f"no data directory at {data_dir}")
-        try:
-            result = trio.run(grant)
-        except DataDirLocked as error:
-            fail(f"{error}; stop the server or pass --url")
-        if isinstance(result, BillingError):
-            fail(f"{result.code}: {result.message}")
+        result = on_data_dir(data_dir, lambda billing: billing.add_credits(
+            user_id, amount, entry_type=EntryType(kind), description=reason,
+            idempotency_key=idempotency_key), "stop the server or pass --url")
         transaction, balance = transaction_id_str(result.transaction_id), result.balance_cents
     click.echo(f"granted {amount} credits ({kind}) to {user_id}: transaction {transaction}, "
                f"balance {format_usd(balance)}")
@@ -249,14 +257,6 @@ def lago_dead_letters(data_dir: Path) -> None:
 def lago_retry(data_dir: Path) -> None:
     """Put every dead letter back in the outbox (after fixing the cause in Lago)."""
 
-    async def requeue() -> int:
-        async with open_billing(data_dir) as billing:
-            return await billing.requeue_dead_letters()
-
-    if not (data_dir / "data.mdb").exists():
-        fail(f"no data directory at {data_dir}")
-    try:
-        count = trio.run(requeue)
-    except DataDirLocked as error:
-        fail(f"{error}; stop the server first")
+    count = on_data_dir(data_dir, lambda billing: billing.requeue_dead_letters(),
+                        "stop the server first")
     click.echo(f"{count} events back in the outbox; the exporter sends them on next start")
