@@ -34,6 +34,7 @@ from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
 from engine.metering import UsageRequest, usage_command, validate_metadata
 from engine.money import AMOUNT_CENTS_MAX, require_amount_cents, require_int
+from engine.plans import Plans
 from engine.pricing import PricingConfig, Quote, price_micros, quote
 from engine.reservations import (
     RESERVATION_TTL_S_DEFAULT,
@@ -74,6 +75,7 @@ class Billing:
         journal: Journal,
         system: ActorSystem,
         pricing: PricingConfig,
+        plans: Plans,
         wall_clock_ms: WallClock,
         metrics: EngineMetrics,
         timers: ExpiryTimers,
@@ -85,6 +87,7 @@ class Billing:
         self._journal = journal
         self._system = system
         self.pricing = pricing
+        self.plans = plans
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
         self.payments = PaymentLedger(store, journal, system, wall_clock_ms)

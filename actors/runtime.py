@@ -16,6 +16,7 @@ from actors.journal import Journal
 from actors.metrics import EngineMetrics, Exporter
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
 from actors.timers import ExpiryTimers
+from engine.plans import Plans
 from engine.pricing import PricingConfig
 from storage.datadir_lock import DataDirLock
 from storage.lmdb_store import MAP_SIZE_INITIAL_BYTES, LmdbStore
@@ -37,6 +38,7 @@ async def open_billing(
     data_dir: Path,
     *,
     pricing: PricingConfig | None = None,
+    plans: Plans | None = None,
     wall_clock_ms: WallClock = system_wall_clock_ms,
     map_size_bytes: int = MAP_SIZE_INITIAL_BYTES,
     actor_idle_s: float = ACTOR_IDLE_S,
@@ -74,6 +76,7 @@ async def open_billing(
                 journal=journal,
                 system=system,
                 pricing=pricing if pricing is not None else load_pricing(),
+                plans=plans if plans is not None else Plans.from_config(None),
                 wall_clock_ms=wall_clock_ms,
                 metrics=metrics,
                 timers=timers,

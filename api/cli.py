@@ -96,9 +96,13 @@ def main() -> None:
 def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: bool) -> None:
     """Run the HTTP server on the engine (LMDB under the data directory)."""
     try:
-        keys, pricing_path = read_config_file(config_path) if config_path else ((), None)
-        settings = load_settings(listen=listen, data_dir=data_dir, dev=dev,
-                                 service_keys=keys, pricing_path=pricing_path)
+        config = read_config_file(config_path) if config_path else None
+        settings = load_settings(
+            listen=listen, data_dir=data_dir, dev=dev,
+            service_keys=config.service_keys if config else (),
+            pricing_path=config.pricing_path if config else None,
+            plans=config.plans if config else None,
+        )
     except SettingsError as error:
         fail(str(error))
     try:

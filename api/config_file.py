@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from api.settings import ServiceKey, SettingsError
+from engine.errors import InvalidInput
+from engine.plans import Plans
 
 SERVICE_KEY_LENGTH_MIN = 16
 Scope = Literal["usage", "admin"]
@@ -36,11 +39,18 @@ class ServiceKeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pricing_file: str | None = None
     service_keys: list[ServiceKeyEntry] = msgspec.field(default_factory=list)
+    plans: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-def read_config_file(path: Path, environ: Mapping[str, str] | None = None
-                     ) -> tuple[tuple[ServiceKey, ...], Path | None]:
-    """The service keys and the pricing file path the config file names."""
+@dataclass(frozen=True)
+class ConfigValues:
+    service_keys: tuple[ServiceKey, ...]
+    pricing_path: Path | None
+    plans: Plans
+
+
+def read_config_file(path: Path, environ: Mapping[str, str] | None = None) -> ConfigValues:
+    """The service keys, the pricing file path and the plans the config file names."""
     env = os.environ if environ is None else environ
     try:
         config = msgspec.convert(tomllib.loads(path.read_text(encoding="utf-8")), ConfigFile)
@@ -64,4 +74,8 @@ def read_config_file(path: Path, environ: Mapping[str, str] | None = None
     pricing = (path.parent / config.pricing_file) if config.pricing_file else None
     if pricing is not None and not pricing.is_file():
         raise SettingsError(f"--config {path}: pricing_file {pricing} does not exist")
-    return tuple(keys), pricing
+    try:
+        plans = Plans.from_config(config.plans)
+    except InvalidInput as error:
+        raise SettingsError(f"--config {path}: {error.message}") from None
+    return ConfigValues(tuple(keys), pricing, plans)

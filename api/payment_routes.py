@@ -15,7 +15,7 @@ from api.routes import Caller, Route
 from engine.errors import ExternalServiceError, InvalidInput, NotConfigured
 from engine.ids import UserId
 from engine.money import require_int
-from engine.payments import price_cents, purchase_credits
+from engine.payments import purchase_credits
 from integrations.stripe.service import StripeService
 
 PAYMENTS_PAGE_MAX = 100
@@ -42,7 +42,7 @@ def register_payment_routes(endpoint: Register, billing: Billing,
     async def purchase(user: UserId, body: schemas.PurchaseBody) -> schemas.PurchaseReply:
         credits = purchase_credits(body.amount_usd)
         customer_id = await customer_of(user)
-        price = price_cents(credits, (await billing.open_account(user)).plan)
+        price = billing.plans.price_cents(credits, (await billing.open_account(user)).plan)
         checkout = await stripe_call(gateway.checkout_purchase(
             user, customer_id, credits, price, request_key=uuid.uuid4().hex))
         return schemas.PurchaseReply(checkout.url, checkout.session_id, credits, price)

@@ -34,14 +34,15 @@ async def serve(settings: Settings) -> None:
         if settings.lago_enabled else None
     )
     pricing = load_pricing(settings.pricing_path)
-    async with open_billing(settings.data_dir, pricing=pricing, exporter=exporter) as billing:
+    async with open_billing(settings.data_dir, pricing=pricing, plans=settings.plans,
+                            exporter=exporter) as billing:
         stripe = (
             stripe_service(
                 StripeGateway(settings.stripe_api_key or "",
                               webhook_secret=settings.stripe_webhook_secret,
                               frontend_url=settings.frontend_url,
                               api_base=settings.stripe_api_base),
-                billing.payments, billing.metrics.registry,
+                billing.payments, billing.plans, billing.metrics.registry,
                 refill_retry_base_s=settings.refill_retry_base_s,
             )
             if settings.stripe_enabled else None

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.plans import Plans
+
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_AUDIENCE = "z-billing"
@@ -54,6 +56,7 @@ class Settings:
     frontend_url: str = DEFAULT_FRONTEND_URL
     refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
     pricing_path: Path | None = None
+    plans: Plans = field(default_factory=lambda: Plans.from_config(None))
     generated_keys: bool = False
 
     @property
@@ -111,6 +114,7 @@ def load_settings(
     dev: bool = False,
     service_keys: tuple[ServiceKey, ...] = (),
     pricing_path: Path | None = None,
+    plans: Plans | None = None,
 ) -> Settings:
     """Settings from the environment, the command line and the config file (its named
     `service_keys` and `pricing_path`); refuses to start without a service key outside dev
@@ -156,6 +160,7 @@ def load_settings(
         frontend_url=env.get("FRONTEND_URL", DEFAULT_FRONTEND_URL),
         refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
         pricing_path=pricing_path,
+        plans=plans or Plans.from_config(None),
         generated_keys=generated,
     )
     settings.host_port  # noqa: B018 - validate early, with a clear message

@@ -33,8 +33,6 @@ CREDITS_PER_USD = 100
 # Declines of one refill before auto-refill is switched off (the first attempt included).
 REFILL_ATTEMPTS_MAX = 4
 REASON_LENGTH_MAX = 200
-# The plans' purchase discounts (on the price, never the credits); unknown plans pay full price.
-PURCHASE_DISCOUNT_PERCENT = {"free": 0, "standard": 10, "pro": 20}
 
 
 class RefillIntent(msgspec.Struct, frozen=True, gc=False):
@@ -43,7 +41,7 @@ class RefillIntent(msgspec.Struct, frozen=True, gc=False):
     user_id: UserId
     number: int
     amount_cents: int
-    price_cents: int
+    plan: str  # priced with this plan's purchase discount
     customer_id: str
     declines: int = 0
 
@@ -115,12 +113,6 @@ def purchase_credits(amount_usd: Decimal) -> int:
     return int(amount_usd * CREDITS_PER_USD)
 
 
-def price_cents(credits: int, plan: str) -> int:
-    """What `credits` cost on `plan`: its purchase discount applies to the price only."""
-    discount = PURCHASE_DISCOUNT_PERCENT.get(plan, 0)
-    return round_half_even(Fraction(credits * (100 - discount), 100))
-
-
 def refunded_credits(credited_cents: int, paid_cents: int, refunded_cents: int) -> int:
     """Credits to take back for `refunded_cents` of a payment of `paid_cents` that credited
     `credited_cents`: proportional, exact at a full refund, never more than was credited."""
@@ -147,8 +139,7 @@ def refill_if_low(account: Account) -> tuple[Account, tuple[RefillIntent, ...]]:
         return account, ()
     number = account.refill_count + 1
     raised = replace(account, refill_count=number, refill_pending=True, refill_declines=0)
-    amount = settings.refill_amount_cents
-    intent = RefillIntent(account.user_id, number, amount, price_cents(amount, account.plan),
+    intent = RefillIntent(account.user_id, number, settings.refill_amount_cents, account.plan,
                           account.stripe_customer_id)
     return raised, (intent,)
 
@@ -203,10 +194,9 @@ def decline_refill(account: Account | None, command: DeclineRefill,
     if declines < REFILL_ATTEMPTS_MAX:
         updated = replace(live, refill_declines=declines, auto_refill_error=reason,
                           updated_at_ms=now_ms)
-        amount = live.auto_refill.refill_amount_cents
-        intent = RefillIntent(live.user_id, live.refill_count, amount,
-                              price_cents(amount, live.plan), live.stripe_customer_id or "",
-                              declines)
+        intent = RefillIntent(live.user_id, live.refill_count,
+                              live.auto_refill.refill_amount_cents, live.plan,
+                              live.stripe_customer_id or "", declines)
         return Transition(updated, (intent,), RefillDeclined(declines, False))
     switched_off = replace(
         live,

@@ -24,11 +24,13 @@ from engine.payments import (
     SetStripeCustomer,
     TakeBackCredits,
     payment_fingerprint,
-    price_cents,
     purchase_credits,
     refunded_credits,
 )
+from engine.plans import Plans
 from engine.transitions import Context, apply
+
+PLANS = Plans.from_config(None)
 
 USER = UserId(uuid.UUID("00000000-0000-4000-8000-0000000000aa"))
 NOW = 1_700_000_000_000
@@ -80,12 +82,24 @@ def test_purchases_out_of_range_or_finer_than_a_cent_are_refused(usd):
 @pytest.mark.parametrize(("plan", "price"), [("free", 5_000), ("standard", 4_500),
                                              ("pro", 4_000), ("enterprise", 5_000)])
 def test_the_plan_discount_lowers_the_price_never_the_credits(plan, price):
-    assert price_cents(5_000, plan) == price
+    assert PLANS.price_cents(5_000, plan) == price
 
 
 def test_a_discounted_odd_price_rounds_half_even():
-    assert price_cents(505, "standard") == 454  # 454.5 -> 454
-    assert price_cents(515, "standard") == 464  # 463.5 -> 464
+    assert PLANS.price_cents(505, "standard") == 454  # 454.5 -> 454
+    assert PLANS.price_cents(515, "standard") == 464  # 463.5 -> 464
+
+
+def test_the_config_file_changes_a_plan_and_refuses_typos():
+    plans = Plans.from_config({"standard": {"name": "Standard", "monthly_price_cents": 2_500,
+                                            "monthly_credits": 3_000,
+                                            "purchase_discount_percent": 15}})
+    assert plans.price_cents(1_000, "standard") == 850
+    assert plans.get("pro").monthly_credits == 6_000
+    with pytest.raises(InvalidInput):
+        Plans.from_config({"gold": {"name": "Gold", "monthly_price": 1}})
+    with pytest.raises(InvalidInput):
+        plans.get("gold")
 
 
 @pytest.mark.parametrize(("refunded", "taken"), [(0, 0), (1_000, 1_000), (2_000, 2_000),
@@ -162,7 +176,7 @@ def test_a_debit_below_the_trigger_raises_exactly_one_refill():
     assert crossed.account.balance == 400
     assert (crossed.account.refill_pending, crossed.account.refill_count) == (True, 1)
     intents = [record for record in crossed.records if isinstance(record, RefillIntent)]
-    assert intents == [RefillIntent(USER, 1, 2_500, 2_500, "cus_1")]
+    assert intents == [RefillIntent(USER, 1, 2_500, "free", "cus_1")]
     again = debit(crossed.account, 100, "e2", 3)
     assert not [record for record in again.records if isinstance(record, RefillIntent)]
     assert again.account.refill_count == 1
@@ -178,10 +192,11 @@ def test_no_refill_without_the_setting_or_a_customer(change):
     assert not [record for record in crossed.records if isinstance(record, RefillIntent)]
 
 
-def test_the_refill_price_carries_the_plan_discount():
+def test_the_refill_is_priced_with_the_accounts_plan():
     crossed = debit(replace(REFILLING, plan="pro"), 600, "e1")
     intent = next(record for record in crossed.records if isinstance(record, RefillIntent))
-    assert (intent.amount_cents, intent.price_cents) == (2_500, 2_000)
+    assert (intent.amount_cents, intent.plan) == (2_500, "pro")
+    assert PLANS.price_cents(intent.amount_cents, intent.plan) == 2_000
 
 
 def test_a_credited_refill_ends_the_refill_in_flight():

@@ -94,11 +94,12 @@ class StripeGateway:
         method = settings.get("default_payment_method")
         return method if isinstance(method, str) else None
 
-    async def charge_refill(self, intent: RefillIntent, payment_method: str) -> dict[str, Any]:
+    async def charge_refill(self, intent: RefillIntent, payment_method: str,
+                            price: int) -> dict[str, Any]:
         """An off-session, confirmed PaymentIntent; raises stripe.CardError on a decline."""
         payment = await self._client.v1.payment_intents.create_async(
             params={
-                "amount": intent.price_cents,
+                "amount": price,
                 "currency": CURRENCY,
                 "customer": intent.customer_id,
                 "payment_method": payment_method,

@@ -25,6 +25,7 @@ from engine.errors import BillingError, DuplicateEvent
 from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.payments import RefillIntent
+from engine.plans import Plans
 from integrations.stripe.gateway import StripeGateway
 
 log = logging.getLogger("zbilling.refill")
@@ -39,12 +40,13 @@ AttemptKey = tuple[UserId, int, int]
 
 
 class RefillWorker:
-    def __init__(self, gateway: StripeGateway, payments: PaymentLedger, *,
+    def __init__(self, gateway: StripeGateway, payments: PaymentLedger, plans: Plans, *,
                  poll_s: float = POLL_S, decline_backoff_s: float = DECLINE_BACKOFF_BASE_S,
                  unreachable_backoff_s: float = UNREACHABLE_BACKOFF_BASE_S,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self._gateway = gateway
         self._payments = payments
+        self._plans = plans
         self._poll_s = poll_s
         self._decline_backoff_s = decline_backoff_s
         self._unreachable_backoff_s = unreachable_backoff_s
@@ -106,7 +108,8 @@ class RefillWorker:
         if method is None:
             return await self._declined(intent, "no default payment method")
         try:
-            payment = await self._gateway.charge_refill(intent, method)
+            payment = await self._gateway.charge_refill(
+                intent, method, self._plans.price_cents(intent.amount_cents, intent.plan))
         except stripe.CardError as error:
             return await self._declined(intent, error.code or "card_declined")
         except stripe.InvalidRequestError as error:

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from actors.payments import PaymentLedger
+from engine.plans import Plans
 from integrations.stripe.gateway import StripeGateway
 from integrations.stripe.refill import RefillWorker
 from integrations.stripe.webhooks import StripeWebhooks
@@ -22,10 +23,10 @@ class StripeService:
     refills: RefillWorker
 
 
-def stripe_service(gateway: StripeGateway, payments: PaymentLedger, registry: CollectorRegistry,
-                   *, refill_retry_base_s: float) -> StripeService:
+def stripe_service(gateway: StripeGateway, payments: PaymentLedger, plans: Plans,
+                   registry: CollectorRegistry, *, refill_retry_base_s: float) -> StripeService:
     service = StripeService(gateway, StripeWebhooks(gateway, payments),
-                            RefillWorker(gateway, payments,
+                            RefillWorker(gateway, payments, plans,
                                          decline_backoff_s=refill_retry_base_s))
     registry.register(_StripeCollector(service))
     return service
