@@ -25,6 +25,7 @@ STATUS_TEXT = {
     "Conflict: duplicate_event (with the original result), idempotency_conflict, "
     "reservation_expired or a closed account",
     413: "Body too large", 415: "Unsupported content type",
+    502: "An external service (Stripe, the JWKS) failed",
     503: "Overloaded (with Retry-After), stopped, or not configured",
 }
 

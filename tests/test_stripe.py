@@ -37,10 +37,14 @@ def stripe_env(fake: FakeStripe) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(stripe_fake, tmp_path_factory):
     running = Server(tmp_path_factory.mktemp("stripe"), env=stripe_env(stripe_fake))
-    stripe_fake.webhook_url = f"{running.url}/webhooks/stripe"
     yield running
-    if running.process.poll() is None:
-        running.stop()
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def webhooks_to_the_server(server, stripe_fake):
+    """Each test's events go to the module's server (a test may point them elsewhere)."""
+    stripe_fake.webhook_url = f"{server.url}/webhooks/stripe"
 
 
 def balance(server: Server, user) -> dict:
@@ -77,7 +81,8 @@ def wait_for(condition, what: str):
 
 def spend(server: Server, user, cents: int, event_id: str) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/usage", headers=service_headers(),
-                      json={"event_id": event_id, "user_id": str(user), "cost_cents": cents})
+                      json={"event_id": f"{user}:{event_id}", "user_id": str(user),
+                            "cost_cents": cents})
 
 
 def refill_intents(fake: FakeStripe, customer: str) -> list[dict]:

@@ -89,7 +89,7 @@ class StripeGateway:
         return PaymentsPage([intent.to_dict() for intent in page.data], bool(page.has_more))
 
     async def default_payment_method(self, customer_id: str) -> str | None:
-        customer = await self._client.v1.customers.retrieve_async(customer_id)
+        customer = (await self._client.v1.customers.retrieve_async(customer_id)).to_dict()
         settings = customer.get("invoice_settings") or {}
         method = settings.get("default_payment_method")
         return method if isinstance(method, str) else None

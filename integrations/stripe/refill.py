@@ -99,6 +99,12 @@ class RefillWorker:
                         error.message)
             self._not_before[key] = self._clock() + self._decline_backoff_s
             outcome = "not_recorded"
+        except Exception:
+            # Supervision: a surprise in one attempt (say, an odd Stripe answer) must not stop
+            # refills, nor the server; this refill is tried again later.
+            log.exception("auto-refill %s #%d failed", intent.user_id, intent.number)
+            self._not_before[key] = self._clock() + self._decline_backoff_s
+            outcome = "error"
         finally:
             self._running.discard(intent.user_id)
         self.outcomes[outcome] += 1
