@@ -19,6 +19,7 @@ from engine.errors import EngineStopped, Overloaded
 from engine.export import AccountOpened, OutboxAck, RequeueParked, outbox_rows
 from engine.ids import UserId
 from engine.reservations import Reservation
+from engine.subscriptions import LagoMirror
 from storage.store import CommitBatch, MapFull, Store, StoreError
 
 # Commands waiting for a commit before callers are told to back off.
@@ -159,7 +160,8 @@ class Journal:
         outbox = [
             row for record in batch.records for row in outbox_rows(record)
         ] if self._export else []
-        stored = [record for record in batch.records if not isinstance(record, AccountOpened)]
+        stored = [record for record in batch.records
+                  if not isinstance(record, AccountOpened | LagoMirror)]
         try:
             async with self.exclusive:
                 await self._write(CommitBatch(list(batch.accounts.values()), stored, outbox))

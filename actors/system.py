@@ -38,10 +38,11 @@ from engine.reservations import (
     ReservationReleased,
     ReservationStatus,
 )
+from engine.subscriptions import SubscriptionCommand
 from engine.transitions import Context, apply
 from storage.store import Store
 
-AnyCommand = Command | ReservationCommand | PaymentCommand
+AnyCommand = Command | ReservationCommand | PaymentCommand | SubscriptionCommand
 log = logging.getLogger("zbilling.actors")
 
 # Commands one account may have waiting for their commit (its mailbox bound).

@@ -9,6 +9,7 @@ import msgspec
 from engine.errors import AccountClosed, AccountNotFound, InvalidInput, require
 from engine.ids import UserId
 from engine.money import AMOUNT_CENTS_MAX, MICROS_PER_CREDIT, require_int
+from engine.subscription_state import Subscription
 
 AUTO_REFILL_TRIGGER_CENTS_MIN = 100
 AUTO_REFILL_TRIGGER_CENTS_DEFAULT = 500
@@ -72,6 +73,7 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     refill_pending: bool = False
     refill_declines: int = 0
     auto_refill_error: str | None = None
+    subscription: Subscription | None = None
 
     @property
     def available(self) -> int:

@@ -13,6 +13,7 @@ import msgspec
 
 from engine.commands import UsageEventRecord
 from engine.ids import UserId
+from engine.subscriptions import LagoMirror
 from engine.usage import ApiCalls, Compute, LlmTokens, Storage
 
 CODE_LLM_INPUT_TOKENS = "llm_input_tokens"
@@ -68,7 +69,7 @@ def outbox_rows(record: object) -> tuple[dict[str, Any], ...]:
     """The outbox rows a committed record stands for (most records stand for none)."""
     if isinstance(record, UsageEventRecord):
         return tuple(event.to_lago() for event in billable_events(record))
-    if isinstance(record, AccountOpened):
+    if isinstance(record, AccountOpened | LagoMirror):
         return (record.to_lago(),)
     return ()
 

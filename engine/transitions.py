@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 from msgspec.structs import replace
 
+from engine import subscriptions
 from engine.account import Account, AccountStatus, live_account
 from engine.commands import (
     AddCredits,
@@ -69,6 +70,15 @@ from engine.reservations import (
     ReservationStatus,
     Reserve,
 )
+from engine.subscriptions import (
+    CancelSubscription,
+    EndSubscription,
+    GrantPeriod,
+    PaymentFailed,
+    Subscribe,
+    SubscriptionCommand,
+    SweepSubscription,
+)
 
 
 class Context(msgspec.Struct, frozen=True, gc=False):
@@ -82,7 +92,8 @@ class Context(msgspec.Struct, frozen=True, gc=False):
 
 
 def apply(
-    account: Account | None, command: Command | ReservationCommand | PaymentCommand,
+    account: Account | None,
+    command: Command | ReservationCommand | PaymentCommand | SubscriptionCommand,
     context: Context,
 ) -> Transition:
     handler = _HANDLERS[type(command)]
@@ -430,4 +441,16 @@ _HANDLERS = {
         account, command, context.now_ms),
     SetStripeCustomer: lambda account, command, context: set_stripe_customer(
         account, command, context.now_ms),
+    Subscribe: lambda account, command, context: subscriptions.subscribe(
+        account, command, context.now_ms, context.transaction_id),
+    GrantPeriod: lambda account, command, context: subscriptions.grant_period(
+        account, command, context.now_ms, context.transaction_id, context.prior),
+    CancelSubscription: lambda account, command, context: subscriptions.cancel(
+        account, command, context.now_ms),
+    PaymentFailed: lambda account, command, context: subscriptions.payment_failed(
+        account, command, context.now_ms),
+    EndSubscription: lambda account, command, context: subscriptions.end(
+        account, command, context.now_ms),
+    SweepSubscription: lambda account, command, context: subscriptions.sweep(
+        account, command, context.now_ms, context.transaction_id, context.prior),
 }

@@ -15,6 +15,7 @@ from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
 from engine.payments import RefillIntent
 from engine.reservations import OpenHold, Reservation, ReservationStatus
+from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 from engine.usage import metric_to_wire, parse_metric
 
 ACCOUNT_FORMAT = 2
@@ -62,14 +63,35 @@ def encode_account(account: Account) -> bytes:
             account.refill_pending,
             account.refill_declines,
             account.auto_refill_error,
+            _subscription_fields(account.subscription),
         ]
     )
+
+
+def _subscription_fields(subscription: Subscription | None) -> list[Any] | None:
+    if subscription is None:
+        return None
+    return [subscription.subscription_id, subscription.plan, subscription.status.value,
+            subscription.managed_by.value, subscription.monthly_credits,
+            subscription.period_start_ms, subscription.period_end_ms,
+            subscription.last_granted_period_ms, subscription.past_due_since_ms,
+            subscription.lago_subscription_id]
+
+
+def _subscription(fields: list[Any] | None) -> Subscription | None:
+    if fields is None:
+        return None
+    (subscription_id, plan, status, managed_by, monthly_credits, period_start_ms,
+     period_end_ms, last_granted_period_ms, past_due_since_ms, lago_subscription_id) = fields
+    return Subscription(subscription_id, plan, SubscriptionStatus(status), Manager(managed_by),
+                        monthly_credits, period_start_ms, period_end_ms,
+                        last_granted_period_ms, past_due_since_ms, lago_subscription_id)
 
 
 def decode_account(data: bytes) -> Account:
     fields = cbor2.loads(data)
     if fields and fields[0] == ACCOUNT_FORMAT_V1:
-        fields = [ACCOUNT_FORMAT, *fields[1:], 0, False, 0, None]
+        fields = [ACCOUNT_FORMAT, *fields[1:], 0, False, 0, None, None]
     _expect(fields, ACCOUNT_FORMAT, "account")
     (
         _,
@@ -93,6 +115,7 @@ def decode_account(data: bytes) -> Account:
         refill_pending,
         refill_declines,
         auto_refill_error,
+        subscription,
     ) = fields
     return Account(
         user_id=UserId(uuid.UUID(bytes=user_id)),
@@ -115,6 +138,7 @@ def decode_account(data: bytes) -> Account:
         refill_pending=refill_pending,
         refill_declines=refill_declines,
         auto_refill_error=auto_refill_error,
+        subscription=_subscription(subscription),
     )
 
 
@@ -338,12 +362,12 @@ def decode_webhook(provider: str, event_id: str, data: bytes) -> WebhookMarker:
 
 
 def encode_refill(intent: RefillIntent) -> bytes:
-    return cbor2.dumps([REFILL_FORMAT, intent.number, intent.amount_cents, intent.price_cents,
+    return cbor2.dumps([REFILL_FORMAT, intent.number, intent.amount_cents, intent.plan,
                         intent.customer_id, intent.declines])
 
 
 def decode_refill(user_id: UserId, data: bytes) -> RefillIntent:
     fields = cbor2.loads(data)
     _expect(fields, REFILL_FORMAT, "refill")
-    _, number, amount_cents, price, customer_id, declines = fields
-    return RefillIntent(user_id, number, amount_cents, price, customer_id, declines)
+    _, number, amount_cents, plan, customer_id, declines = fields
+    return RefillIntent(user_id, number, amount_cents, plan, customer_id, declines)

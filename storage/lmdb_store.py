@@ -17,6 +17,7 @@ from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent, RefillResolved
 from engine.reservations import OpenHold, Reservation
+from engine.subscriptions import SubscriptionDeadline
 from storage import codec, keys
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
 
@@ -37,6 +38,8 @@ DATABASE_NAMES = (
     "webhooks",
     # user id -> the auto-refill in flight, until it is credited or given up.
     "refills",
+    # user id -> when its subscription must be looked at (period end, grace end, renewal).
+    "subscription_deadlines",
     "meta",
 )
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
@@ -184,6 +187,14 @@ class LmdbStore:
                                 db=db["refills"])
                     elif isinstance(record, RefillResolved):
                         txn.delete(keys.user_key(record.user_id), db=db["refills"])
+                    elif isinstance(record, SubscriptionDeadline):
+                        if record.deadline_ms is None:
+                            txn.delete(keys.user_key(record.user_id),
+                                       db=db["subscription_deadlines"])
+                        else:
+                            txn.put(keys.user_key(record.user_id),
+                                    keys.sequence_key(record.deadline_ms),
+                                    db=db["subscription_deadlines"])
                     elif isinstance(record, OutboxAck):
                         self._acknowledge(txn, record)
                     elif isinstance(record, RequeueParked):
@@ -286,6 +297,11 @@ class LmdbStore:
         with self._env.begin(db=self._db["refills"]) as txn:
             for key, data in txn.cursor():
                 yield codec.decode_refill(UserId(uuid.UUID(bytes=key)), data)
+
+    def iter_subscription_deadlines(self) -> Iterator[tuple[UserId, int]]:
+        with self._env.begin(db=self._db["subscription_deadlines"]) as txn:
+            for key, data in txn.cursor():
+                yield UserId(uuid.UUID(bytes=key)), int.from_bytes(data, "big")
 
     def iter_reservations(self) -> Iterator[Reservation]:
         with self._env.begin(db=self._db["reservations"]) as txn:

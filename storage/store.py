@@ -94,6 +94,10 @@ class Store(Protocol):
         """Auto-refills in flight (raised, not yet credited or given up)."""
         ...
 
+    def iter_subscription_deadlines(self) -> Iterator[tuple[UserId, int]]:
+        """(user, epoch ms) of every subscription the sweeper must look at some time."""
+        ...
+
     def grow(self) -> None:
         """Make room after MapFull; called with no transaction open in this process."""
         ...

@@ -1,0 +1,268 @@
+"""Subscriptions as pure rules: the state machine of a plan subscription and its grants.
+
+    (none) --subscribe--> active --cancel--> cancelled --period end--> (none)
+    active --payment failed--> past_due --paid--> active
+    past_due --grace period over--> (none)
+    active --period paid--> active (next period, granted)
+
+Grants: one `subscription_grant` entry of the plan's monthly credits per paid period, keyed
+on (subscription, period start in whole seconds). Stripe's `invoice.paid` and
+`customer.subscription.updated`, Lago's `subscription.started` and our own renewal timer
+(admin-managed plans) all name the same key, so any order and any number of repeats grant
+once; a late delivery grants its period (keys, not "the current period", decide).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from engine.account import Account, live_account
+from engine.commands import CreditResult, KeyRecord, Transition, digest
+from engine.errors import DuplicateEvent, IdempotencyConflict, InvalidInput, NotYetApplicable
+from engine.ids import TransactionId, UserId
+from engine.ledger import EntryType, LedgerEntry
+from engine.plans import FREE
+from engine.subscription_state import Manager, Subscription, SubscriptionStatus
+
+SCOPE_SUBSCRIPTION_GRANT = "subscription_grant"
+MONTH_MS = 30 * 24 * 3600 * 1000  # the period of admin-managed plans
+
+
+class SubscriptionDeadline(msgspec.Struct, frozen=True, gc=False):
+    """A record: the account's next subscription deadline (None: nothing to wake for)."""
+
+    user_id: UserId
+    deadline_ms: int | None
+
+
+class LagoMirror(msgspec.Struct, frozen=True, gc=False):
+    """A record: create (plan set) or terminate (plan None) the Lago subscription, sent
+    through the outbox with the rest of the export."""
+
+    user_id: UserId
+    subscription_id: str
+    plan: str | None  # Lago's plan code; None terminates
+
+    def to_lago(self) -> dict[str, Any]:
+        """An outbox row: `POST /api/v1/subscriptions`, or its termination."""
+        if self.plan is None:
+            return {"terminate_subscription": {"external_id": self.subscription_id}}
+        return {"subscription": {"external_customer_id": str(self.user_id),
+                                 "external_id": self.subscription_id,
+                                 "plan_code": self.plan}}
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+class Subscribe(msgspec.Struct, frozen=True, gc=False):
+    """Start (or change to) a plan. A Stripe subscription's first invoice grants its first
+    period; an admin-managed one grants it now."""
+
+    user_id: UserId
+    subscription_id: str
+    plan: str
+    monthly_credits: int
+    managed_by: Manager
+    period_start_ms: int
+    period_end_ms: int
+    lago_plan_code: str | None = None
+
+
+class GrantPeriod(msgspec.Struct, frozen=True, gc=False):
+    """A period was paid (or, admin-managed, began): grant it once; it also brings a past_due
+    subscription back to active and moves the current period forward."""
+
+    user_id: UserId
+    subscription_id: str
+    period_start_ms: int
+    period_end_ms: int
+    source: str
+
+    @property
+    def scope(self) -> str:
+        return SCOPE_SUBSCRIPTION_GRANT
+
+    @property
+    def key(self) -> str:
+        return grant_key(self.subscription_id, self.period_start_ms)
+
+
+class CancelSubscription(msgspec.Struct, frozen=True, gc=False):
+    user_id: UserId
+
+
+class PaymentFailed(msgspec.Struct, frozen=True, gc=False):
+    user_id: UserId
+    subscription_id: str
+
+
+class EndSubscription(msgspec.Struct, frozen=True, gc=False):
+    """The provider ended it (Stripe deleted, Lago terminated)."""
+
+    user_id: UserId
+    subscription_id: str
+
+
+class SweepSubscription(msgspec.Struct, frozen=True, gc=False):
+    """The sweeper's tick: end or renew what is due at `now_ms`."""
+
+    user_id: UserId
+
+
+SubscriptionCommand = (Subscribe | GrantPeriod | CancelSubscription | PaymentFailed
+                       | EndSubscription | SweepSubscription)
+
+
+def grant_key(subscription_id: str, period_start_ms: int) -> str:
+    # Whole seconds: Stripe says seconds, Lago milliseconds of the same instant.
+    return f"{subscription_id}:{period_start_ms // 1000}"
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def _with(account: Account, subscription: Subscription | None, now_ms: int
+          ) -> tuple[Account, SubscriptionDeadline]:
+    plan = subscription.plan if subscription is not None else FREE
+    updated = replace(account, subscription=subscription, plan=plan, updated_at_ms=now_ms)
+    deadline = subscription.deadline_ms() if subscription is not None else None
+    return updated, SubscriptionDeadline(account.user_id, deadline)
+
+
+def _current(account: Account, subscription_id: str) -> Subscription:
+    subscription = account.subscription
+    if subscription is None or subscription.subscription_id != subscription_id:
+        # Its start may not have arrived yet: the sender delivers again later.
+        raise NotYetApplicable(f"no subscription {subscription_id!r} on this account",
+                               {"subscription_id": subscription_id})
+    return subscription
+
+
+def subscribe(account: Account | None, command: Subscribe, now_ms: int,
+              transaction_id: TransactionId) -> Transition:
+    live = live_account(account, command.user_id)
+    if not command.period_start_ms < command.period_end_ms:
+        raise InvalidInput("a period ends after it starts")
+    current = live.subscription
+    if current is not None and current.subscription_id == command.subscription_id:
+        return Transition(live, (), live)  # announced again
+    subscription = Subscription(
+        subscription_id=command.subscription_id,
+        plan=command.plan,
+        status=SubscriptionStatus.ACTIVE,
+        managed_by=command.managed_by,
+        monthly_credits=command.monthly_credits,
+        period_start_ms=command.period_start_ms,
+        period_end_ms=command.period_end_ms,
+        lago_subscription_id=command.subscription_id,
+    )
+    updated, deadline = _with(live, subscription, now_ms)
+    mirror: tuple[LagoMirror, ...] = (
+        (LagoMirror(live.user_id, command.subscription_id, command.lago_plan_code),)
+        if command.lago_plan_code is not None else ())
+    if current is not None:
+        mirror = (LagoMirror(live.user_id, current.subscription_id, None), *mirror)
+    if command.managed_by is Manager.ADMIN:
+        granted = grant_period(updated, GrantPeriod(
+            live.user_id, command.subscription_id, command.period_start_ms,
+            command.period_end_ms, "admin"), now_ms, transaction_id, None)
+        return Transition(granted.account, (*granted.records, *mirror), granted.account,
+                          granted.keyed)
+    return Transition(updated, (deadline, *mirror), updated)
+
+
+def grant_period(account: Account | None, command: GrantPeriod, now_ms: int,
+                 transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+    fingerprint = digest((command.user_id.bytes, command.key))
+    if prior is not None:
+        if prior.fingerprint != fingerprint:
+            raise IdempotencyConflict(command.key)
+        raise DuplicateEvent(command.key, prior.result.to_dict())
+    live = live_account(account, command.user_id)
+    subscription = _current(live, command.subscription_id)
+    credits = subscription.monthly_credits
+    balance = live.balance + credits
+    entry = LedgerEntry(
+        transaction_id=transaction_id,
+        user_id=live.user_id,
+        entry_type=EntryType.SUBSCRIPTION_GRANT,
+        amount=credits,
+        balance_after=balance,
+        created_at_ms=now_ms,
+        source_key=command.key,
+        description=f"{subscription.plan} plan: credits for the period from "
+                    f"{command.period_start_ms // 1000}",
+        metadata={"subscription_id": subscription.subscription_id, "source": command.source},
+    )
+    newer = command.period_start_ms >= subscription.period_start_ms
+    renewed = replace(
+        subscription,
+        period_start_ms=command.period_start_ms if newer else subscription.period_start_ms,
+        period_end_ms=command.period_end_ms if newer else subscription.period_end_ms,
+        last_granted_period_ms=max(command.period_start_ms,
+                                   subscription.last_granted_period_ms or 0),
+        # A paid period is a recovered payment.
+        status=(SubscriptionStatus.ACTIVE if subscription.status is SubscriptionStatus.PAST_DUE
+                else subscription.status),
+        past_due_since_ms=None,
+    )
+    updated, deadline = _with(replace(live, balance=balance,
+                                      lifetime_granted=live.lifetime_granted + credits,
+                                      seq=live.seq + 1), renewed, now_ms)
+    reply = CreditResult(live.user_id, transaction_id, EntryType.SUBSCRIPTION_GRANT, credits,
+                         balance)
+    record = KeyRecord(SCOPE_SUBSCRIPTION_GRANT, command.key, live.user_id, fingerprint, reply)
+    return Transition(updated, (entry, record, deadline), reply, (record,))
+
+
+def cancel(account: Account | None, command: CancelSubscription, now_ms: int) -> Transition:
+    live = live_account(account, command.user_id)
+    subscription = live.subscription
+    if subscription is None:
+        raise InvalidInput("there is no subscription to cancel")
+    if subscription.status is SubscriptionStatus.CANCELLED:
+        return Transition(live, (), live)
+    updated, deadline = _with(live, replace(subscription, status=SubscriptionStatus.CANCELLED),
+                              now_ms)
+    return Transition(updated, (deadline,), updated)
+
+
+def payment_failed(account: Account | None, command: PaymentFailed, now_ms: int) -> Transition:
+    live = live_account(account, command.user_id)
+    subscription = _current(live, command.subscription_id)
+    if subscription.status is SubscriptionStatus.PAST_DUE:
+        return Transition(live, (), live)
+    updated, deadline = _with(live, replace(subscription, status=SubscriptionStatus.PAST_DUE,
+                                            past_due_since_ms=now_ms), now_ms)
+    return Transition(updated, (deadline,), updated)
+
+
+def end(account: Account | None, command: EndSubscription, now_ms: int) -> Transition:
+    live = live_account(account, command.user_id)
+    subscription = live.subscription
+    if subscription is None or subscription.subscription_id != command.subscription_id:
+        return Transition(live, (), live)  # already ended, or replaced by a newer one
+    updated, deadline = _with(live, None, now_ms)
+    mirror = LagoMirror(live.user_id, subscription.subscription_id, None)
+    return Transition(updated, (deadline, mirror), updated)
+
+
+def sweep(account: Account | None, command: SweepSubscription, now_ms: int,
+          transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+    """End a cancelled subscription at its period end or a past_due one after the grace
+    period; renew an admin-managed one (its next period, granted once)."""
+    live = live_account(account, command.user_id)
+    subscription = live.subscription
+    deadline = subscription.deadline_ms() if subscription is not None else None
+    if subscription is None or deadline is None or now_ms < deadline:
+        return Transition(live, (), None)
+    if subscription.status is not SubscriptionStatus.ACTIVE:
+        return end(live, EndSubscription(live.user_id, subscription.subscription_id), now_ms)
+    start = subscription.period_end_ms
+    return grant_period(live, GrantPeriod(live.user_id, subscription.subscription_id, start,
+                                          start + MONTH_MS, "renewal_timer"),
+                        now_ms, transaction_id, prior)
