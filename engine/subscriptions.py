@@ -118,8 +118,13 @@ SubscriptionCommand = (Subscribe | GrantPeriod | CancelSubscription | PaymentFai
 
 
 def grant_key(subscription_id: str, period_start_ms: int) -> str:
-    # Whole seconds: Stripe says seconds, Lago milliseconds of the same instant.
     return f"{subscription_id}:{period_start_ms // 1000}"
+
+
+def _whole_seconds(epoch_ms: int) -> int:
+    """Stripe says seconds, Lago milliseconds of the same instant: periods are compared and
+    keyed in whole seconds."""
+    return epoch_ms // 1000 * 1000
 
 
 # --- transitions ----------------------------------------------------------------------------
@@ -198,13 +203,13 @@ def grant_period(account: Account | None, command: GrantPeriod, now_ms: int,
                     f"{command.period_start_ms // 1000}",
         metadata={"subscription_id": subscription.subscription_id, "source": command.source},
     )
-    newer = command.period_start_ms >= subscription.period_start_ms
+    start, end_ms = _whole_seconds(command.period_start_ms), _whole_seconds(command.period_end_ms)
+    newer = start >= subscription.period_start_ms
     renewed = replace(
         subscription,
-        period_start_ms=command.period_start_ms if newer else subscription.period_start_ms,
-        period_end_ms=command.period_end_ms if newer else subscription.period_end_ms,
-        last_granted_period_ms=max(command.period_start_ms,
-                                   subscription.last_granted_period_ms or 0),
+        period_start_ms=start if newer else subscription.period_start_ms,
+        period_end_ms=end_ms if newer else subscription.period_end_ms,
+        last_granted_period_ms=max(start, subscription.last_granted_period_ms or 0),
         # A paid period is a recovered payment.
         status=(SubscriptionStatus.ACTIVE if subscription.status is SubscriptionStatus.PAST_DUE
                 else subscription.status),
