@@ -9,9 +9,10 @@ from typing import Any
 
 import trio
 
-from actors.journal import Journal
+from actors.journal import OPERATOR, Journal
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import PaymentLedger
+from actors.subscriptions import SubscriptionLedger
 from actors.system import ActorSystem, Pending, WallClock
 from actors.timers import ExpiryTimers
 from engine.account import Account, AutoRefillSettings
@@ -58,15 +59,6 @@ USAGE_BATCH_EVENTS_MAX = 1000
 DESCRIPTION_LENGTH_MAX = 500
 
 
-class _Operator:
-    """Submitter of operator commands to the journal (not bound to an account)."""
-
-    in_flight = 0
-
-
-_OPERATOR = _Operator()
-
-
 class Billing:
     def __init__(
         self,
@@ -91,6 +83,7 @@ class Billing:
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
         self.payments = PaymentLedger(store, journal, system, wall_clock_ms)
+        self.subscriptions = SubscriptionLedger(store, system, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:
@@ -100,6 +93,9 @@ class Billing:
     def commits(self) -> int:
         """Group commits made so far (for benchmarks and diagnostics)."""
         return self._journal.commits
+
+    def wall_clock_ms(self) -> int:
+        return self._wall_clock_ms()
 
     @property
     def system(self) -> ActorSystem:
@@ -329,7 +325,7 @@ class Billing:
         """Send parked events again (after the cause in Lago was fixed); returns how many."""
         sequences = tuple(parked.sequence for parked in self._store.dead_letters())
         if sequences:
-            await self._journal.submit(_OPERATOR, None, [RequeueParked(sequences)]).wait()
+            await self._journal.submit(OPERATOR, None, [RequeueParked(sequences)]).wait()
         return len(sequences)
 
     # --- operations --------------------------------------------------------------------------

@@ -32,6 +32,15 @@ MAP_GROWTH_ATTEMPTS_MAX = 8
 Keyed = PriorOutcome | Reservation
 
 
+
+class _Operator:
+    """The submitter of records bound to no account (operator commands, webhook markers)."""
+
+    in_flight = 0
+
+
+OPERATOR = _Operator()
+
 class Submitter(Protocol):
     """Who submitted a command: told how many of its commands still wait for a commit."""
 

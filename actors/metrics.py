@@ -170,3 +170,21 @@ class _ExportCollector(Collector):
         for kind, count in sorted(exporter.failures.items()):
             failures.add_metric([kind], count)
         yield failures
+
+
+class TallyCollector(Collector):
+    """A prometheus counter family read from a plain Counter at scrape time (keys are the
+    label values: a string, or a tuple of them)."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str],
+                 tally: Tally[object]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for key, count in sorted(self._tally.items(), key=str):
+            family.add_metric(list(key) if isinstance(key, tuple) else [str(key)], count)
+        yield family

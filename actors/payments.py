@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from actors.journal import Journal
+from actors.journal import OPERATOR, Journal
 from actors.system import ActorSystem, WallClock
 from engine.account import Account
 from engine.commands import AddCredits, CreditResult, KeyRecord, WebhookMarker
@@ -37,6 +37,10 @@ class PaymentLedger:
 
     def marker(self, provider: str, event_id: str, event_type: str) -> WebhookMarker:
         return WebhookMarker(provider, event_id, event_type, self._wall_clock_ms())
+
+    async def record_webhook(self, marker: WebhookMarker) -> None:
+        """Remember an event that changed no ledger entry (its marker alone is committed)."""
+        await self._journal.submit(OPERATOR, None, [marker]).wait()
 
     def webhook_applied(self, provider: str, event_id: str) -> bool:
         return self._store.get_webhook(provider, event_id) is not None

@@ -86,6 +86,7 @@ async def open_billing(
                 await nursery.start(journal.run)
                 await nursery.start(system.run_passivation)
                 await nursery.start(timers.run)
+                await nursery.start(billing.subscriptions.run_sweeper)
                 if export is not None:
                     await nursery.start(export.run)
                 try:

@@ -28,6 +28,7 @@ from api.payment_routes import register_payment_routes
 from api.routes import Caller, Route
 from api.schemas import iso_ms
 from api.settings import SCOPE_USAGE, Settings
+from api.subscription_routes import register_subscription_routes
 from engine.account import Account, AutoRefillSettings
 from engine.commands import UsageResult
 from engine.errors import BillingError, InvalidInput
@@ -37,6 +38,7 @@ from engine.metering import UsageRequest
 from engine.money import format_usd, require_int
 from engine.reservations import Reservation
 from engine.usage import invalid_input
+from integrations.lago.webhooks import LagoWebhooks
 from integrations.stripe.service import StripeService
 
 log = logging.getLogger("zbilling.api")
@@ -177,6 +179,7 @@ def _event_id_of(raw: bytes, content_type: str) -> str | None:
 def create_app(  # noqa: PLR0915 - one place lists every route
     billing: Billing, settings: Settings, auth: Authenticator,
     stripe: StripeService | None = None,
+    lago_webhooks: LagoWebhooks | None = None,
 ) -> QuartTrio:
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -491,6 +494,14 @@ def create_app(  # noqa: PLR0915 - one place lists every route
 
     if stripe is not None:
         register_payment_routes(endpoint, billing, stripe)
+    register_subscription_routes(endpoint, billing, stripe, billing.wall_clock_ms)
+    if lago_webhooks is not None:
+        @endpoint(Route("POST", "/webhooks/lago", "Lago events (verified by X-Lago-Signature)",
+                        Caller.PUBLIC, reply=schemas.WebhookReply, errors=(400, 409, 413, 503)))
+        async def lago_webhook() -> schemas.WebhookReply:
+            outcome = await lago_webhooks.handle(await request.get_data(), request.headers)
+            return schemas.WebhookReply(True, outcome)
+
     served = {(route.method, route.path) for route in routes}
     for method, path, what in NOT_CONFIGURED_ROUTES:
         if (method, path) in served:
@@ -506,10 +517,6 @@ def create_app(  # noqa: PLR0915 - one place lists every route
 NOT_CONFIGURED_ROUTES = (
     ("POST", "/v1/credits/purchase", "Stripe payments"),
     ("GET", "/v1/payments", "Stripe payments"),
-    ("GET", "/v1/subscriptions/me", "subscriptions"),
-    ("POST", "/v1/subscriptions/checkout", "subscriptions"),
-    ("POST", "/v1/subscriptions/cancel", "subscriptions"),
-    ("POST", "/v1/subscriptions/portal", "subscriptions"),
     ("POST", "/webhooks/stripe", "Stripe webhooks"),
     ("POST", "/webhooks/lago", "Lago webhooks"),
 )

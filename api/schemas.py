@@ -339,3 +339,36 @@ class PaymentsPageReply(Reply):
 class WebhookReply(Reply):
     received: bool
     outcome: Annotated[str, Meta(description="applied, duplicate, ignored or recorded")]
+
+
+class SubscriptionCheckoutBody(Body):
+    plan: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class AdminSubscriptionBody(Body):
+    """Put an account on a plan, managed by us (renewed by our timer); `free` ends it.
+    `monthly_credits` is required for a custom plan (Enterprise) and refused otherwise."""
+
+    user_id: uuid.UUID
+    plan: Annotated[str, Meta(min_length=1, max_length=64)]
+    monthly_credits: CostCents | None = None
+
+
+class SubscriptionReply(Reply):
+    plan: str
+    plan_name: str
+    status: Literal["none", "active", "cancelled", "past_due"]
+    subscription_id: str | None
+    managed_by: Literal["stripe", "admin"] | None
+    monthly_credits: int
+    current_period_start: Timestamp | None
+    current_period_end: Timestamp | None
+
+
+class CheckoutReply(Reply):
+    checkout_url: str
+    session_id: str
+
+
+class PortalReply(Reply):
+    url: str

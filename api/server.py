@@ -12,15 +12,18 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from actors.billing import Billing
 from actors.config import load_pricing
+from actors.metrics import TallyCollector
 from actors.runtime import open_billing
 from api.app import create_app
 from api.auth import Authenticator
 from api.settings import Settings
 from integrations.lago.client import LagoClient
 from integrations.lago.exporter import lago_exporter
+from integrations.lago.webhooks import LagoWebhooks, load_public_key
 from integrations.stripe.gateway import StripeGateway
-from integrations.stripe.service import stripe_service
+from integrations.stripe.service import StripeService, stripe_service
 
 log = logging.getLogger("zbilling.server")
 
@@ -36,18 +39,9 @@ async def serve(settings: Settings) -> None:
     pricing = load_pricing(settings.pricing_path)
     async with open_billing(settings.data_dir, pricing=pricing, plans=settings.plans,
                             exporter=exporter) as billing:
-        stripe = (
-            stripe_service(
-                StripeGateway(settings.stripe_api_key or "",
-                              webhook_secret=settings.stripe_webhook_secret,
-                              frontend_url=settings.frontend_url,
-                              api_base=settings.stripe_api_base),
-                billing.payments, billing.plans, billing.metrics.registry,
-                refill_retry_base_s=settings.refill_retry_base_s,
-            )
-            if settings.stripe_enabled else None
-        )
-        app = create_app(billing, settings, Authenticator(settings), stripe)
+        stripe = stripe_for(settings, billing)
+        lago_webhooks = lago_webhooks_for(settings, billing)
+        app = create_app(billing, settings, Authenticator(settings), stripe, lago_webhooks)
         config = Config()
         config.bind = [settings.listen]
         config.graceful_timeout = SHUTDOWN_GRACE_S
@@ -61,6 +55,31 @@ async def serve(settings: Settings) -> None:
             await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             nursery.cancel_scope.cancel()
     print("z-billing stopped; journal flushed", flush=True)
+
+
+def stripe_for(settings: Settings, billing: Billing) -> StripeService | None:
+    if not settings.stripe_enabled:
+        return None
+    gateway = StripeGateway(settings.stripe_api_key or "",
+                            webhook_secret=settings.stripe_webhook_secret,
+                            frontend_url=settings.frontend_url,
+                            api_base=settings.stripe_api_base)
+    return stripe_service(gateway, billing.payments, billing.subscriptions, billing.plans,
+                          billing.metrics.registry,
+                          refill_retry_base_s=settings.refill_retry_base_s)
+
+
+def lago_webhooks_for(settings: Settings, billing: Billing) -> LagoWebhooks | None:
+    if not (settings.lago_webhook_secret or settings.lago_public_key):
+        return None
+    public_key = load_public_key(settings.lago_public_key) if settings.lago_public_key else None
+    webhooks = LagoWebhooks(billing.subscriptions, billing.payments,
+                            hmac_key=settings.lago_webhook_secret, public_key=public_key,
+                            issuer=settings.lago_webhook_issuer)
+    billing.metrics.registry.register(TallyCollector(
+        "zbilling_lago_webhooks", "Lago webhook deliveries by type and outcome",
+        ["type", "outcome"], webhooks.outcomes))
+    return webhooks
 
 
 async def _stop_on_signal(stop: trio.Event) -> None:

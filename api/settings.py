@@ -50,6 +50,9 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     lago_api_url: str | None = None
     lago_api_key: str | None = field(default=None, repr=False)
+    lago_webhook_secret: str | None = field(default=None, repr=False)
+    lago_public_key: str | None = field(default=None, repr=False)
+    lago_webhook_issuer: str | None = None
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     stripe_api_base: str | None = None
@@ -86,6 +89,8 @@ class Settings:
             f"user JWTs: {jwt}; HS256 {'on' if self.auth_hs256_secret else 'off'}",
             f"dev mode (test tokens): {'on' if self.dev else 'off'}",
             f"Lago export: {'on, ' + str(self.lago_api_url) if self.lago_enabled else 'off'}",
+            "Lago webhooks: " + ("on" if self.lago_webhook_secret or self.lago_public_key
+                                 else "off (no LAGO_WEBHOOK_SECRET / LAGO_PUBLIC_KEY)"),
             f"Stripe: {self._stripe_summary()}",
         ]
 
@@ -154,6 +159,9 @@ def load_settings(
         metrics_token=env.get("METRICS_TOKEN") or None,
         lago_api_url=env.get("LAGO_API_URL") or None,
         lago_api_key=env.get("LAGO_API_KEY") or None,
+        lago_webhook_secret=env.get("LAGO_WEBHOOK_SECRET") or None,
+        lago_public_key=env.get("LAGO_PUBLIC_KEY") or None,
+        lago_webhook_issuer=env.get("LAGO_WEBHOOK_ISSUER") or None,
         stripe_api_key=env.get("STRIPE_API_KEY") or None,
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,

@@ -80,6 +80,34 @@ class StripeGateway:
         )
         return Checkout(str(session.id), str(session.url))
 
+    async def checkout_subscription(self, user_id: UserId, customer_id: str, plan: str,
+                                    price_id: str, request_key: str) -> Checkout:
+        metadata = {"user_id": str(user_id), "plan": plan}
+        session = await self._client.v1.checkout.sessions.create_async(
+            params={
+                "mode": "subscription",
+                "customer": customer_id,
+                "client_reference_id": str(user_id),
+                "line_items": [{"price": price_id, "quantity": 1}],
+                "metadata": metadata,
+                "subscription_data": {"metadata": metadata},
+                "success_url": f"{self._frontend_url}/subscription?checkout=success"
+                               "&session_id={CHECKOUT_SESSION_ID}",
+                "cancel_url": f"{self._frontend_url}/subscription?checkout=cancelled",
+            },
+            options={"idempotency_key": f"zbilling-subscribe-{request_key}"},
+        )
+        return Checkout(str(session.id), str(session.url))
+
+    async def cancel_at_period_end(self, subscription_id: str) -> None:
+        await self._client.v1.subscriptions.update_async(
+            subscription_id, params={"cancel_at_period_end": True})
+
+    async def portal(self, customer_id: str) -> str:
+        session = await self._client.v1.billing_portal.sessions.create_async(
+            params={"customer": customer_id, "return_url": f"{self._frontend_url}/subscription"})
+        return str(session.url)
+
     async def list_payments(self, customer_id: str, limit: int,
                             starting_after: str | None) -> PaymentsPage:
         params: dict[str, Any] = {"customer": customer_id, "limit": limit}

@@ -8,7 +8,6 @@ so the same object under two event ids — `checkout.session.completed` and
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -17,20 +16,26 @@ import stripe
 
 from actors.payments import PaymentLedger
 from engine.errors import BillingError, DuplicateEvent, InvalidInput, NotYetApplicable
-from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.payments import refunded_credits
 from integrations.stripe.gateway import StripeGateway
+from integrations.stripe.subscriptions import StripeSubscriptions, user_from_metadata
 
 PROVIDER = "stripe"
+SUBSCRIPTION_TYPES = ("customer.subscription.created", "customer.subscription.updated",
+                      "customer.subscription.deleted", "invoice.paid",
+                      "invoice.payment_failed")
 HANDLED_TYPES = ("checkout.session.completed", "checkout.session.async_payment_succeeded",
-                 "payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
+                 "payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded",
+                 *SUBSCRIPTION_TYPES)
 
 
 class StripeWebhooks:
-    def __init__(self, gateway: StripeGateway, payments: PaymentLedger) -> None:
+    def __init__(self, gateway: StripeGateway, payments: PaymentLedger,
+                 subscriptions: StripeSubscriptions) -> None:
         self._gateway = gateway
         self._payments = payments
+        self._subscriptions = subscriptions
         # (event type, outcome) -> count; exported as zbilling_stripe_webhooks_total.
         self.outcomes: Counter[tuple[str, str]] = Counter()
 
@@ -54,7 +59,13 @@ class StripeWebhooks:
             outcome = "duplicate"
         else:
             try:
-                outcome = await self._apply(event_id, event_type, obj)
+                if event_type in SUBSCRIPTION_TYPES:
+                    outcome = await self._subscriptions.apply(event_type, obj,
+                                                              event.get("data", {}))
+                    await self._payments.record_webhook(
+                        self._payments.marker(PROVIDER, event_id, event_type))
+                else:
+                    outcome = await self._apply(event_id, event_type, obj)
             except DuplicateEvent:
                 outcome = "duplicate"
             except BillingError:
@@ -90,7 +101,7 @@ class StripeWebhooks:
         kind = metadata.get("kind")
         if kind not in ("purchase", "auto_refill"):
             return "ignored"  # not a payment z-billing asked for
-        user_id, credits = _user(metadata), _positive(metadata.get("credits"))
+        user_id, credits = user_from_metadata(metadata), _positive(metadata.get("credits"))
         refill_number = (_positive(metadata.get("refill_number")) if kind == "auto_refill"
                          else None)
         await self._payments.credit_payment(
@@ -123,13 +134,6 @@ class StripeWebhooks:
             webhook=marker,
         )
         return "applied"
-
-
-def _user(metadata: dict[str, Any]) -> UserId:
-    try:
-        return UserId(uuid.UUID(str(metadata.get("user_id"))))
-    except ValueError:
-        raise InvalidInput("the payment carries no valid user_id") from None
 
 
 def _positive(value: object) -> int:
