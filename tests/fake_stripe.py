@@ -7,9 +7,12 @@ depends on it, so that the real `stripe` library talks to it unchanged
 - Bearer auth (401), idempotency keys (replay with `Idempotent-Replayed: true`, 400
   `idempotency_error` on different parameters), Stripe's error shapes and status codes.
 - Customers, Checkout Sessions, PaymentIntents (test payment methods `PM_OK`, `PM_DECLINED`,
-  `PM_AUTH_REQUIRED`), listing with cursors, refunds, billing portal sessions.
-- Test controls: completing a Checkout Session, refunding, building events and delivering them
-  to `webhook_url` with a correct (or deliberately wrong) `Stripe-Signature`.
+  `PM_AUTH_REQUIRED`), listing with cursors, refunds, billing portal sessions, subscriptions
+  (retrieve, list, update `cancel_at_period_end`/`metadata`, cancel) and their invoices.
+- Test controls: completing a Checkout Session (in subscription mode: a subscription and its
+  first paid invoice), renewing a subscription paid or not, paying an open invoice, reaching
+  the end of a period, refunding, building events and delivering them to `webhook_url` with a
+  correct (or deliberately wrong) `Stripe-Signature`.
 - Modes: "ok", "error" (every call 500 `api_error`), and `stop()`/`start()` to refuse
   connections and come back on the same port.
 """
@@ -46,6 +49,8 @@ LIST_LIMIT_MAX = 100
 LIST_LIMIT_DEFAULT = 10
 METADATA_VALUE_MAX = 500
 DELIVER_TIMEOUT_S = 10.0
+# A subscription's billing period in the fake: always 30 days.
+PERIOD_S = 30 * 24 * 3600
 POLL_S = 0.02
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
@@ -209,10 +214,14 @@ class FakeStripe:
         self.charges: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
         self.portal_sessions: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.invoices: dict[str, dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.events: list[dict[str, Any]] = []
         # Checkout Session parameters Stripe keeps but does not return, by session id.
         self._session_params: dict[str, dict[str, Any]] = {}
+        # What each period of a subscription costs (0 when its Price's amount is unknown).
+        self._subscription_amounts: dict[str, tuple[int, str]] = {}
         # idempotency key -> (method, path, params, status, body)
         self._idempotent: dict[str, tuple[str, str, dict[str, Any], int, dict[str, Any]]] = {}
         # Reentrant: test controls call the same helpers the API handlers use.
@@ -369,6 +378,11 @@ class FakeStripe:
             ("GET", r"/v1/payment_intents/([^/]+)", self._get_payment_intent),
             ("POST", r"/v1/refunds", self._create_refund),
             ("POST", r"/v1/billing_portal/sessions", self._create_portal_session),
+            ("GET", r"/v1/subscriptions", self._list_subscriptions),
+            ("GET", r"/v1/subscriptions/([^/]+)", self._get_subscription),
+            ("POST", r"/v1/subscriptions/([^/]+)", self._update_subscription),
+            ("DELETE", r"/v1/subscriptions/([^/]+)", self._cancel_subscription),
+            ("GET", r"/v1/invoices/([^/]+)", self._get_invoice),
         ]
         for verb, pattern, handler in routes:
             match = re.fullmatch(pattern, path)
@@ -699,24 +713,248 @@ class FakeStripe:
         self.portal_sessions[portal_id] = portal
         return portal
 
+    # --- subscriptions and invoices ----------------------------------------------------------
+
+    def _start_subscription(self, session: dict[str, Any], params: dict[str, Any]
+                            ) -> dict[str, Any]:
+        """The subscription a completed subscription-mode session starts, with its first paid
+        invoice; `customer.subscription.created` and `invoice.paid`."""
+        customer = session["customer"]
+        if customer is None:  # Stripe makes a customer when Checkout was given none
+            customer = self._create_customer(
+                {"email": session["customer_email"] or ""}, {})["id"]
+            session["customer"] = customer
+        sub_data = params.get("subscription_data")
+        metadata = as_metadata(sub_data) if isinstance(sub_data, dict) else {}
+        item = params["line_items"][0]
+        price_id = item.get("price") or new_id("price")
+        start = now()
+        end = start + PERIOD_S
+        subscription: dict[str, Any] = {
+            "id": new_id("sub"), "object": "subscription", "customer": customer,
+            "status": "active", "current_period_start": start, "current_period_end": end,
+            "cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
+            "ended_at": None, "metadata": metadata,
+            "items": {"object": "list", "data": [{
+                "id": new_id("si"), "object": "subscription_item",
+                "price": {"id": price_id, "object": "price"},
+                "quantity": as_int(item, "quantity") or 1,
+                "current_period_start": start, "current_period_end": end,
+            }], "has_more": False, "url": "/v1/subscription_items"},
+            "latest_invoice": None, "created": start, "livemode": False,
+        }
+        self.subscriptions[subscription["id"]] = subscription
+        self._subscription_amounts[subscription["id"]] = (
+            session["amount_total"] or 0, session["currency"] or "usd")
+        invoice = self._new_invoice(subscription, "subscription_create", paid=True,
+                                    period=(start, start))
+        self._emit("customer.subscription.created", subscription, None)
+        self._emit("invoice.paid", invoice, None)
+        return subscription
+
+    def _new_invoice(self, subscription: dict[str, Any], billing_reason: str, *, paid: bool,
+                     period: tuple[int, int]) -> dict[str, Any]:
+        """An invoice for the subscription's current period (its line); `period` is the
+        invoice's own `period_start`/`period_end`, which Stripe sets apart from the line's."""
+        amount, currency = self._subscription_amounts.get(subscription["id"], (0, "usd"))
+        metadata = dict(subscription["metadata"])
+        price_id = subscription["items"]["data"][0]["price"]["id"]
+        invoice = {
+            "id": new_id("in"), "object": "invoice", "customer": subscription["customer"],
+            "subscription": subscription["id"],
+            "status": "paid" if paid else "open", "paid": paid,
+            "amount_due": amount, "amount_paid": amount if paid else 0,
+            "amount_remaining": 0 if paid else amount, "currency": currency,
+            "billing_reason": billing_reason,
+            "subscription_details": {"metadata": metadata},
+            # Where API versions since 2025-03-31 put the subscription.
+            "parent": {"type": "subscription_details", "subscription_details": {
+                "subscription": subscription["id"], "metadata": metadata}},
+            "period_start": period[0], "period_end": period[1],
+            "lines": {"object": "list", "data": [{
+                "id": new_id("il"), "object": "line_item", "amount": amount,
+                "currency": currency,
+                "period": {"start": subscription["current_period_start"],
+                           "end": subscription["current_period_end"]},
+                "price": {"id": price_id, "object": "price"},
+                "quantity": subscription["items"]["data"][0]["quantity"],
+                "metadata": metadata,
+            }], "has_more": False, "url": "/v1/invoices/lines"},
+            "created": now(), "livemode": False,
+        }
+        self.invoices[invoice["id"]] = invoice
+        subscription["latest_invoice"] = invoice["id"]
+        return invoice
+
+    def _subscription(self, subscription_id: str, param: str | None = None,
+                      status: int = 400) -> dict[str, Any]:
+        subscription = self.subscriptions.get(subscription_id)
+        if subscription is None:
+            raise no_such("subscription", subscription_id, param, status)
+        return subscription
+
+    def _get_subscription(self, params: dict[str, Any], context: dict[str, Any],
+                          subscription_id: str) -> dict[str, Any]:
+        del params, context
+        return self._subscription(subscription_id, "id", 404)
+
+    def _list_subscriptions(self, params: dict[str, Any], context: dict[str, Any]
+                            ) -> dict[str, Any]:
+        """Newest first; like Stripe, canceled subscriptions only with `status=canceled` or
+        `status=all`."""
+        del context
+        limit = as_int(params, "limit")
+        limit = LIST_LIMIT_DEFAULT if limit is None else limit
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise invalid(f"Invalid limit: must be between 1 and {LIST_LIMIT_MAX}", "limit")
+        customer = params.get("customer") or None
+        status = params.get("status") or None
+        subscriptions = [
+            sub for sub in reversed(self.subscriptions.values())
+            if (customer is None or sub["customer"] == customer)
+            and (status == "all" or sub["status"] == status
+                 or (status is None and sub["status"] != "canceled"))]
+        after = params.get("starting_after") or None
+        if after is not None:
+            self._subscription(after, "starting_after")
+            ids = [sub["id"] for sub in subscriptions]
+            subscriptions = subscriptions[ids.index(after) + 1:] if after in ids else []
+        return {"object": "list", "data": subscriptions[:limit],
+                "has_more": len(subscriptions) > limit, "url": "/v1/subscriptions"}
+
+    def _update_subscription(self, params: dict[str, Any], context: dict[str, Any],
+                             subscription_id: str) -> dict[str, Any]:
+        subscription = self._subscription(subscription_id, "id", 404)
+        if subscription["status"] == "canceled" and set(params) - {"metadata"}:
+            raise invalid("A canceled subscription can only update its cancellation_details "
+                          "and metadata.")
+        previous: dict[str, Any] = {}
+        if "metadata" in params:
+            metadata = merge_metadata(subscription["metadata"], params["metadata"])
+            if metadata != subscription["metadata"]:
+                previous["metadata"] = subscription["metadata"]
+                subscription["metadata"] = metadata
+        if "cancel_at_period_end" in params:
+            cancel = as_bool(params, "cancel_at_period_end")
+            if cancel != subscription["cancel_at_period_end"]:
+                for name in ("cancel_at_period_end", "cancel_at", "canceled_at"):
+                    previous[name] = subscription[name]
+                # Stripe records when cancellation was asked for in `canceled_at`.
+                subscription.update(
+                    cancel_at_period_end=cancel,
+                    cancel_at=subscription["current_period_end"] if cancel else None,
+                    canceled_at=now() if cancel else None)
+        self._emit("customer.subscription.updated", subscription, context, previous)
+        return subscription
+
+    def _cancel_subscription(self, params: dict[str, Any], context: dict[str, Any],
+                             subscription_id: str) -> dict[str, Any]:
+        del params
+        subscription = self._subscription(subscription_id, "id", 404)
+        if subscription["status"] == "canceled":
+            raise invalid("A canceled subscription can only update its cancellation_details "
+                          "and metadata.")
+        self._end(subscription, context)
+        return subscription
+
+    def _end(self, subscription: dict[str, Any], context: dict[str, Any] | None
+             ) -> dict[str, Any]:
+        stamp = now()
+        subscription.update(status="canceled", ended_at=stamp,
+                            canceled_at=subscription["canceled_at"] or stamp)
+        return self._emit("customer.subscription.deleted", subscription, context)
+
+    def _get_invoice(self, params: dict[str, Any], context: dict[str, Any],
+                     invoice_id: str) -> dict[str, Any]:
+        del params, context
+        invoice = self.invoices.get(invoice_id)
+        if invoice is None:
+            raise no_such("invoice", invoice_id, "invoice", 404)
+        return invoice
+
+    def renew(self, subscription_id: str, *, paid: bool = True) -> list[dict[str, Any]]:
+        """The next billing period starts: a `subscription_cycle` invoice for it.
+        Paid: `[customer.subscription.updated, invoice.paid]`; not paid (the invoice stays
+        open, the subscription goes `past_due`):
+        `[invoice.payment_failed, customer.subscription.updated]`."""
+        with self._lock:
+            subscription = self._subscription(subscription_id)
+            if subscription["status"] == "canceled":
+                raise ValueError(f"subscription {subscription_id} is canceled")
+            old_start = subscription["current_period_start"]
+            old_end = subscription["current_period_end"]
+            previous: dict[str, Any] = {"current_period_start": old_start,
+                                        "current_period_end": old_end}
+            new_end = old_end + PERIOD_S
+            subscription.update(current_period_start=old_end, current_period_end=new_end)
+            for item in subscription["items"]["data"]:
+                item.update(current_period_start=old_end, current_period_end=new_end)
+            # Stripe's cycle invoice covers the period just ended; its line the new one.
+            invoice = self._new_invoice(subscription, "subscription_cycle", paid=paid,
+                                        period=(old_start, old_end))
+            if paid:
+                return [self._emit("customer.subscription.updated", subscription, None,
+                                   previous),
+                        self._emit("invoice.paid", invoice, None)]
+            if subscription["status"] != "past_due":
+                previous["status"] = subscription["status"]
+                subscription["status"] = "past_due"
+            return [self._emit("invoice.payment_failed", invoice, None),
+                    self._emit("customer.subscription.updated", subscription, None,
+                               previous)]
+
+    def pay_invoice(self, invoice_id: str) -> list[dict[str, Any]]:
+        """An open invoice is paid (e.g. a retry succeeded); its subscription is active
+        again: `[invoice.paid, customer.subscription.updated]`."""
+        with self._lock:
+            invoice = self.invoices[invoice_id]
+            if invoice["status"] != "open":
+                raise ValueError(f"invoice {invoice_id} is {invoice['status']}")
+            invoice.update(status="paid", paid=True, amount_paid=invoice["amount_due"],
+                           amount_remaining=0)
+            subscription = self._subscription(invoice["subscription"])
+            previous: dict[str, Any] = {}
+            if subscription["status"] in ("past_due", "unpaid", "incomplete"):
+                previous["status"] = subscription["status"]
+                subscription["status"] = "active"
+            return [self._emit("invoice.paid", invoice, None),
+                    self._emit("customer.subscription.updated", subscription, None,
+                               previous)]
+
+    def end_period(self, subscription_id: str) -> list[dict[str, Any]]:
+        """The current period ends: `[customer.subscription.deleted]` when the subscription
+        was set to cancel at period end, else as `renew(paid=True)`."""
+        with self._lock:
+            subscription = self._subscription(subscription_id)
+            if subscription["status"] == "canceled":
+                raise ValueError(f"subscription {subscription_id} is canceled")
+            if subscription["cancel_at_period_end"]:
+                return [self._end(subscription, None)]
+            return self.renew(subscription_id, paid=True)
+
     # --- events and test controls ------------------------------------------------------------
 
-    def _emit(self, type: str, obj: dict[str, Any], context: dict[str, Any] | None
-              ) -> dict[str, Any]:
+    def _emit(self, type: str, obj: dict[str, Any], context: dict[str, Any] | None,
+              previous_attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+        # A snapshot: later changes to the object do not show in an event already built.
+        data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+        if previous_attributes is not None:
+            data["previous_attributes"] = copy.deepcopy(previous_attributes)
         event = {
             "id": new_id("evt"), "object": "event", "type": type, "created": now(),
             "livemode": False, "api_version": stripe.api_version,
-            # A snapshot: later changes to the object do not show in an event already built.
-            "data": {"object": copy.deepcopy(obj)}, "pending_webhooks": 1,
+            "data": data, "pending_webhooks": 1,
             "request": dict(context) if context else {"id": None, "idempotency_key": None},
         }
         self.events.append(event)
         return event
 
-    def event(self, type: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """A new event about `obj` (recorded in `events`), as Stripe would send it."""
+    def event(self, type: str, obj: dict[str, Any],
+              previous_attributes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new event about `obj` (recorded in `events`), as Stripe would send it;
+        `data.previous_attributes` when given (the `*.updated` events)."""
         with self._lock:
-            return self._emit(type, obj, None)
+            return self._emit(type, obj, None, previous_attributes)
 
     def set_default_payment_method(self, customer_id: str, payment_method: str) -> None:
         with self._lock:
@@ -736,8 +974,10 @@ class FakeStripe:
             elif not paid:
                 session["payment_status"] = "unpaid"
             elif session["mode"] == "subscription":
+                subscription = self._start_subscription(session, params)
                 session["payment_status"] = "paid"
-                session["subscription"] = new_id("sub")
+                session["subscription"] = subscription["id"]
+                session["invoice"] = subscription["latest_invoice"]
             else:
                 pi_data = params.get("payment_intent_data")
                 pi_data = pi_data if isinstance(pi_data, dict) else {}

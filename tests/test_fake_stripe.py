@@ -390,3 +390,225 @@ async def test_deliver_posts_a_correctly_signed_event(fake, client, receiver):
     with pytest.raises(stripe.SignatureVerificationError):
         stripe.Webhook.construct_event(body, wrong_secret, WEBHOOK_SECRET)
     assert given == "t=1,v1=00"
+
+
+# --- subscriptions and invoices --------------------------------------------------------------
+
+DAYS_30 = 30 * 24 * 3600
+
+
+async def subscribed(fake: FakeStripe, client: stripe.StripeClient
+                     ) -> tuple[str, dict, list[dict]]:
+    """A customer subscribed through Checkout: (subscription id, session event, all events)."""
+    customer = await new_customer(client)
+    session = await client.v1.checkout.sessions.create_async(params={
+        "mode": "subscription", "customer": customer.id, "client_reference_id": "u1",
+        "line_items": [{"price": "price_standard", "quantity": 1}],
+        "subscription_data": {"metadata": {"user_id": "u1", "plan": "standard"}},
+        "success_url": "https://app.example/ok"})
+    event = fake.complete_session(session.id)
+    return fake.sessions[session.id]["subscription"], event, list(fake.events)
+
+
+async def test_a_subscription_checkout_starts_a_subscription_with_a_paid_invoice(fake, client):
+    before = time.time()
+    sub_id, completed, events = await subscribed(fake, client)
+    assert sub_id.startswith("sub_")
+    assert [e["type"] for e in events] == ["customer.subscription.created", "invoice.paid",
+                                           "checkout.session.completed"]
+    assert events[-1] is completed
+    session = completed["data"]["object"]
+    assert (session["status"], session["payment_status"], session["subscription"]) == (
+        "complete", "paid", sub_id)
+
+    sub = events[0]["data"]["object"]
+    assert (sub["id"], sub["object"], sub["status"]) == (sub_id, "subscription", "active")
+    assert sub["customer"] == session["customer"]
+    assert sub["metadata"] == {"user_id": "u1", "plan": "standard"}
+    assert (sub["cancel_at_period_end"], sub["canceled_at"], sub["livemode"]) == (
+        False, None, False)
+    start, end = sub["current_period_start"], sub["current_period_end"]
+    assert before - 1 <= start <= time.time() and end == start + DAYS_30
+    (item,) = sub["items"]["data"]
+    assert item["id"].startswith("si_")
+    assert (item["price"]["id"], item["quantity"]) == ("price_standard", 1)
+    assert (item["current_period_start"], item["current_period_end"]) == (start, end)
+
+    invoice = events[1]["data"]["object"]
+    assert invoice["id"] == sub["latest_invoice"] and invoice["id"] in fake.invoices
+    assert (invoice["status"], invoice["paid"], invoice["billing_reason"]) == (
+        "paid", True, "subscription_create")
+    assert (invoice["subscription"], invoice["customer"]) == (sub_id, sub["customer"])
+    assert invoice["subscription_details"]["metadata"] == sub["metadata"]
+    assert invoice["parent"]["subscription_details"]["subscription"] == sub_id
+    (line,) = invoice["lines"]["data"]
+    assert line["period"] == {"start": start, "end": end}
+    assert (line["price"]["id"], line["metadata"]) == ("price_standard", sub["metadata"])
+
+    fetched = await client.v1.subscriptions.retrieve_async(sub_id)
+    assert (fetched.id, fetched.status, fetched.metadata["plan"]) == (sub_id, "active",
+                                                                     "standard")
+    assert fetched["items"].data[0].current_period_end == end
+    fetched_invoice = await client.v1.invoices.retrieve_async(invoice["id"])
+    assert fetched_invoice.billing_reason == "subscription_create"
+
+
+async def test_a_subscription_checkout_without_a_customer_makes_one(fake, client):
+    session = await client.v1.checkout.sessions.create_async(params={
+        "mode": "subscription", "customer_email": "b@example.com",
+        "line_items": [{"price": "price_standard", "quantity": 1}],
+        "success_url": "https://app.example/ok"})
+    customer = fake.complete_session(session.id)["data"]["object"]["customer"]
+    assert fake.customers[customer]["email"] == "b@example.com"
+    (sub,) = fake.subscriptions.values()
+    assert (sub["customer"], sub["metadata"]) == (customer, {})
+
+
+async def test_a_paid_renewal_moves_the_period_and_pays_a_cycle_invoice(fake, client):
+    sub_id, _, _ = await subscribed(fake, client)
+    start = fake.subscriptions[sub_id]["current_period_start"]
+    end = fake.subscriptions[sub_id]["current_period_end"]
+    updated, paid = fake.renew(sub_id)
+    assert fake.events[-2:] == [updated, paid]
+    assert updated["type"] == "customer.subscription.updated"
+    assert updated["data"]["previous_attributes"] == {"current_period_start": start,
+                                                      "current_period_end": end}
+    sub = updated["data"]["object"]
+    assert (sub["current_period_start"], sub["current_period_end"]) == (end, end + DAYS_30)
+    assert sub["items"]["data"][0]["current_period_start"] == end
+    assert sub["status"] == "active"
+    assert paid["type"] == "invoice.paid"
+    invoice = paid["data"]["object"]
+    assert (invoice["billing_reason"], invoice["status"], invoice["subscription"]) == (
+        "subscription_cycle", "paid", sub_id)
+    assert invoice["lines"]["data"][0]["period"] == {"start": end, "end": end + DAYS_30}
+    assert invoice["lines"]["data"][0]["metadata"] == sub["metadata"]
+    assert sub["latest_invoice"] == invoice["id"]
+
+
+async def test_an_unpaid_renewal_leaves_the_invoice_open_until_it_is_paid(fake, client):
+    sub_id, _, _ = await subscribed(fake, client)
+    end = fake.subscriptions[sub_id]["current_period_end"]
+    failed, updated = fake.renew(sub_id, paid=False)
+    assert (failed["type"], updated["type"]) == ("invoice.payment_failed",
+                                                 "customer.subscription.updated")
+    invoice = failed["data"]["object"]
+    assert (invoice["status"], invoice["paid"], invoice["billing_reason"]) == (
+        "open", False, "subscription_cycle")
+    assert updated["data"]["object"]["status"] == "past_due"
+    assert updated["data"]["object"]["current_period_start"] == end
+    assert updated["data"]["previous_attributes"]["status"] == "active"
+    assert (await client.v1.subscriptions.retrieve_async(sub_id)).status == "past_due"
+
+    paid, active = fake.pay_invoice(invoice["id"])
+    assert (paid["type"], active["type"]) == ("invoice.paid", "customer.subscription.updated")
+    assert (paid["data"]["object"]["status"], paid["data"]["object"]["paid"]) == ("paid", True)
+    assert active["data"]["object"]["status"] == "active"
+    assert active["data"]["previous_attributes"] == {"status": "past_due"}
+    assert fake.events[-2:] == [paid, active]
+    with pytest.raises(ValueError, match="is paid"):
+        fake.pay_invoice(invoice["id"])
+
+
+async def test_cancel_at_period_end_then_the_period_ends(fake, client):
+    sub_id, _, _ = await subscribed(fake, client)
+    end = fake.subscriptions[sub_id]["current_period_end"]
+    updated = await client.v1.subscriptions.update_async(
+        sub_id, params={"cancel_at_period_end": True, "metadata": {"reason": "price"}})
+    assert (updated.status, updated.cancel_at_period_end, updated.cancel_at) == (
+        "active", True, end)
+    assert updated.metadata.to_dict() == {"user_id": "u1", "plan": "standard",
+                                          "reason": "price"}
+    event = fake.events[-1]
+    assert event["type"] == "customer.subscription.updated"
+    assert event["data"]["object"]["cancel_at_period_end"] is True
+    assert event["data"]["previous_attributes"]["cancel_at_period_end"] is False
+
+    (deleted,) = fake.end_period(sub_id)
+    assert deleted["type"] == "customer.subscription.deleted"
+    assert deleted["data"]["object"]["status"] == "canceled"
+    assert deleted["data"]["object"]["ended_at"] is not None
+    assert fake.events[-1] is deleted
+    with pytest.raises(ValueError, match="canceled"):
+        fake.end_period(sub_id)
+
+
+async def test_without_cancel_at_period_end_the_period_end_renews(fake, client):
+    sub_id, _, _ = await subscribed(fake, client)
+    await client.v1.subscriptions.update_async(sub_id, params={"cancel_at_period_end": True})
+    resumed = await client.v1.subscriptions.update_async(
+        sub_id, params={"cancel_at_period_end": False})
+    assert (resumed.cancel_at_period_end, resumed.cancel_at, resumed.canceled_at) == (
+        False, None, None)
+    updated, paid = fake.end_period(sub_id)
+    assert (updated["type"], paid["type"]) == ("customer.subscription.updated", "invoice.paid")
+    assert fake.subscriptions[sub_id]["status"] == "active"
+
+
+async def test_a_subscription_canceled_now_is_deleted(fake, client):
+    sub_id, _, _ = await subscribed(fake, client)
+    canceled = await client.v1.subscriptions.cancel_async(sub_id)
+    assert (canceled.id, canceled.status) == (sub_id, "canceled")
+    assert canceled.canceled_at is not None
+    assert fake.events[-1]["type"] == "customer.subscription.deleted"
+    assert fake.events[-1]["data"]["object"]["status"] == "canceled"
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        await client.v1.subscriptions.update_async(sub_id,
+                                                   params={"cancel_at_period_end": True})
+    assert refused.value.http_status == 400
+    # Metadata can still change.
+    again = await client.v1.subscriptions.update_async(sub_id, params={"metadata": {"x": "1"}})
+    assert again.metadata["x"] == "1"
+    with pytest.raises(ValueError):
+        fake.renew(sub_id)
+
+
+async def test_subscriptions_are_listed_newest_first_without_canceled_ones(fake, client):
+    first, _, _ = await subscribed(fake, client)
+    customer = fake.subscriptions[first]["customer"]
+    session = await client.v1.checkout.sessions.create_async(params={
+        "mode": "subscription", "customer": customer,
+        "line_items": [{"price": "price_standard", "quantity": 1}],
+        "success_url": "https://app.example/ok"})
+    fake.complete_session(session.id)
+    second = fake.sessions[session.id]["subscription"]
+    other, _, _ = await subscribed(fake, client)
+    listed = await client.v1.subscriptions.list_async(params={"customer": customer})
+    assert [sub.id for sub in listed.data] == [second, first]
+    page = await client.v1.subscriptions.list_async(params={"customer": customer, "limit": 1})
+    assert ([sub.id for sub in page.data], page.has_more) == ([second], True)
+    await client.v1.subscriptions.cancel_async(second)
+    listed = await client.v1.subscriptions.list_async(params={"customer": customer})
+    assert [sub.id for sub in listed.data] == [first]
+    listed = await client.v1.subscriptions.list_async(params={"customer": customer,
+                                                              "status": "all"})
+    assert [sub.id for sub in listed.data] == [second, first]
+    everyone = await client.v1.subscriptions.list_async()
+    assert [sub.id for sub in everyone.data] == [other, first]
+
+
+async def test_an_unknown_subscription_is_not_found(client):
+    for call in (client.v1.subscriptions.retrieve_async("sub_nope"),
+                 client.v1.subscriptions.update_async(
+                     "sub_nope", params={"cancel_at_period_end": True}),
+                 client.v1.subscriptions.cancel_async("sub_nope")):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            await call
+        assert (refused.value.http_status, refused.value.code) == (404, "resource_missing")
+        assert "No such subscription: 'sub_nope'" in str(refused.value)
+
+
+async def test_a_renewal_event_verifies_with_its_previous_attributes(fake, client, receiver):
+    fake.webhook_url = receiver.url
+    sub_id, _, _ = await subscribed(fake, client)
+    updated, _ = fake.renew(sub_id)
+    assert fake.deliver(updated).status_code == 200
+    ((body, header),) = receiver.received
+    verified = stripe.Webhook.construct_event(body, header, WEBHOOK_SECRET)
+    assert verified.type == "customer.subscription.updated"
+    assert verified.data.previous_attributes.current_period_end == (
+        verified.data.object.current_period_start)
+    assert fake.event("customer.subscription.updated", fake.subscriptions[sub_id],
+                      {"status": "active"})["data"]["previous_attributes"] == {
+        "status": "active"}
+    assert "previous_attributes" not in fake.event("invoice.paid", {"id": "in_x"})["data"]

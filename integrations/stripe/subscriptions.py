@@ -41,19 +41,19 @@ class StripeSubscriptions:
             await self._ledger.payment_failed(user_id, subscription_id)
         elif obj.get("status") == "active" and "current_period_start" in (
                 data.get("previous_attributes") or {}):
-            outcome = await self._grant(user_id, subscription_id, obj["current_period_start"],
-                                        obj["current_period_end"], event_type)
+            start, end = _period(obj)
+            outcome = await self._grant(user_id, subscription_id, start, end, event_type)
         return outcome
 
     async def _start(self, user_id: UserId, obj: dict[str, Any]) -> Any:
         """The subscription on the account (started from this object if it is new)."""
         plan_code = (obj.get("metadata") or {}).get("plan") or self._plan_of(obj)
         plan = self._plans.get(str(plan_code))
+        start, end = _period(obj)
         return await self._ledger.subscribe(
             user_id, str(obj["id"]), str(plan_code),
             monthly_credits=plan.monthly_credits, managed_by=Manager.STRIPE,
-            period_start_ms=int(obj["current_period_start"]) * 1000,
-            period_end_ms=int(obj["current_period_end"]) * 1000,
+            period_start_ms=_ms(start), period_end_ms=_ms(end),
             lago_plan_code=plan.lago_plan_code,
         )
 
@@ -66,10 +66,12 @@ class StripeSubscriptions:
         return code
 
     async def _invoice(self, event_type: str, invoice: dict[str, Any]) -> str:
-        subscription_id = invoice.get("subscription")
+        # Newer API versions moved these under `parent.subscription_details`.
+        details = (invoice.get("subscription_details")
+                   or ((invoice.get("parent") or {}).get("subscription_details")) or {})
+        subscription_id = invoice.get("subscription") or details.get("subscription")
         if not subscription_id:
             return "ignored"  # not a subscription's invoice
-        details = invoice.get("subscription_details") or {}
         lines = ((invoice.get("lines") or {}).get("data")) or [{}]
         user_id = user_from_metadata(details.get("metadata") or lines[0].get("metadata") or {})
         if event_type == "invoice.payment_failed":
@@ -83,13 +85,25 @@ class StripeSubscriptions:
     async def _grant(self, user_id: UserId, subscription_id: str, start: object, end: object,
                      source: str) -> str:
         try:
-            await self._ledger.grant(user_id, subscription_id, int(str(start)) * 1000,
-                                     int(str(end)) * 1000, source)
+            await self._ledger.grant(user_id, subscription_id, _ms(start), _ms(end), source)
         except DuplicateEvent:
             return "duplicate"
-        except ValueError:
-            raise InvalidInput("the event carries no billing period") from None
         return "applied"
+
+
+def _ms(seconds: object) -> int:
+    text = str(seconds)
+    if not text.isdigit():
+        raise InvalidInput("the event carries no billing period")
+    return int(text) * 1000
+
+
+def _period(subscription: dict[str, Any]) -> tuple[object, object]:
+    """The current period, on the subscription or (newer API versions) on its first item."""
+    if "current_period_start" in subscription:
+        return subscription["current_period_start"], subscription.get("current_period_end")
+    items = ((subscription.get("items") or {}).get("data")) or [{}]
+    return items[0].get("current_period_start"), items[0].get("current_period_end")
 
 
 def user_from_metadata(metadata: dict[str, Any]) -> UserId:
