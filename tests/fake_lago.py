@@ -2,6 +2,8 @@
 where the exporter depends on it, and able to fail on demand.
 
 - `POST /api/v1/customers`: create or update by external id.
+- `POST /api/v1/subscriptions` (create by external id, for a known customer) and
+  `DELETE /api/v1/subscriptions/{external_id}` (terminate; 404 when unknown).
 - `POST /api/v1/events/batch`: Bearer auth (401), at most 100 events (422), all-or-nothing
   validation with per-index `error_details` (422), a transaction id seen before refused as
   `value_already_exist` (Lago deduplicates on it), 200 with the created events otherwise.
@@ -49,7 +51,8 @@ def validators() -> dict[str, Any]:
         path: Draft202012Validator({"$ref": f"{uri}#/components/schemas/{schema}"},
                                    registry=registry)
         for path, schema in (("/api/v1/events/batch", "EventBatchInput"),
-                             ("/api/v1/customers", "CustomerCreateInput"))
+                             ("/api/v1/customers", "CustomerCreateInput"),
+                             ("/api/v1/subscriptions", "SubscriptionCreateInput"))
     }
 
 
@@ -62,6 +65,8 @@ class FakeLago:
         self.reject: set[str] = set()
         self.events: dict[str, dict[str, Any]] = {}
         self.customers: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.terminated: list[str] = []
         self.events_before_customer = 0
         self.duplicates_refused = 0
         self.batch_sizes: list[int] = []
@@ -91,10 +96,16 @@ class FakeLago:
                 del format, args
 
             def do_POST(self) -> None:
+                self.answer("POST")
+
+            def do_DELETE(self) -> None:
+                self.answer("DELETE")
+
+            def answer(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 status, payload, headers = fake.handle(
-                    self.path, self.headers.get("Authorization", ""), body
+                    method, self.path, self.headers.get("Authorization", ""), body
                 )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -119,26 +130,37 @@ class FakeLago:
             self._server.server_close()
             self._server = None
 
-    def handle(self, path: str, authorization: str, body: bytes
+    def handle(self, method: str, path: str, authorization: str, body: bytes
                ) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._lock:
             self.requests += 1
-            status, payload, headers = self._answer(path, authorization, body)
+            status, payload, headers = self._answer(method, path, authorization, body)
             self.statuses[status] += 1
         if self.mode == "slow":
             time.sleep(SLOW_RESPONSE_S)
         return status, payload, headers
 
-    def _answer(self, path: str, authorization: str, body: bytes
+    def _answer(self, method: str, path: str, authorization: str, body: bytes
                 ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        if path not in ("/api/v1/events/batch", "/api/v1/customers"):
-            return 404, {"status": 404, "error": "Not Found", "code": "not_found"}, {}
+        terminating = method == "DELETE" and path.startswith("/api/v1/subscriptions/")
+        if not terminating and (method, path) not in (
+            ("POST", "/api/v1/events/batch"), ("POST", "/api/v1/customers"),
+            ("POST", "/api/v1/subscriptions"),
+        ):
+            return 404, _NOT_FOUND, {}
         if authorization != f"Bearer {self.api_key}":
             return 401, {"status": 401, "error": "Unauthorized"}, {}
         if self.mode == "error":
             return 500, {"status": 500, "error": "Internal Server Error"}, {}
         if self.mode == "rate_limited":
             return 429, {"status": 429, "error": "Too Many Requests"}, {"Retry-After": "0"}
+        if terminating:
+            external_id = path.rsplit("/", 1)[1]
+            if self.subscriptions.pop(external_id, None) is None:
+                return 404, {**_NOT_FOUND, "code": "subscription_not_found"}, {}
+            self.terminated.append(external_id)
+            return 200, {"subscription": {"external_id": external_id,
+                                          "status": "terminated"}}, {}
         try:
             document = json.loads(body)
         except ValueError:
@@ -153,6 +175,13 @@ class FakeLago:
             customer = document["customer"]
             self.customers[customer["external_id"]] = customer
             return 200, {"customer": {"lago_id": None, **customer}}, {}
+        if path == "/api/v1/subscriptions":
+            subscription = document["subscription"]
+            if subscription.get("external_customer_id") not in self.customers:
+                return 422, _validation({"customer": ["customer_not_found"]}), {}
+            self.subscriptions[subscription["external_id"]] = subscription
+            return 200, {"subscription": {"lago_id": None, "status": "active",
+                                          **subscription}}, {}
         events = document.get("events", [])
         if len(events) > BATCH_EVENTS_MAX:
             self.schema_errors.append(f"batch of {len(events)} events")
@@ -184,6 +213,9 @@ class _QuietServer(ThreadingHTTPServer):
         error = sys.exc_info()[1]
         if not isinstance(error, ConnectionError):
             super().handle_error(request, client_address)
+
+
+_NOT_FOUND = {"status": 404, "error": "Not Found", "code": "not_found"}
 
 
 def _validation(details: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import trio
 from actors.runtime import open_billing
 from engine.export import CODE_LLM_INPUT_TOKENS, CODE_LLM_OUTPUT_TOKENS
 from engine.metering import UsageRequest
+from engine.subscription_state import Manager
 from engine.usage import Compute, LlmTokens
 from integrations.lago.client import LagoClient
 from integrations.lago.exporter import lago_exporter
@@ -243,3 +244,28 @@ def test_lago_outage_and_a_crash_lose_and_double_nothing(tmp_path):
     finally:
         store.close()
     assert lago.schema_errors == []
+
+
+async def test_plan_subscriptions_are_mirrored_to_lago_through_the_outbox(data_dir, pricing):
+    lago = FakeLago()
+    user = new_user()
+    async with open_billing(data_dir, pricing=pricing, exporter=to(lago)) as billing:
+        await billing.open_account(user)
+        await billing.subscriptions.subscribe(
+            user, "zb-sub-1", "pro", monthly_credits=6_000, managed_by=Manager.ADMIN,
+            period_start_ms=1_700_000_000_000, period_end_ms=1_702_592_000_000,
+            lago_plan_code="pro")
+        await until(lambda: "zb-sub-1" in lago.subscriptions)
+        assert lago.subscriptions["zb-sub-1"] == {
+            "external_customer_id": str(user), "external_id": "zb-sub-1", "plan_code": "pro"}
+        await billing.subscriptions.subscribe(
+            user, "zb-sub-2", "standard", monthly_credits=2_500, managed_by=Manager.ADMIN,
+            period_start_ms=1_700_000_000_000, period_end_ms=1_702_592_000_000,
+            lago_plan_code="standard")
+        await until(lambda: "zb-sub-2" in lago.subscriptions)
+        await billing.subscriptions.end(user, "zb-sub-2")
+        await until(lambda: lago.terminated == ["zb-sub-1", "zb-sub-2"])
+        await drained(billing)
+    check_schema(lago)
+    assert lago.subscriptions == {}
+    lago.stop()

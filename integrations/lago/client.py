@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -12,7 +13,7 @@ LAGO_CONNECTIONS_MAX = 8
 
 
 class LagoClient:
-    """`POST /api/v1/events/batch` and `POST /api/v1/customers` with Bearer auth. Answers are
+    """Lago's events, customers and subscriptions endpoints, with Bearer auth. Answers are
     returned, not raised: the exporter decides what each status means."""
 
     def __init__(self, api_url: str, api_key: str, *, timeout_s: float = LAGO_REQUEST_TIMEOUT_S
@@ -28,9 +29,18 @@ class LagoClient:
     async def send_events(self, events: Sequence[dict[str, Any]]) -> httpx.Response:
         return await self._client.post("/api/v1/events/batch", json={"events": list(events)})
 
-    async def upsert_customer(self, row: dict[str, Any]) -> httpx.Response:
-        """`row` is an outbox row `{"customer": {...}}`, Lago's CustomerCreateInput."""
-        return await self._client.post("/api/v1/customers", json=row)
+    async def send_resource(self, row: dict[str, Any]) -> httpx.Response:
+        """One outbox row that is not an event: `{"customer": …}` (CustomerCreateInput),
+        `{"subscription": …}` (SubscriptionCreateInput) or `{"terminate_subscription":
+        {"external_id"}}`. Terminating one Lago no longer has is done, not an error."""
+        if "terminate_subscription" in row:
+            external_id = quote(row["terminate_subscription"]["external_id"], safe="")
+            response = await self._client.delete(f"/api/v1/subscriptions/{external_id}")
+            if response.status_code == 404:
+                return httpx.Response(200, request=response.request)
+            return response
+        path = "/api/v1/customers" if "customer" in row else "/api/v1/subscriptions"
+        return await self._client.post(path, json=row)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -70,11 +70,11 @@ class LagoExporter:
         accepted or parked, commit the new cursor. Lago orders events by their timestamps,
         so batches within a round may land in any order."""
         parked: list[ParkedEvent] = []
-        # A customer row precedes its account's events in the outbox; sending the round's
-        # customers first keeps that order at Lago.
-        events = [row for row in rows if "customer" not in row[1]]
-        for customer in (row for row in rows if "customer" in row[1]):
-            await self._deliver([customer], parked, self._send_customer)
+        # A customer row precedes its account's events and subscriptions in the outbox;
+        # sending the round's customers and subscriptions first, in order, keeps that order.
+        events = [row for row in rows if "transaction_id" in row[1]]
+        for resource in (row for row in rows if "transaction_id" not in row[1]):
+            await self._deliver([resource], parked, self._send_resource)
         async with trio.open_nursery() as nursery:
             for start in range(0, len(events), LAGO_BATCH_EVENTS_MAX):
                 nursery.start_soon(self._deliver, events[start:start + LAGO_BATCH_EVENTS_MAX],
@@ -88,9 +88,9 @@ class LagoExporter:
     async def _send_events(self, rows: Rows) -> httpx.Response:
         return await self._client.send_events([event for _, event in rows])
 
-    async def _send_customer(self, rows: Rows) -> httpx.Response:
-        (_, customer), = rows
-        return await self._client.upsert_customer(customer)
+    async def _send_resource(self, rows: Rows) -> httpx.Response:
+        (_, resource), = rows
+        return await self._client.send_resource(resource)
 
     async def _deliver(self, rows: Rows, parked: list[ParkedEvent], send: Sender) -> None:
         """Deliver rows until accepted; a row refused on its own is isolated by halving the
