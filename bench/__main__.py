@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench import baseline, engine, export, reservations, scale
+from bench import baseline, engine, export, http, reservations, scale
 from bench.common import DEFAULT_OUT, Options
 from bench.report import write_report
 
@@ -17,6 +17,8 @@ PARTS = {
     "export": export.run,
     "baseline": baseline.run,
     "scale": scale.run,
+    "http": http.run,
+    "batch": http.run_batch,
 }
 
 
