@@ -29,6 +29,7 @@ log = logging.getLogger("zbilling.server")
 
 # How long in-flight requests may take to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 10.0
+KEEP_ALIVE_MAX_REQUESTS = 2**62
 
 
 async def serve(settings: Settings) -> None:
@@ -46,6 +47,11 @@ async def serve(settings: Settings) -> None:
         config.bind = [settings.listen]
         config.graceful_timeout = SHUTDOWN_GRACE_S
         config.accesslog = None
+        # hypercorn closes a keep-alive connection after keep_alive_max_requests (default 1000)
+        # and its trio worker races that close against the last response's send (measured:
+        # one dropped connection per 1000 requests, BusyResourceError in the log). Gateways
+        # keep their connections: recycle them practically never.
+        config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
         stop = trio.Event()
         print_banner(settings)
         async with trio.open_nursery() as nursery:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import socket
 import subprocess
 import sys
 
@@ -342,3 +343,22 @@ def test_sigkill_under_32_clients_loses_no_acknowledged_event(tmp_path):
         [sys.executable, "-c", "from api.cli import main; main()", "verify",
          "--data-dir", str(data_dir)], capture_output=True, text=True, cwd=ROOT, check=False)
     assert verified.returncode == 0, verified.stdout
+
+
+def test_a_keep_alive_connection_serves_thousands_of_requests(server):
+    """hypercorn closes a connection after keep_alive_max_requests and can drop the last
+    response while doing so; a gateway's connection must simply keep working."""
+    request = b"GET /health HTTP/1.1\r\nHost: zbilling\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        reader = connection.makefile("rb")
+        for _ in range(2_500):
+            connection.sendall(request)
+            status = reader.readline()
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = 0
+            while (header := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = header.partition(b":")
+                assert name.lower() != b"connection" or b"close" not in value.lower()
+                if name.lower() == b"content-length":
+                    length = int(value)
+            reader.read(length)
