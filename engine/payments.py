@@ -157,6 +157,8 @@ def settle_refill(account: Account, number: int | None) -> tuple[Account, tuple[
 
 def take_back_credits(account: Account | None, command: TakeBackCredits, now_ms: int,
                       transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+    if command.total_cents <= 0:
+        raise InvalidInput("a refund takes back a positive number of credits")
     taken_before = -prior.result.amount_cents if prior is not None else 0
     if command.total_cents <= taken_before:
         assert prior is not None

@@ -26,6 +26,7 @@ from engine.errors import (
     DuplicateEvent,
     IdempotencyConflict,
     InsufficientCredits,
+    InvalidInput,
     NotFound,
     ReservationClosed,
     ReservationExpired,
@@ -34,12 +35,14 @@ from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT
+from engine.payments import refunded_credits
 from engine.reservations import ExpireReservation, ReservationStatus
 
 USERS = [UserId(uuid.UUID(int=index + 1)) for index in range(3)]
 EVENT_IDS = [f"evt-{index}" for index in range(12)]
 RESERVATION_IDS = [f"res-{index}" for index in range(6)]
 GRANT_KEYS = [None, "grant-a", "grant-b"]
+PAYMENT_IDS = ["pi-1", "pi-2", "pi-3"]
 PRICING = load_pricing()
 
 
@@ -104,6 +107,8 @@ class Model:
     events: dict[str, tuple[UserId, int, int]] = field(default_factory=dict)
     grants: dict[str, tuple[UserId, int, EntryType]] = field(default_factory=dict)
     holds: dict[str, ModelHold] = field(default_factory=dict)
+    payments: dict[str, tuple[UserId, int]] = field(default_factory=dict)
+    refunded: dict[str, int] = field(default_factory=dict)
 
     def held(self, user: UserId) -> int:
         return sum(h.amount for h in self.holds.values() if h.user == user and
@@ -302,6 +307,55 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             hold.status = "released"
             assert got.released_cents == hold.amount
+
+    @rule(user=st.sampled_from(USERS), payment_id=st.sampled_from(PAYMENT_IDS),
+          amount=st.integers(1, 2000))
+    def stripe_payment(self, user: UserId, payment_id: str, amount: int) -> None:
+        """A paid PaymentIntent announced (again and again, as webhooks do)."""
+        got = self.outcome(self.engine.billing.payments.credit_payment, user, payment_id,
+                           amount, entry_type=EntryType.PURCHASE, description="",
+                           metadata={})
+        seen = self.model.payments.get(payment_id)
+        if seen is not None:
+            assert isinstance(got, DuplicateEvent if seen == (user, amount)
+                              else IdempotencyConflict)
+            return
+        account = self.model.accounts.get(user)
+        if account is None:
+            assert isinstance(got, AccountNotFound)
+            return
+        if account.closed:
+            assert isinstance(got, AccountClosed)
+            return
+        account.balance += amount
+        account.purchased += amount
+        account.seq += 1
+        self.model.payments[payment_id] = (user, amount)
+        assert got.balance_cents == account.balance
+
+    @precondition(lambda self: self.model.payments)
+    @rule(payment_id=st.sampled_from(PAYMENT_IDS), quarters=st.integers(1, 4))
+    def stripe_refund(self, payment_id: str, quarters: int) -> None:
+        """charge.refunded with `quarters`/4 of the payment refunded so far (in any order)."""
+        if payment_id not in self.model.payments:
+            return
+        user, credited = self.model.payments[payment_id]
+        total = refunded_credits(credited, credited, credited * quarters // 4)
+        got = self.outcome(self.engine.billing.payments.take_back, user, f"ch-{payment_id}",
+                           total, description="", metadata={})
+        taken = self.model.refunded.get(payment_id, 0)
+        account = self.model.accounts[user]
+        if total <= 0:
+            assert isinstance(got, InvalidInput)
+        elif total <= taken:
+            assert isinstance(got, DuplicateEvent)
+        elif account.closed:
+            assert isinstance(got, AccountClosed)
+        else:
+            account.balance -= total - taken
+            account.seq += 1
+            self.model.refunded[payment_id] = total
+            assert got.balance_cents == account.balance
 
     @rule(seconds=st.sampled_from([30, 90, 4000]))
     def time_passes(self, seconds: int) -> None:
