@@ -154,7 +154,13 @@ def subscribe(account: Account | None, command: Subscribe, now_ms: int,
         raise InvalidInput("a period ends after it starts")
     current = live.subscription
     if current is not None and current.subscription_id == command.subscription_id:
-        return Transition(live, (), live)  # announced again
+        if current.plan == command.plan:
+            return Transition(live, (), live)  # announced again
+        # The same subscription moved to another plan (say, in Stripe's portal): the next
+        # periods grant the new plan's credits.
+        changed = replace(current, plan=command.plan, monthly_credits=command.monthly_credits)
+        updated, deadline = _with(live, changed, now_ms)
+        return Transition(updated, (deadline,), updated)
     subscription = Subscription(
         subscription_id=command.subscription_id,
         plan=command.plan,

@@ -92,6 +92,14 @@ def test_a_plan_change_terminates_the_old_lago_subscription():
         LagoMirror(USER, SUB, None), LagoMirror(USER, "sub_2", "pro")]
 
 
+def test_the_same_subscription_on_another_plan_grants_that_plans_credits_from_then_on():
+    ledger = Ledger(subscribed())
+    ledger.run(Subscribe(USER, SUB, "pro", 6_000, Manager.STRIPE, START, END, "pro"))
+    assert (ledger.account.plan, ledger.account.subscription.monthly_credits) == ("pro", 6_000)
+    ledger.run(GrantPeriod(USER, SUB, END, END + MONTH_MS, "invoice.paid"))
+    assert ledger.account.balance == 6_000
+
+
 def test_an_admin_plan_grants_its_first_period_at_once_and_arms_the_renewal():
     done = apply(fresh(), Subscribe(USER, "zb-1", "enterprise", 90_000, Manager.ADMIN, START,
                                     END, "enterprise"), ctx())

@@ -47,7 +47,10 @@ class StripeSubscriptions:
 
     async def _start(self, user_id: UserId, obj: dict[str, Any]) -> Any:
         """The subscription on the account (started from this object if it is new)."""
-        plan_code = (obj.get("metadata") or {}).get("plan") or self._plan_of(obj)
+        # The price says the plan now (a portal change keeps the checkout's metadata).
+        plan_code = self._plan_of(obj) or (obj.get("metadata") or {}).get("plan")
+        if not plan_code:
+            raise InvalidInput("the subscription's plan is unknown (no price or metadata)")
         plan = self._plans.get(str(plan_code))
         start, end = _period(obj)
         return await self._ledger.subscribe(
@@ -57,13 +60,10 @@ class StripeSubscriptions:
             lago_plan_code=plan.lago_plan_code,
         )
 
-    def _plan_of(self, obj: dict[str, Any]) -> str:
+    def _plan_of(self, obj: dict[str, Any]) -> str | None:
         items = ((obj.get("items") or {}).get("data")) or [{}]
         price = (items[0].get("price") or {}).get("id")
-        code = self._plans.by_stripe_price(str(price)) if price else None
-        if code is None:
-            raise InvalidInput(f"no plan for the subscription's price {price!r}")
-        return code
+        return self._plans.by_stripe_price(str(price)) if price else None
 
     async def _invoice(self, event_type: str, invoice: dict[str, Any]) -> str:
         # Newer API versions moved these under `parent.subscription_details`.
