@@ -16,6 +16,7 @@ from engine.errors import ExternalServiceError, InvalidInput, NotConfigured
 from engine.ids import UserId
 from engine.money import require_int
 from engine.payments import purchase_credits
+from integrations.stripe.gateway import StripeGateway
 from integrations.stripe.service import StripeService
 
 PAYMENTS_PAGE_MAX = 100
@@ -28,20 +29,12 @@ def register_payment_routes(endpoint: Register, billing: Billing,
                             service: StripeService) -> None:
     gateway = service.gateway
 
-    async def customer_of(user: UserId) -> str:
-        account = await billing.open_account(user)
-        if account.stripe_customer_id is not None:
-            return account.stripe_customer_id
-        customer_id = await stripe_call(gateway.create_customer(user))
-        await billing.payments.set_customer(user, customer_id)
-        return customer_id
-
     @endpoint(Route("POST", "/v1/credits/purchase", "Buy credits: a Stripe Checkout link",
                     Caller.USER, body=schemas.PurchaseBody, reply=schemas.PurchaseReply,
                     errors=(400, 401, 409, 413, 415, 502, 503)))
     async def purchase(user: UserId, body: schemas.PurchaseBody) -> schemas.PurchaseReply:
         credits = purchase_credits(body.amount_usd)
-        customer_id = await customer_of(user)
+        customer_id = await stripe_customer(billing, gateway, user)
         price = billing.plans.price_cents(credits, (await billing.open_account(user)).plan)
         checkout = await stripe_call(gateway.checkout_purchase(
             user, customer_id, credits, price, request_key=uuid.uuid4().hex))
@@ -73,6 +66,16 @@ def register_payment_routes(endpoint: Register, billing: Billing,
         outcome = await service.webhooks.handle(await request.get_data(),
                                                 request.headers.get("Stripe-Signature"))
         return schemas.WebhookReply(True, outcome)
+
+
+async def stripe_customer(billing: Billing, gateway: StripeGateway, user: UserId) -> str:
+    """The account's Stripe customer, created (once: Stripe's idempotency key) on first use."""
+    account = await billing.open_account(user)
+    if account.stripe_customer_id is not None:
+        return account.stripe_customer_id
+    customer_id = await stripe_call(gateway.create_customer(user))
+    await billing.payments.set_customer(user, customer_id)
+    return customer_id
 
 
 async def stripe_call(call: Awaitable[T]) -> T:

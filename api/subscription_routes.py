@@ -7,7 +7,7 @@ import uuid
 from actors.billing import Billing
 from actors.system import WallClock
 from api import schemas
-from api.payment_routes import Register, stripe_call
+from api.payment_routes import Register, stripe_call, stripe_customer
 from api.routes import Caller, Route
 from engine.account import Account
 from engine.errors import InvalidInput, NotConfigured
@@ -46,13 +46,7 @@ def register_subscription_routes(endpoint: Register, billing: Billing,
         return stripe
 
     async def customer_of(user: UserId) -> str:
-        service = need_stripe()
-        account = await billing.open_account(user)
-        if account.stripe_customer_id is not None:
-            return account.stripe_customer_id
-        customer_id = await stripe_call(service.gateway.create_customer(user))
-        await billing.payments.set_customer(user, customer_id)
-        return customer_id
+        return await stripe_customer(billing, need_stripe().gateway, user)
 
     @endpoint(Route("GET", "/v1/subscriptions/me", "The caller's plan and subscription",
                     Caller.USER, reply=schemas.SubscriptionReply, errors=(401, 409, 503)))
