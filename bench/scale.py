@@ -101,7 +101,7 @@ def startup_probe(data_dir: Path) -> tuple[float, float]:
         "    async with open_billing(__import__('pathlib').Path(sys.argv[1]),"
         " map_size_bytes=16 << 30) as billing:\n"
         "        ready = time.perf_counter()\n"
-        "        await billing.report_usage(UsageRequest(event_id='probe', "
+        "        await billing.report_usage(UsageRequest(event_id=uuid.uuid4().hex, "
         "user_id=uuid.UUID(int=777), cost_cents=1))\n"
         "        print(ready - started, time.perf_counter() - ready)\n"
         "trio.run(main)\n"
