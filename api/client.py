@@ -40,6 +40,7 @@ __all__ = [
     "BillingAccount",
     "BillingApiError",
     "BillingClient",
+    "Checkout",
     "CommitResult",
     "Conflict",
     "CreditResult",
@@ -60,6 +61,7 @@ __all__ = [
     "PayloadTooLarge",
     "Payment",
     "PaymentsPage",
+    "Portal",
     "Purchase",
     "Quote",
     "Ready",
@@ -67,6 +69,7 @@ __all__ = [
     "Reservation",
     "ReservationExpired",
     "ReservationHeld",
+    "SubscriptionState",
     "Transaction",
     "TransactionPage",
     "Unauthorized",
@@ -133,6 +136,26 @@ class Payment(_Result):
 class PaymentsPage(_Result):
     payments: list[Payment]
     has_more: bool
+
+
+class SubscriptionState(_Result):
+    plan: str
+    status: str
+    plan_name: str | None = None
+    subscription_id: str | None = None
+    managed_by: str | None = None
+    monthly_credits: int = 0
+    current_period_start: str | None = None
+    current_period_end: str | None = None
+
+
+class Checkout(_Result):
+    checkout_url: str
+    session_id: str
+
+
+class Portal(_Result):
+    url: str
 
 
 class BillingAccount(_Result):
@@ -641,6 +664,32 @@ class _Routes:
                      body={"amount_usd": str(amount_usd)})
 
     @staticmethod
+    def subscription() -> _Spec[SubscriptionState]:
+        return _Spec("GET", "/v1/subscriptions/me", _plain(SubscriptionState), retry=True)
+
+    @staticmethod
+    def subscribe(plan: str) -> _Spec[Checkout]:
+        return _Spec("POST", "/v1/subscriptions/checkout", _plain(Checkout),
+                     body={"plan": plan})
+
+    @staticmethod
+    def cancel_subscription() -> _Spec[SubscriptionState]:
+        # Retried: cancelling twice is the same as once.
+        return _Spec("POST", "/v1/subscriptions/cancel", _plain(SubscriptionState), body={},
+                     retry=True)
+
+    @staticmethod
+    def billing_portal() -> _Spec[Portal]:
+        return _Spec("POST", "/v1/subscriptions/portal", _plain(Portal), body={})
+
+    @staticmethod
+    def set_plan(user_id: object, plan: str,
+                 monthly_credits: int | None) -> _Spec[SubscriptionState]:
+        body = {"user_id": str(user_id), "plan": plan,
+                **_fields(monthly_credits=monthly_credits)}
+        return _Spec("POST", "/v1/admin/subscriptions", _plain(SubscriptionState), body=body)
+
+    @staticmethod
     def payments(limit: int, starting_after: str | None) -> _Spec[PaymentsPage]:
         params: dict[str, str | int] = {"limit": limit}
         if starting_after is not None:
@@ -858,6 +907,22 @@ class BillingClient:
     def payments(self, limit: int = 10, starting_after: str | None = None) -> PaymentsPage:
         return self._send(_Routes.payments(limit, starting_after))
 
+    def subscription(self) -> SubscriptionState:
+        return self._send(_Routes.subscription())
+
+    def subscribe(self, plan: str) -> Checkout:
+        return self._send(_Routes.subscribe(plan))
+
+    def cancel_subscription(self) -> SubscriptionState:
+        return self._send(_Routes.cancel_subscription())
+
+    def billing_portal(self) -> Portal:
+        return self._send(_Routes.billing_portal())
+
+    def set_plan(self, user_id: object, plan: str, *,
+                 monthly_credits: int | None = None) -> SubscriptionState:
+        return self._send(_Routes.set_plan(user_id, plan, monthly_credits))
+
     def add_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
                     type: str = "bonus", idempotency_key: str | None = None
                     ) -> CreditResult:
@@ -978,6 +1043,22 @@ class AsyncBillingClient:
     async def payments(self, limit: int = 10, starting_after: str | None = None
                        ) -> PaymentsPage:
         return await self._send(_Routes.payments(limit, starting_after))
+
+    async def subscription(self) -> SubscriptionState:
+        return await self._send(_Routes.subscription())
+
+    async def subscribe(self, plan: str) -> Checkout:
+        return await self._send(_Routes.subscribe(plan))
+
+    async def cancel_subscription(self) -> SubscriptionState:
+        return await self._send(_Routes.cancel_subscription())
+
+    async def billing_portal(self) -> Portal:
+        return await self._send(_Routes.billing_portal())
+
+    async def set_plan(self, user_id: object, plan: str, *,
+                       monthly_credits: int | None = None) -> SubscriptionState:
+        return await self._send(_Routes.set_plan(user_id, plan, monthly_credits))
 
     async def add_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
                           type: str = "bonus", idempotency_key: str | None = None

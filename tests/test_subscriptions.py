@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from actors.runtime import open_billing
+from api.client import BadRequest, BillingClient
 from engine.subscription_state import Manager
 from engine.subscriptions import MONTH_MS
 from tests.conftest import new_user
@@ -293,3 +294,23 @@ async def test_the_sweeper_renews_admin_plans_and_ends_cancelled_ones(tmp_path):
                                                             + 2 * MONTH_MS) // 1000
     assert gone.subscription is None
     assert gone.lifetime_granted == 1_000
+
+
+def test_the_client_library_manages_subscriptions(server, stripe_fake):
+    user = new_user()
+    with BillingClient(server.url, bearer_token=f"test-token:{user}",
+                       admin_key=ADMIN_KEY) as client:
+        assert client.subscription().status == "none"
+        checkout = client.subscribe("standard")
+        already = len(stripe_fake.events)
+        stripe_fake.complete_session(checkout.session_id)
+        deliver_all(stripe_fake, stripe_fake.events[already:])
+        assert (client.subscription().plan, client.balance().balance_cents) == ("standard",
+                                                                               2_500)
+        assert client.billing_portal().url.startswith(stripe_fake.url)
+        assert client.cancel_subscription().status == "cancelled"
+        other = new_user()
+        httpx.get(f"{server.url}/v1/accounts/me", headers=user_headers(other))
+        assert client.set_plan(other, "pro").monthly_credits == 6_000
+        with pytest.raises(BadRequest):
+            client.set_plan(other, "enterprise")
