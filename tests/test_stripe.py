@@ -314,3 +314,16 @@ def test_the_client_library_buys_and_lists_payments(server, stripe_fake):
         assert (payment.credits, payment.kind) == (1_250, "purchase")
         with pytest.raises(BadRequest):
             client.purchase_credits("2")
+
+
+def test_auto_refill_uses_the_card_of_the_last_purchase_when_none_is_default(server,
+                                                                            stripe_fake):
+    user = new_user()
+    reply, _ = purchase(server, stripe_fake, user, 10)
+    customer = stripe_fake.sessions[reply["session_id"]]["customer"]
+    assert stripe_fake.customers[customer]["invoice_settings"]["default_payment_method"] is None
+    httpx.post(f"{server.url}/v1/credits/auto-refill", headers=user_headers(user), json=REFILL)
+    assert spend(server, user, 600, "cross").status_code == 200
+    wait_for(lambda: entries(server, user, "auto_refill"), "the auto-refill entry")
+    [intent] = refill_intents(stripe_fake, customer)
+    assert intent["payment_method"] == PM_OK

@@ -20,6 +20,7 @@ STRIPE_TIMEOUT_S = 20.0
 STRIPE_NETWORK_RETRIES = 2
 WEBHOOK_TOLERANCE_S = 300
 CURRENCY = "usd"
+REFILL_CARD_LOOKBACK = 10  # recent payments searched for a saved card
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,17 @@ class StripeGateway:
         return PaymentsPage([intent.to_dict() for intent in page.data], bool(page.has_more))
 
     async def default_payment_method(self, customer_id: str) -> str | None:
+        """The customer's default card, else the card of their latest successful payment
+        (purchases save it for off-session use through `setup_future_usage`)."""
         customer = (await self._client.v1.customers.retrieve_async(customer_id)).to_dict()
         settings = customer.get("invoice_settings") or {}
         method = settings.get("default_payment_method")
-        return method if isinstance(method, str) else None
+        if isinstance(method, str):
+            return method
+        recent = await self.list_payments(customer_id, REFILL_CARD_LOOKBACK, None)
+        return next((str(payment["payment_method"]) for payment in recent.payments
+                     if payment.get("status") == "succeeded"
+                     and isinstance(payment.get("payment_method"), str)), None)
 
     async def charge_refill(self, intent: RefillIntent, payment_method: str,
                             price: int) -> dict[str, Any]:
