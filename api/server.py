@@ -47,6 +47,8 @@ async def serve(settings: Settings) -> None:
         config.bind = [settings.listen]
         config.graceful_timeout = SHUTDOWN_GRACE_S
         config.accesslog = None
+        # hypercorn's errors through our logging, once (its own "-" handler would repeat them).
+        config.errorlog = logging.getLogger("hypercorn.error")
         # hypercorn closes a keep-alive connection after keep_alive_max_requests (default 1000)
         # and its trio worker races that close against the last response's send (measured:
         # one dropped connection per 1000 requests, BusyResourceError in the log). Gateways
