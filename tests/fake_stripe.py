@@ -208,6 +208,9 @@ class FakeStripe:
         self.webhook_secret = webhook_secret
         self.webhook_url: str | None = None
         self.mode = "ok"
+        # (method, path) -> seconds to hold the answer after the work is done: Stripe acted,
+        # its answer is late (a test kills its caller meanwhile).
+        self.answer_delays: dict[tuple[str, str], float] = {}
         self.customers: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.payment_intents: dict[str, dict[str, Any]] = {}
@@ -319,7 +322,10 @@ class FakeStripe:
                 status, payload, more = self._answer(method, path, params, headers, request_id)
             except StripeError as error:
                 status, payload, more = error.status, {"error": error.body}, {}
-            return status, payload, {**extra, **more}
+            delay_s = self.answer_delays.get((method, path), 0.0)
+        if delay_s:
+            time.sleep(delay_s)  # outside the lock: other requests go on meanwhile
+        return status, payload, {**extra, **more}
 
     def _answer(self, method: str, path: str, params: dict[str, Any], headers: Headers,
                 request_id: str) -> Answer:

@@ -327,3 +327,27 @@ def test_auto_refill_uses_the_card_of_the_last_purchase_when_none_is_default(ser
     wait_for(lambda: entries(server, user, "auto_refill"), "the auto-refill entry")
     [intent] = refill_intents(stripe_fake, customer)
     assert intent["payment_method"] == PM_OK
+
+
+def test_a_crash_while_stripe_charges_a_refill_charges_once_and_credits_once(stripe_fake,
+                                                                           tmp_path):
+    running = Server(tmp_path / "data", env=stripe_env(stripe_fake))
+    try:
+        stripe_fake.webhook_url = f"{running.url}/webhooks/stripe"
+        user, customer = refilling_user(running, stripe_fake, PM_OK)
+        stripe_fake.answer_delays[("POST", "/v1/payment_intents")] = 3.0
+        assert spend(running, user, 600, "cross").status_code == 200
+        wait_for(lambda: refill_intents(stripe_fake, customer), "Stripe to charge the card")
+        running.kill()  # SIGKILL while Stripe's answer is on its way: the card is charged
+        stripe_fake.answer_delays.clear()
+        running = Server(tmp_path / "data", env=stripe_env(stripe_fake), port=running.port)
+        wait_for(lambda: entries(running, user, "auto_refill"), "the refill after the restart")
+        [intent] = refill_intents(stripe_fake, customer)  # the same key met the same payment
+        succeeded = next(event for event in stripe_fake.events
+                         if event["type"] == "payment_intent.succeeded"
+                         and event["data"]["object"]["id"] == intent["id"])
+        assert stripe_fake.deliver(succeeded).json()["outcome"] == "duplicate"
+        assert len(entries(running, user, "auto_refill")) == 1
+        assert balance(running, user)["balance_cents"] == 2_900
+    finally:
+        running.stop()
