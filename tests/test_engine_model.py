@@ -131,6 +131,17 @@ class LedgerMachine(RuleBasedStateMachine):
         self.engine.stop()
         self._tmp.cleanup()
 
+    @staticmethod
+    def refused(account: ModelAccount | None, got: Any) -> bool:
+        """The command met a missing or closed account: the engine must have said so."""
+        if account is None:
+            assert isinstance(got, AccountNotFound)
+            return True
+        if account.closed:
+            assert isinstance(got, AccountClosed)
+            return True
+        return False
+
     def outcome(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return self.engine.call(function, *args, **kwargs)
@@ -160,11 +171,7 @@ class LedgerMachine(RuleBasedStateMachine):
                               else IdempotencyConflict)
             return
         account = self.model.accounts.get(user)
-        if account is None:
-            assert isinstance(got, AccountNotFound)
-            return
-        if account.closed:
-            assert isinstance(got, AccountClosed)
+        if self.refused(account, got):
             return
         account.balance += amount
         account.seq += 1
@@ -196,11 +203,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert isinstance(got, IdempotencyConflict)
             return
         account = self.model.accounts.get(user)
-        if account is None:
-            assert isinstance(got, AccountNotFound)
-            return
-        if account.closed:
-            assert isinstance(got, AccountClosed)
+        if self.refused(account, got):
             return
         available = account.balance - self.model.held(user)
         if available * MICROS_PER_CREDIT - account.unbilled < cost_micros:
@@ -242,11 +245,7 @@ class LedgerMachine(RuleBasedStateMachine):
                               else IdempotencyConflict)
             return
         account = self.model.accounts.get(user)
-        if account is None:
-            assert isinstance(got, AccountNotFound)
-            return
-        if account.closed:
-            assert isinstance(got, AccountClosed)
+        if self.refused(account, got):
             return
         if account.balance - self.model.held(user) - amount < 0:
             assert isinstance(got, InsufficientCredits)
@@ -321,11 +320,7 @@ class LedgerMachine(RuleBasedStateMachine):
                               else IdempotencyConflict)
             return
         account = self.model.accounts.get(user)
-        if account is None:
-            assert isinstance(got, AccountNotFound)
-            return
-        if account.closed:
-            assert isinstance(got, AccountClosed)
+        if self.refused(account, got):
             return
         account.balance += amount
         account.purchased += amount
