@@ -158,9 +158,12 @@ def subscribe(account: Account | None, command: Subscribe, now_ms: int,
             return Transition(live, (), live)  # announced again
         # The same subscription moved to another plan (say, in Stripe's portal): the next
         # periods grant the new plan's credits.
+        # Lago takes the same external id with another plan code as a plan change.
         changed = replace(current, plan=command.plan, monthly_credits=command.monthly_credits)
         updated, deadline = _with(live, changed, now_ms)
-        return Transition(updated, (deadline,), updated)
+        mirror = ((LagoMirror(live.user_id, command.subscription_id, command.lago_plan_code),)
+                  if command.lago_plan_code is not None else ())
+        return Transition(updated, (deadline, *mirror), updated)
     subscription = Subscription(
         subscription_id=command.subscription_id,
         plan=command.plan,

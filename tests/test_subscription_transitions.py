@@ -94,8 +94,9 @@ def test_a_plan_change_terminates_the_old_lago_subscription():
 
 def test_the_same_subscription_on_another_plan_grants_that_plans_credits_from_then_on():
     ledger = Ledger(subscribed())
-    ledger.run(Subscribe(USER, SUB, "pro", 6_000, Manager.STRIPE, START, END, "pro"))
+    changed = ledger.run(Subscribe(USER, SUB, "pro", 6_000, Manager.STRIPE, START, END, "pro"))
     assert (ledger.account.plan, ledger.account.subscription.monthly_credits) == ("pro", 6_000)
+    assert LagoMirror(USER, SUB, "pro") in changed.records  # Lago: same id, new plan code
     ledger.run(GrantPeriod(USER, SUB, END, END + MONTH_MS, "invoice.paid"))
     assert ledger.account.balance == 6_000
 
