@@ -198,6 +198,30 @@ def merge_metadata(current: dict[str, str], update: Any) -> dict[str, str]:
     return merged
 
 
+def find(table: dict[str, dict[str, Any]], kind: str, ident: str, param: str | None,
+         status: int) -> dict[str, Any]:
+    found = table.get(ident)
+    if found is None:
+        raise no_such(kind, ident, param, status)
+    return found
+
+
+def page(params: dict[str, Any], objects: list[dict[str, Any]],
+         table: dict[str, dict[str, Any]], kind: str, url: str) -> dict[str, Any]:
+    """A Stripe list: `limit` (1..100, default 10) objects after `starting_after`."""
+    limit = as_int(params, "limit")
+    limit = LIST_LIMIT_DEFAULT if limit is None else limit
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise invalid(f"Invalid limit: must be between 1 and {LIST_LIMIT_MAX}", "limit")
+    after = params.get("starting_after") or None
+    if after is not None:
+        find(table, kind, after, "starting_after", 400)
+        ids = [obj["id"] for obj in objects]
+        objects = objects[ids.index(after) + 1:] if after in ids else []
+    return {"object": "list", "data": objects[:limit], "has_more": len(objects) > limit,
+            "url": url}
+
+
 def is_url(value: Any) -> bool:
     return isinstance(value, str) and re.match(r"https?://[^\s/]+", value) is not None
 
@@ -415,10 +439,7 @@ class FakeStripe:
 
     def _customer(self, customer_id: str, param: str | None = None, status: int = 400
                   ) -> dict[str, Any]:
-        customer = self.customers.get(customer_id)
-        if customer is None:
-            raise no_such("customer", customer_id, param, status)
-        return customer
+        return find(self.customers, "customer", customer_id, param, status)
 
     def _get_customer(self, params: dict[str, Any], context: dict[str, Any],
                       customer_id: str) -> dict[str, Any]:
@@ -626,10 +647,7 @@ class FakeStripe:
 
     def _payment_intent(self, intent_id: str, param: str, status: int = 400
                         ) -> dict[str, Any]:
-        intent = self.payment_intents.get(intent_id)
-        if intent is None:
-            raise no_such("payment_intent", intent_id, param, status)
-        return intent
+        return find(self.payment_intents, "payment_intent", intent_id, param, status)
 
     def _get_payment_intent(self, params: dict[str, Any], context: dict[str, Any],
                             intent_id: str) -> dict[str, Any]:
@@ -639,21 +657,12 @@ class FakeStripe:
     def _list_payment_intents(self, params: dict[str, Any], context: dict[str, Any]
                               ) -> dict[str, Any]:
         del context
-        limit = as_int(params, "limit")
-        limit = LIST_LIMIT_DEFAULT if limit is None else limit
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise invalid(f"Invalid limit: must be between 1 and {LIST_LIMIT_MAX}", "limit")
         customer = params.get("customer") or None
         # Newest first; creation order breaks ties between intents of the same second.
         intents = [intent for intent in reversed(self.payment_intents.values())
                    if customer is None or intent["customer"] == customer]
-        after = params.get("starting_after") or None
-        if after is not None:
-            self._payment_intent(after, "starting_after")
-            ids = [intent["id"] for intent in intents]
-            intents = intents[ids.index(after) + 1:] if after in ids else []
-        return {"object": "list", "data": intents[:limit], "has_more": len(intents) > limit,
-                "url": "/v1/payment_intents"}
+        return page(params, intents, self.payment_intents, "payment_intent",
+                    "/v1/payment_intents")
 
     # --- refunds -----------------------------------------------------------------------------
 
@@ -794,10 +803,7 @@ class FakeStripe:
 
     def _subscription(self, subscription_id: str, param: str | None = None,
                       status: int = 400) -> dict[str, Any]:
-        subscription = self.subscriptions.get(subscription_id)
-        if subscription is None:
-            raise no_such("subscription", subscription_id, param, status)
-        return subscription
+        return find(self.subscriptions, "subscription", subscription_id, param, status)
 
     def _get_subscription(self, params: dict[str, Any], context: dict[str, Any],
                           subscription_id: str) -> dict[str, Any]:
@@ -809,10 +815,6 @@ class FakeStripe:
         """Newest first; like Stripe, canceled subscriptions only with `status=canceled` or
         `status=all`."""
         del context
-        limit = as_int(params, "limit")
-        limit = LIST_LIMIT_DEFAULT if limit is None else limit
-        if not 1 <= limit <= LIST_LIMIT_MAX:
-            raise invalid(f"Invalid limit: must be between 1 and {LIST_LIMIT_MAX}", "limit")
         customer = params.get("customer") or None
         status = params.get("status") or None
         subscriptions = [
@@ -820,13 +822,8 @@ class FakeStripe:
             if (customer is None or sub["customer"] == customer)
             and (status == "all" or sub["status"] == status
                  or (status is None and sub["status"] != "canceled"))]
-        after = params.get("starting_after") or None
-        if after is not None:
-            self._subscription(after, "starting_after")
-            ids = [sub["id"] for sub in subscriptions]
-            subscriptions = subscriptions[ids.index(after) + 1:] if after in ids else []
-        return {"object": "list", "data": subscriptions[:limit],
-                "has_more": len(subscriptions) > limit, "url": "/v1/subscriptions"}
+        return page(params, subscriptions, self.subscriptions, "subscription",
+                    "/v1/subscriptions")
 
     def _update_subscription(self, params: dict[str, Any], context: dict[str, Any],
                              subscription_id: str) -> dict[str, Any]:
@@ -873,10 +870,7 @@ class FakeStripe:
     def _get_invoice(self, params: dict[str, Any], context: dict[str, Any],
                      invoice_id: str) -> dict[str, Any]:
         del params, context
-        invoice = self.invoices.get(invoice_id)
-        if invoice is None:
-            raise no_such("invoice", invoice_id, "invoice", 404)
-        return invoice
+        return find(self.invoices, "invoice", invoice_id, "invoice", 404)
 
     def renew(self, subscription_id: str, *, paid: bool = True) -> list[dict[str, Any]]:
         """The next billing period starts: a `subscription_cycle` invoice for it.
