@@ -37,7 +37,6 @@ class SubscriptionLedger:
         self._store = store
         self._system = system
         self._wall_clock_ms = wall_clock_ms
-        self.sweeps = 0
 
     async def _account(self, command: object) -> Account:
         account = await self._system.execute(command)  # type: ignore[arg-type]
@@ -78,7 +77,6 @@ class SubscriptionLedger:
                     continue
                 try:
                     await self._system.execute(SweepSubscription(user_id))
-                    self.sweeps += 1
                 except EngineStopped:
                     log.error("engine stopped: the subscription sweeper halts")
                     return

@@ -30,7 +30,6 @@ class Subscription(msgspec.Struct, frozen=True, gc=False):
     period_end_ms: int
     last_granted_period_ms: int | None = None
     past_due_since_ms: int | None = None
-    lago_subscription_id: str | None = None
 
     def deadline_ms(self) -> int | None:
         """When the sweeper must look at this subscription again."""

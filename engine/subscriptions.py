@@ -172,7 +172,6 @@ def subscribe(account: Account | None, command: Subscribe, now_ms: int,
         monthly_credits=command.monthly_credits,
         period_start_ms=command.period_start_ms,
         period_end_ms=command.period_end_ms,
-        lago_subscription_id=command.subscription_id,
     )
     updated, deadline = _with(live, subscription, now_ms)
     mirror: tuple[LagoMirror, ...] = (

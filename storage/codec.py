@@ -74,18 +74,17 @@ def _subscription_fields(subscription: Subscription | None) -> list[Any] | None:
     return [subscription.subscription_id, subscription.plan, subscription.status.value,
             subscription.managed_by.value, subscription.monthly_credits,
             subscription.period_start_ms, subscription.period_end_ms,
-            subscription.last_granted_period_ms, subscription.past_due_since_ms,
-            subscription.lago_subscription_id]
+            subscription.last_granted_period_ms, subscription.past_due_since_ms]
 
 
 def _subscription(fields: list[Any] | None) -> Subscription | None:
     if fields is None:
         return None
     (subscription_id, plan, status, managed_by, monthly_credits, period_start_ms,
-     period_end_ms, last_granted_period_ms, past_due_since_ms, lago_subscription_id) = fields
+     period_end_ms, last_granted_period_ms, past_due_since_ms) = fields
     return Subscription(subscription_id, plan, SubscriptionStatus(status), Manager(managed_by),
                         monthly_credits, period_start_ms, period_end_ms,
-                        last_granted_period_ms, past_due_since_ms, lago_subscription_id)
+                        last_granted_period_ms, past_due_since_ms)
 
 
 def decode_account(data: bytes) -> Account:

@@ -7,13 +7,23 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cbor2
 import lmdb
 import pytest
 
 from engine.account import Account, AutoRefillSettings
-from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult
+from engine.commands import (
+    CreditResult,
+    KeyRecord,
+    UsageEventRecord,
+    UsageResult,
+    WebhookMarker,
+)
 from engine.ids import TransactionId
 from engine.ledger import EntryType, LedgerEntry
+from engine.payments import RefillIntent, RefillResolved
+from engine.subscription_state import Manager, Subscription, SubscriptionStatus
+from engine.subscriptions import SubscriptionDeadline
 from engine.usage import LlmTokens
 from storage import codec
 from storage.lmdb_store import LmdbStore
@@ -156,3 +166,33 @@ def test_readonly_open_needs_an_existing_directory(tmp_path):
 def test_unknown_record_format_is_an_error():
     with pytest.raises(codec.CodecError):
         codec.decode_account(codec.cbor2.dumps([99, b""]))
+
+
+def test_payment_and_subscription_records_round_trip(store):
+    user = new_user()
+    subscription = Subscription("sub_1", "pro", SubscriptionStatus.PAST_DUE, Manager.STRIPE,
+                                6_000, 1_000, 2_000, 1_000, 1_500)
+    account = Account(user_id=user, created_at_ms=1, updated_at_ms=2, plan="pro",
+                      stripe_customer_id="cus_1", refill_count=3, refill_pending=True,
+                      refill_declines=2, auto_refill_error="card_declined",
+                      subscription=subscription)
+    marker = WebhookMarker("stripe", "evt_1", "invoice.paid", 5)
+    refill = RefillIntent(user, 3, 2_500, "pro", "cus_1", 2)
+    store.commit(CommitBatch([account], [marker, refill, SubscriptionDeadline(user, 9_000)]))
+    assert store.get_account(user) == account
+    assert store.get_webhook("stripe", "evt_1") == marker
+    assert store.get_webhook("lago", "evt_1") is None
+    assert list(store.iter_refills()) == [refill]
+    assert list(store.iter_subscription_deadlines()) == [(user, 9_000)]
+    store.commit(CommitBatch([], [RefillResolved(user), SubscriptionDeadline(user, None)]))
+    assert list(store.iter_refills()) == []
+    assert list(store.iter_subscription_deadlines()) == []
+
+
+def test_an_account_of_the_first_format_reads_with_the_new_fields_at_rest():
+    user = new_user()
+    fields = cbor2.loads(codec.encode_account(Account(user_id=user, created_at_ms=1,
+                                                      updated_at_ms=2, balance=7)))
+    first_format = cbor2.dumps([codec.ACCOUNT_FORMAT_V1, *fields[1:17]])
+    assert codec.decode_account(first_format) == Account(user_id=user, created_at_ms=1,
+                                                         updated_at_ms=2, balance=7)
