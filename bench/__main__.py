@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench import baseline, engine, export, http, reservations, scale
+from bench import baseline, engine, export, http, profile, reservations, scale
 from bench.common import DEFAULT_OUT, Options
 from bench.report import write_report
 
@@ -19,6 +19,7 @@ PARTS = {
     "scale": scale.run,
     "http": http.run,
     "batch": http.run_batch,
+    "profile": profile.run,
 }
 
 

@@ -10,6 +10,7 @@ import random
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,10 @@ async def trio_round_trip_rate(producers: int, messages: int) -> float:
 
 
 async def debit_run(
-    data_dir: Path, accounts: int, producers: int, debits: int, seed: int
+    data_dir: Path, accounts: int, producers: int, debits: int, seed: int, *,
+    before_debits: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
+    """Debits from `producers` tasks over funded accounts; `before_debits` runs after set-up."""
     users = [UserId(uuid.UUID(int=random.Random(seed + i).getrandbits(128))) for i in
              range(accounts)]
     metric = LlmTokens("anthropic", "claude-3-haiku", 1200, 300)
@@ -69,6 +72,8 @@ async def debit_run(
             async with trio.open_nursery() as nursery:
                 for user in chunk:
                     nursery.start_soon(_fund, billing, user)
+        if before_debits is not None:
+            await before_debits()
         latencies: list[float] = []
         per_producer = debits // producers
         commits_before = _commit_count(billing)

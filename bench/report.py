@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-PARTS = ("engine", "http", "batch", "reservations", "export", "scale", "baseline")
+PARTS = ("engine", "http", "batch", "reservations", "export", "scale", "baseline", "profile")
 
 
 def load(out: Path) -> dict[str, dict[str, Any]]:
@@ -86,6 +86,22 @@ def chart_export_lag(results: dict[str, dict[str, Any]], out: Path) -> Path | No
     return path
 
 
+def profile_tables(document: dict[str, Any]) -> list[str]:
+    """Thread time per debit by layer, for each profile `python -m bench profile` took."""
+    lines = ["## profile", ""]
+    profiles = {"HTTP POST /v1/usage": document["http"]["usage"],
+                "HTTP bare GET /health (per request)": document["http"]["bare"],
+                "engine in-process": document["engine"]}
+    for title, profile in profiles.items():
+        lines += [f"### {title}: {profile['thread_us_per_debit']:.1f} µs of thread time a debit",
+                  "", "| layer | µs a debit | share |", "|---|---|---|"]
+        lines += [f"| {layer} | {figures['us_per_debit']:.1f} | {figures['share']:.1%} |"
+                  for layer, figures in profile["layers"].items()]
+        lines.append("")
+    lines += [f"Parameters: `{json.dumps(document['parameters'])}`", ""]
+    return lines
+
+
 def write_report(out: Path) -> Path:
     results = load(out)
     lines = ["# z-billing benchmark report", ""]
@@ -97,6 +113,9 @@ def write_report(out: Path) -> Path:
             "",
         ]
     for part, document in results.items():
+        if part == "profile":
+            lines += profile_tables(document)
+            continue
         lines += [f"## {part}", "", "| figure | median | min | max |", "|---|---|---|---|"]
         for name, value in figures_of(document).items():
             lines.append(f"| {name} | {value['median']:.3f} | {value['min']:.3f} | "
