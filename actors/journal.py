@@ -67,6 +67,10 @@ class Batch:
     async def wait(self) -> None:
         """Return once this batch is durable; raise EngineStopped if it never will be."""
         await self.done.wait()
+        self.check()
+
+    def check(self) -> None:
+        """For a batch already done: raise EngineStopped if its commit failed."""
         if self.error is not None:
             raise EngineStopped(f"storage failed, the engine stopped: {self.error}")
 
