@@ -65,12 +65,13 @@ class Batch:
         return len(self.submitters)
 
     async def wait(self) -> None:
-        """Return once this batch is durable; raise EngineStopped if it never will be."""
-        await self.done.wait()
-        self.check()
+        """Return once this batch is durable; raise EngineStopped if it never will be.
 
-    def check(self) -> None:
-        """For a batch already done: raise EngineStopped if its commit failed."""
+        A batch already done returns without `Event.wait`'s scheduler round trip: a batch
+        request settles up to 1000 replies, most of them durable by then.
+        """
+        if not self.done.is_set():
+            await self.done.wait()
         if self.error is not None:
             raise EngineStopped(f"storage failed, the engine stopped: {self.error}")
 

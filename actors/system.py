@@ -85,14 +85,8 @@ class Pending:
         self.barrier = barrier
 
     async def settle(self) -> Any:
-        barrier = self.barrier
-        if barrier is not None:
-            # A batch request settles up to 1000 replies, most already durable: skip the
-            # scheduler round trip `Event.wait` would make for each of those.
-            if barrier.done.is_set():
-                barrier.check()
-            else:
-                await barrier.wait()
+        if self.barrier is not None:
+            await self.barrier.wait()
         if self.error is not None:
             raise self.error
         return self.reply
