@@ -28,6 +28,7 @@ from bench.engine import ACCOUNTS, PRODUCERS
 from bench.http import BenchServer, Generator, Session
 
 SAMPLES_PER_S = 250
+# py-spy has no "attached" signal: give it this long, then check it did not exit with an error.
 ATTACH_WAIT_S = 1.5
 HTTP_CONNECTIONS = 16
 ENGINE_PROFILE_SCRIPT = """
