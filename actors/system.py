@@ -201,7 +201,7 @@ class ActorSystem:
             raise Overloaded(f"account {actor.user_id} has too many commands in flight")
         batch = journal.submit(actor, transition.account, transition.records, transition.keyed)
         if actor.state is not None and transition.account is not None:
-            self.counters.held_cents += transition.account.held - actor.state.held
+            self.counters.held_cents += transition.account.held_cents - actor.state.held_cents
         if not isinstance(transition.reply, UsageResult):
             self.counters.count_reservation(transition.reply)
         actor.state = transition.account

@@ -102,17 +102,17 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
 def account_reply(account: Account) -> schemas.AccountReply:
     return schemas.AccountReply(
         user_id=account.user_id,
-        balance_cents=account.balance,
-        balance_formatted=format_usd(account.balance),
-        held_cents=account.held,
+        balance_cents=account.balance_cents,
+        balance_formatted=format_usd(account.balance_cents),
+        held_cents=account.held_cents,
         available_cents=account.available,
         unbilled_micros=account.unbilled_micros,
-        lifetime_purchased_cents=account.lifetime_purchased,
-        lifetime_granted_cents=account.lifetime_granted,
-        lifetime_used_cents=account.lifetime_used,
+        lifetime_purchased_cents=account.lifetime_purchased_cents,
+        lifetime_granted_cents=account.lifetime_granted_cents,
+        lifetime_used_cents=account.lifetime_used_cents,
         plan=account.plan,
         status=account.status.value,  # type: ignore[arg-type]
-        overdraft_limit_cents=account.overdraft_limit,
+        overdraft_limit_cents=account.overdraft_limit_cents,
         auto_refill=auto_refill_reply(account),
         stripe_customer_id=account.stripe_customer_id,
         created_at=iso_ms(account.created_at_ms),
@@ -123,9 +123,9 @@ def account_reply(account: Account) -> schemas.AccountReply:
 def balance_reply(account: Account) -> schemas.BalanceReply:
     return schemas.BalanceReply(
         user_id=account.user_id,
-        balance_cents=account.balance,
-        balance_formatted=format_usd(account.balance),
-        held_cents=account.held,
+        balance_cents=account.balance_cents,
+        balance_formatted=format_usd(account.balance_cents),
+        held_cents=account.held_cents,
         available_cents=account.available,
         plan=account.plan,
     )

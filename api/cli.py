@@ -170,11 +170,12 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
     finally:
         store.close()
     click.echo(f"user        {account.user_id}  ({account.status.value}, plan {account.plan})")
-    click.echo(f"balance     {format_usd(account.balance)}  ({account.balance} credits)")
-    click.echo(f"held        {account.held}   available {account.available}")
+    balance = account.balance_cents
+    click.echo(f"balance     {format_usd(balance)}  ({balance} credits)")
+    click.echo(f"held        {account.held_cents}   available {account.available}")
     click.echo(f"unbilled    {account.unbilled_micros} micro-credits")
-    click.echo(f"lifetime    purchased {account.lifetime_purchased}, granted "
-               f"{account.lifetime_granted}, used {account.lifetime_used}")
+    click.echo(f"lifetime    purchased {account.lifetime_purchased_cents}, granted "
+               f"{account.lifetime_granted_cents}, used {account.lifetime_used_cents}")
     click.echo(f"entries     {account.seq}")
     for entry in page.entries:
         click.echo(f"  {transaction_id_str(entry.transaction_id)}  {entry.entry_type.value:<18}"

@@ -62,7 +62,7 @@ def generate(path: Path, accounts: int, entries: int) -> None:
                         created_at_ms=1_700_000_000_000,
                     ))
                 batch_accounts.append(Account(
-                    user_id=owner, created_at_ms=1, updated_at_ms=1, balance=per_account,
+                    user_id=owner, created_at_ms=1, updated_at_ms=1, balance_cents=per_account,
                     seq=per_account,
                 ))
             store.commit(CommitBatch(batch_accounts, records))

@@ -49,22 +49,22 @@ class AutoRefillSettings(msgspec.Struct, frozen=True, gc=False):
 
 
 class Account(msgspec.Struct, frozen=True, gc=False):
-    """`balance`, `held` and the lifetime counters are credits; `seq` counts ledger entries."""
+    """`*_cents` fields are credits (1 credit = US$0.01); `seq` counts ledger entries."""
 
     user_id: UserId
     created_at_ms: int
     updated_at_ms: int
-    balance: int = 0
+    balance_cents: int = 0
     unbilled_micros: int = 0
-    held: int = 0
-    lifetime_purchased: int = 0
-    lifetime_granted: int = 0
-    lifetime_used: int = 0
+    held_cents: int = 0
+    lifetime_purchased_cents: int = 0
+    lifetime_granted_cents: int = 0
+    lifetime_used_cents: int = 0
     plan: str = DEFAULT_PLAN
     auto_refill: AutoRefillSettings = msgspec.field(default_factory=AutoRefillSettings)
     stripe_customer_id: str | None = None
     lago_customer_id: str | None = None
-    overdraft_limit: int = 0
+    overdraft_limit_cents: int = 0
     status: AccountStatus = AccountStatus.ACTIVE
     seq: int = 0
     # Auto-refill: refills raised so far (the current one's number), whether one is in flight,
@@ -78,19 +78,20 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     @property
     def available(self) -> int:
         """Credits that may still be spent without an overdraft: balance less open holds."""
-        return self.balance - self.held
+        return self.balance_cents - self.held_cents
 
     def can_afford_micros(self, cost_micros: int) -> bool:
         """Unbilled fractions count against the balance before they become a whole credit."""
-        headroom = self.balance - self.held + self.overdraft_limit
+        headroom = self.balance_cents - self.held_cents + self.overdraft_limit_cents
         return headroom * MICROS_PER_CREDIT - self.unbilled_micros >= cost_micros
 
     def check_invariants(self) -> None:
         """Stop rather than store a state no rule can produce."""
         require(0 <= self.unbilled_micros < MICROS_PER_CREDIT,
                 f"unbilled_micros {self.unbilled_micros} out of range")
-        require(self.held >= 0, f"held {self.held} is negative")
-        require(self.overdraft_limit >= 0, f"overdraft_limit {self.overdraft_limit} < 0")
+        require(self.held_cents >= 0, f"held {self.held_cents} is negative")
+        require(self.overdraft_limit_cents >= 0,
+                f"overdraft_limit {self.overdraft_limit_cents} < 0")
         require(self.seq >= 0, f"seq {self.seq} < 0")
 
 

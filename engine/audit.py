@@ -45,7 +45,7 @@ def audit_account(
             # A reservation commit is charged even past the limit (the service was delivered).
             if "reservation_id" in entry.metadata:
                 owed_after_commit = True
-            elif entry.balance_after < -account.overdraft_limit:
+            elif entry.balance_after < -account.overdraft_limit_cents:
                 problems.append(
                     f"invariant 3: usage entry {entry.transaction_id} left the balance at "
                     f"{entry.balance_after}, below the overdraft limit"
@@ -58,25 +58,26 @@ def audit_account(
             other += entry.amount
             # A Stripe refund takes back credits the user may already have spent.
             owed_after_commit |= entry.amount < 0
-    if account.balance != total:
-        problems.append(f"invariant 1: balance {account.balance} != sum of entries {total}")
-    if account.balance - account.held < -account.overdraft_limit and not owed_after_commit:
+    if account.balance_cents != total:
+        problems.append(f"invariant 1: balance {account.balance_cents} != sum of entries {total}")
+    if account.available < -account.overdraft_limit_cents and not owed_after_commit:
         problems.append(
-            f"invariant 3: balance {account.balance} less held {account.held} is below "
-            f"the overdraft limit {account.overdraft_limit}"
+            f"invariant 3: balance {account.balance_cents} less held {account.held_cents} is below "
+            f"the overdraft limit {account.overdraft_limit_cents}"
         )
-    if account.held != open_holds_cents:
-        problems.append(f"held {account.held} != {open_holds_cents} in open reservations")
-    lifetime = account.lifetime_purchased + account.lifetime_granted + other - account.lifetime_used
-    if lifetime != account.balance:
+    if account.held_cents != open_holds_cents:
+        problems.append(f"held {account.held_cents} != {open_holds_cents} in open reservations")
+    lifetime = (account.lifetime_purchased_cents + account.lifetime_granted_cents + other
+                - account.lifetime_used_cents)
+    if lifetime != account.balance_cents:
         problems.append(
             f"invariant 4: purchased + granted + other - used = {lifetime} != balance "
-            f"{account.balance}"
+            f"{account.balance_cents}"
         )
     for name, stored, derived in (
-        ("lifetime_purchased", account.lifetime_purchased, purchased),
-        ("lifetime_granted", account.lifetime_granted, granted),
-        ("lifetime_used", account.lifetime_used, used),
+        ("lifetime_purchased", account.lifetime_purchased_cents, purchased),
+        ("lifetime_granted", account.lifetime_granted_cents, granted),
+        ("lifetime_used", account.lifetime_used_cents, used),
     ):
         if stored != derived:
             problems.append(f"{name} {stored} != {derived} from the entries")
@@ -84,6 +85,6 @@ def audit_account(
         problems.append(f"seq {account.seq} != {count} entries")
     if not 0 <= account.unbilled_micros < MICROS_PER_CREDIT:
         problems.append(f"unbilled_micros {account.unbilled_micros} out of range")
-    if account.held < 0:
-        problems.append(f"held {account.held} is negative")
+    if account.held_cents < 0:
+        problems.append(f"held {account.held_cents} is negative")
     return problems

@@ -134,7 +134,7 @@ def refill_if_low(account: Account) -> tuple[Account, tuple[RefillIntent, ...]]:
         not settings.enabled
         or account.refill_pending
         or account.stripe_customer_id is None
-        or account.balance >= settings.trigger_below_cents
+        or account.balance_cents >= settings.trigger_below_cents
     ):
         return account, ()
     number = account.refill_count + 1
@@ -165,7 +165,7 @@ def take_back_credits(account: Account | None, command: TakeBackCredits, now_ms:
         raise DuplicateEvent(command.charge_id, prior.result.to_dict())
     live = live_account(account, command.user_id)
     amount = command.total_cents - taken_before
-    balance = live.balance - amount
+    balance = live.balance_cents - amount
     entry = LedgerEntry(
         transaction_id=transaction_id,
         user_id=live.user_id,
@@ -177,7 +177,7 @@ def take_back_credits(account: Account | None, command: TakeBackCredits, now_ms:
         description=command.description,
         metadata=command.metadata,
     )
-    updated = replace(live, balance=balance, seq=live.seq + 1, updated_at_ms=now_ms)
+    updated = replace(live, balance_cents=balance, seq=live.seq + 1, updated_at_ms=now_ms)
     reply = CreditResult(live.user_id, transaction_id, EntryType.REFUND, -amount, balance)
     # The key's result holds the running total taken back (negative), for the next refund.
     record = KeyRecord(SCOPE_STRIPE_REFUND, command.charge_id, live.user_id, b"",

@@ -1,6 +1,6 @@
 """Reservations: two-phase debits for streaming calls whose cost is known only at the end.
 
-A reservation holds credits (`Account.held`), then is committed with the actual usage (priced
+A reservation holds credits (`Account.held_cents`), then is committed with the actual usage (priced
 like any usage event), released, or expires. Its id is an idempotency key for all three.
 """
 

@@ -198,7 +198,7 @@ def grant_period(account: Account | None, command: GrantPeriod, now_ms: int,
     live = live_account(account, command.user_id)
     subscription = _current(live, command.subscription_id)
     credits = subscription.monthly_credits
-    balance = live.balance + credits
+    balance = live.balance_cents + credits
     entry = LedgerEntry(
         transaction_id=transaction_id,
         user_id=live.user_id,
@@ -223,8 +223,8 @@ def grant_period(account: Account | None, command: GrantPeriod, now_ms: int,
                 else subscription.status),
         past_due_since_ms=None,
     )
-    updated, deadline = _with(replace(live, balance=balance,
-                                      lifetime_granted=live.lifetime_granted + credits,
+    updated, deadline = _with(replace(live, balance_cents=balance,
+                                      lifetime_granted_cents=live.lifetime_granted_cents + credits,
                                       seq=live.seq + 1), renewed, now_ms)
     reply = CreditResult(live.user_id, transaction_id, EntryType.SUBSCRIPTION_GRANT, credits,
                          balance)

@@ -154,7 +154,7 @@ def _check_balance(
     sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT)
     reply = BalanceCheck(
         sufficient=sufficient,
-        balance_cents=live.balance,
+        balance_cents=live.balance_cents,
         available_cents=live.available,
         required_cents=command.required_cents,
     )
@@ -166,7 +166,7 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
     live = live_account(account, command.user_id)
     if command.entry_type is EntryType.USAGE or command.amount_cents <= 0:
         raise InvalidInput("credits added must be a positive amount of a credit type")
-    balance = live.balance + command.amount_cents
+    balance = live.balance_cents + command.amount_cents
     entry = LedgerEntry(
         transaction_id=context.transaction_id,
         user_id=live.user_id,
@@ -180,10 +180,10 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
     )
     updated = replace(
         live,
-        balance=balance,
-        lifetime_purchased=live.lifetime_purchased
+        balance_cents=balance,
+        lifetime_purchased_cents=live.lifetime_purchased_cents
         + (command.amount_cents if command.entry_type in PURCHASED_TYPES else 0),
-        lifetime_granted=live.lifetime_granted
+        lifetime_granted_cents=live.lifetime_granted_cents
         + (command.amount_cents if command.entry_type in GRANTED_TYPES else 0),
         seq=live.seq + 1,
         updated_at_ms=context.now_ms,
@@ -217,14 +217,14 @@ def _report_usage(
     _check_cost(command.cost_micros)
     if not live.can_afford_micros(command.cost_micros):
         raise InsufficientCredits(
-            balance_cents=live.balance,
+            balance_cents=live.balance_cents,
             available_cents=live.available,
             required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
         )
-    transition = _debit(live, command, context, live.held, {})
+    transition = _debit(live, command, context, live.held_cents, {})
     updated = transition.account
     assert updated is not None
-    require(updated.balance - updated.held >= -updated.overdraft_limit, "debit passed overdraft")
+    require(updated.available >= -updated.overdraft_limit_cents, "debit passed overdraft")
     return transition
 
 
@@ -243,7 +243,7 @@ def _debit(
     """Charge a usage event with the carry rule: the entry, the event record, the reply."""
     cost_micros = command.cost_micros
     debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
-    balance = live.balance - debit
+    balance = live.balance_cents - debit
     entry = LedgerEntry(
         transaction_id=context.transaction_id,
         user_id=live.user_id,
@@ -256,10 +256,10 @@ def _debit(
     )
     updated = replace(
         live,
-        balance=balance,
-        held=held,
+        balance_cents=balance,
+        held_cents=held,
         unbilled_micros=carried_micros,
-        lifetime_used=live.lifetime_used + debit,
+        lifetime_used_cents=live.lifetime_used_cents + debit,
         seq=live.seq + 1,
         updated_at_ms=context.now_ms,
     )
@@ -307,9 +307,9 @@ def _reserve(account: Account | None, command: Reserve, context: Context) -> Tra
     if not 1 <= command.ttl_s <= RESERVATION_TTL_S_MAX:
         raise InvalidInput(f"ttl_seconds must be between 1 and {RESERVATION_TTL_S_MAX}",
                            {"field": "ttl_seconds"})
-    if live.balance - live.held - command.amount_cents < -live.overdraft_limit:
+    if live.balance_cents - live.held_cents - command.amount_cents < -live.overdraft_limit_cents:
         raise InsufficientCredits(
-            balance_cents=live.balance,
+            balance_cents=live.balance_cents,
             available_cents=live.available,
             required_cents=command.amount_cents,
         )
@@ -322,9 +322,9 @@ def _reserve(account: Account | None, command: Reserve, context: Context) -> Tra
         fingerprint=command.fingerprint,
         metadata=command.metadata,
     )
-    updated = replace(live, held=live.held + command.amount_cents,
+    updated = replace(live, held_cents=live.held_cents + command.amount_cents,
                       updated_at_ms=context.now_ms)
-    reply = ReservationHeld(reservation, updated.balance, updated.held)
+    reply = ReservationHeld(reservation, updated.balance_cents, updated.held_cents)
     return Transition(updated, (reservation,), reply, (reservation,))
 
 
@@ -354,7 +354,7 @@ def _commit_reservation(
     live = live_account(account, usage.user_id)
     _check_cost(usage.cost_micros)
     # The service was delivered: the commit is charged even above the hold or the balance.
-    transition = _debit(live, usage, context, live.held - reservation.amount_cents,
+    transition = _debit(live, usage, context, live.held_cents - reservation.amount_cents,
                         {"reservation_id": reservation.reservation_id})
     result = transition.reply
     assert isinstance(result, UsageResult)
@@ -385,12 +385,12 @@ def _close_hold(
 ) -> Transition:
     if account is None:
         raise AccountNotFound(f"no account for user {reservation.user_id}")
-    updated = replace(account, held=account.held - reservation.amount_cents,
+    updated = replace(account, held_cents=account.held_cents - reservation.amount_cents,
                       updated_at_ms=context.now_ms)
     closed = replace(reservation, status=status, closed_at_ms=context.now_ms,
                      released_cents=reservation.amount_cents)
     reply = ReservationReleased(reservation.reservation_id, reservation.user_id, status,
-                                reservation.amount_cents, updated.balance, updated.held)
+                                reservation.amount_cents, updated.balance_cents, updated.held_cents)
     return Transition(updated, (closed,), reply, (closed,))
 
 

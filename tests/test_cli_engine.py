@@ -47,7 +47,7 @@ def test_verify_reports_a_clean_ledger_and_every_violation(tmp_path, pricing):
     # Corrupt the balance behind the engine's back.
     store = LmdbStore(data_dir)
     account = store.get_account(uuid.UUID(user))
-    store.commit(CommitBatch([replace(account, balance=account.balance + 1)], []))
+    store.commit(CommitBatch([replace(account, balance_cents=account.balance_cents + 1)], []))
     store.close()
     broken = runner.invoke(main, ["verify", "--data-dir", str(data_dir)])
     assert broken.exit_code == 1

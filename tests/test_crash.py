@@ -67,7 +67,7 @@ async def test_sigkill_loses_no_acknowledged_debit(tmp_path, acks_before_kill):
         assert account is not None
         # The balance reflects at least every acknowledged debit (more may have committed
         # without their acknowledgement reaching us before the kill).
-        assert account.balance <= min(balance for _, balance in acked)
+        assert account.balance_cents <= min(balance for _, balance in acked)
         assert account.seq - 1 >= len(acked)
     finally:
         store.close()

@@ -41,7 +41,7 @@ async def test_account_credit_usage_round_trip(data_dir, pricing):
     user = new_user()
     async with open_billing(data_dir, pricing=pricing) as billing:
         created = await billing.open_account(user)
-        assert created.balance == 0
+        assert created.balance_cents == 0
         granted = await billing.add_credits(user, 1000, entry_type=EntryType.PURCHASE)
         assert granted.balance_cents == 1000
         result = await billing.report_usage(
@@ -63,14 +63,14 @@ async def test_account_credit_usage_round_trip(data_dir, pricing):
         )
         assert compute.cost_cents == 20
         account = await billing.get_account(user)
-        assert (account.balance, account.unbilled_micros, account.lifetime_used) == (
+        assert (account.balance_cents, account.unbilled_micros, account.lifetime_used_cents) == (
             970, 500_000, 30,
         )
-        assert account.lifetime_purchased == 1000
+        assert account.lifetime_purchased_cents == 1000
     # Everything acknowledged is on disk after a restart.
     async with open_billing(data_dir, pricing=pricing) as billing:
         account = await billing.get_account(user)
-        assert (account.balance, account.seq) == (970, 3)
+        assert (account.balance_cents, account.seq) == (970, 3)
         page = await billing.list_transactions(user, limit=2)
         assert [entry.entry_type for entry in page.entries] == [EntryType.USAGE, EntryType.USAGE]
         assert page.has_more
@@ -96,7 +96,7 @@ async def test_duplicate_event_is_rejected_with_the_original_result_across_resta
         assert duplicate.value.original == first.to_dict()
         with pytest.raises(IdempotencyConflict):
             await billing.report_usage(cost("e-1", user, 8))
-        assert (await billing.get_account(user)).balance == 93
+        assert (await billing.get_account(user)).balance_cents == 93
 
 
 async def test_concurrent_duplicates_debit_once(data_dir, pricing):
@@ -120,7 +120,7 @@ async def test_concurrent_duplicates_debit_once(data_dir, pricing):
         assert len(successes) == 1
         assert len(duplicates) == 19
         assert all(d.original == successes[0].to_dict() for d in duplicates)
-        assert (await billing.get_account(user)).balance == 95
+        assert (await billing.get_account(user)).balance_cents == 95
 
 
 async def test_same_event_id_for_two_users_at_once_is_a_conflict(data_dir, pricing):
@@ -133,7 +133,7 @@ async def test_same_event_id_for_two_users_at_once_is_a_conflict(data_dir, prici
                                                    cost("shared", bob, 1)])
         assert isinstance(results[0], UsageResult)
         assert isinstance(results[1], IdempotencyConflict)
-        assert (await billing.get_account(bob)).balance == 100
+        assert (await billing.get_account(bob)).balance_cents == 100
 
 
 async def test_500_concurrent_debits_with_credit_for_300(data_dir, pricing):
@@ -158,8 +158,8 @@ async def test_500_concurrent_debits_with_credit_for_300(data_dir, pricing):
                 nursery.start_soon(debit, index)
         assert (succeeded, refused) == (300, 200)
         account = await billing.get_account(user)
-        assert account.balance == 0
-        assert account.lifetime_used == 2100
+        assert account.balance_cents == 0
+        assert account.lifetime_used_cents == 2100
         assert (await billing.verify()).ok
 
 
@@ -194,7 +194,7 @@ async def test_unknown_account_and_bad_input_change_nothing(data_dir, pricing):
                 UsageRequest(event_id="x", user_id=user, cost_cents=1, cost_micros=1)
             )
         account = await billing.get_account(user)
-        assert (account.balance, account.seq) == (0, 0)
+        assert (account.balance_cents, account.seq) == (0, 0)
 
 
 async def test_idempotent_admin_grant(data_dir, pricing):
@@ -207,7 +207,7 @@ async def test_idempotent_admin_grant(data_dir, pricing):
         assert duplicate.value.original == first.to_dict()
         with pytest.raises(IdempotencyConflict):
             await billing.add_credits(user, 501, idempotency_key="k1")
-        assert (await billing.get_account(user)).balance == 500
+        assert (await billing.get_account(user)).balance_cents == 500
 
 
 async def test_transactions_page_with_offset_and_before_cursor(data_dir, pricing):
@@ -331,7 +331,7 @@ async def test_a_failed_commit_tells_no_caller_success_and_stops_the_engine(data
         assert report.ok, report.violations
         account = store.get_account(user)
         assert account is not None
-        assert (account.balance, account.seq) == (1000, 1)
+        assert (account.balance_cents, account.seq) == (1000, 1)
     finally:
         store.close()
 
@@ -374,7 +374,7 @@ async def test_idle_actors_are_passivated_and_reloaded(data_dir, pricing, mock_c
         await wait_all_tasks_blocked()
         assert not billing.system.is_loaded(user)
         assert billing.system.counters.passivations == 1
-        assert (await billing.get_account(user)).balance == 5
+        assert (await billing.get_account(user)).balance_cents == 5
         assert billing.system.is_loaded(user)
 
 

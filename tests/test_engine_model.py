@@ -83,7 +83,7 @@ class EngineThread:
 
 @dataclass
 class ModelAccount:
-    balance: int = 0
+    balance_cents: int = 0
     unbilled: int = 0
     closed: bool = False
     seq: int = 0
@@ -152,7 +152,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def open_account(self, user: UserId) -> None:
         account = self.outcome(self.engine.billing.open_account, user)
         self.model.accounts.setdefault(user, ModelAccount())
-        assert account.balance == self.model.accounts[user].balance
+        assert account.balance_cents == self.model.accounts[user].balance_cents
 
     @rule(
         user=st.sampled_from(USERS),
@@ -173,13 +173,13 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        account.balance += amount
+        account.balance_cents += amount
         account.seq += 1
         if kind in (EntryType.PURCHASE, EntryType.AUTO_REFILL):
             account.purchased += amount
         elif kind is EntryType.SUBSCRIPTION_GRANT:
             account.granted += amount
-        assert got.balance_cents == account.balance
+        assert got.balance_cents == account.balance_cents
         if key is not None:
             self.model.grants[key] = (user, amount, kind)
 
@@ -205,17 +205,17 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        available = account.balance - self.model.held(user)
+        available = account.balance_cents - self.model.held(user)
         if available * MICROS_PER_CREDIT - account.unbilled < cost_micros:
             assert isinstance(got, InsufficientCredits)
             return
         debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
-        account.balance -= debit
+        account.balance_cents -= debit
         account.used += debit
         account.seq += 1
         assert isinstance(got, UsageResult)
-        assert (got.cost_cents, got.balance_cents) == (debit, account.balance)
-        self.model.events[event_id] = (user, cost_micros, account.balance)
+        assert (got.cost_cents, got.balance_cents) == (debit, account.balance_cents)
+        self.model.events[event_id] = (user, cost_micros, account.balance_cents)
 
     @precondition(lambda self: self.model.accounts)
     @rule(user=st.sampled_from(USERS))
@@ -247,7 +247,7 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        if account.balance - self.model.held(user) - amount < 0:
+        if account.balance_cents - self.model.held(user) - amount < 0:
             assert isinstance(got, InsufficientCredits)
             return
         assert got.reservation.amount_cents == amount
@@ -283,12 +283,12 @@ class LedgerMachine(RuleBasedStateMachine):
             assert isinstance(got, AccountClosed)
             return
         debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
-        account.balance -= debit
+        account.balance_cents -= debit
         account.used += debit
         account.seq += 1
         hold.status, hold.cost_micros = "committed", cost_micros
-        self.model.events[reservation_id] = (hold.user, cost_micros, account.balance)
-        assert got.usage.balance_cents == account.balance
+        self.model.events[reservation_id] = (hold.user, cost_micros, account.balance_cents)
+        assert got.usage.balance_cents == account.balance_cents
         assert got.released_cents == max(hold.amount - debit, 0)
 
     @rule(reservation_id=st.sampled_from(RESERVATION_IDS))
@@ -322,11 +322,11 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        account.balance += amount
+        account.balance_cents += amount
         account.purchased += amount
         account.seq += 1
         self.model.payments[payment_id] = (user, amount)
-        assert got.balance_cents == account.balance
+        assert got.balance_cents == account.balance_cents
 
     @precondition(lambda self: self.model.payments)
     @rule(payment_id=st.sampled_from(PAYMENT_IDS), quarters=st.integers(1, 4))
@@ -347,10 +347,10 @@ class LedgerMachine(RuleBasedStateMachine):
         elif account.closed:
             assert isinstance(got, AccountClosed)
         else:
-            account.balance -= total - taken
+            account.balance_cents -= total - taken
             account.seq += 1
             self.model.refunded[payment_id] = total
-            assert got.balance_cents == account.balance
+            assert got.balance_cents == account.balance_cents
 
     @rule(seconds=st.sampled_from([30, 90, 4000]))
     def time_passes(self, seconds: int) -> None:
@@ -374,14 +374,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def engine_matches_model_and_invariants_hold(self) -> None:
         for user, expected in self.model.accounts.items():
             account = self.engine.call(self.engine.billing.get_account, user)
-            assert (account.balance, account.unbilled_micros, account.seq) == (
-                expected.balance, expected.unbilled, expected.seq,
+            assert (account.balance_cents, account.unbilled_micros, account.seq) == (
+                expected.balance_cents, expected.unbilled, expected.seq,
             )
-            assert (account.lifetime_purchased, account.lifetime_granted,
-                    account.lifetime_used) == (expected.purchased, expected.granted,
+            assert (account.lifetime_purchased_cents, account.lifetime_granted_cents,
+                    account.lifetime_used_cents) == (expected.purchased, expected.granted,
                                                expected.used)
             assert (account.status is AccountStatus.CLOSED) == expected.closed
-            assert account.held == self.model.held(user)
+            assert account.held_cents == self.model.held(user)
         report = self.engine.call(self.engine.billing.verify)
         assert report.ok, report.violations
         assert report.accounts == len(self.model.accounts)

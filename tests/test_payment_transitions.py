@@ -45,7 +45,7 @@ def account(**changes) -> Account:
 
 
 REFILLING = account(
-    balance=1_000, lifetime_granted=1_000, seq=1, stripe_customer_id="cus_1",
+    balance_cents=1_000, lifetime_granted_cents=1_000, seq=1, stripe_customer_id="cus_1",
     auto_refill=AutoRefillSettings(enabled=True, trigger_below_cents=500,
                                    refill_amount_cents=2_500),
 )
@@ -119,8 +119,8 @@ def test_a_discounted_purchase_refunds_all_its_credits_at_a_full_refund():
 def test_a_payment_is_credited_once_with_its_webhook_marker():
     state = account()
     done = apply(state, payment(5_000), ctx())
-    assert done.account.balance == 5_000
-    assert done.account.lifetime_purchased == 5_000
+    assert done.account.balance_cents == 5_000
+    assert done.account.lifetime_purchased_cents == 5_000
     kinds = {type(record) for record in done.records}
     assert kinds == {LedgerEntry, KeyRecord, WebhookMarker}
     key = next(record for record in done.records if isinstance(record, KeyRecord))
@@ -131,13 +131,14 @@ def test_a_payment_is_credited_once_with_its_webhook_marker():
 
 
 def test_a_refund_takes_back_credits_cumulatively_and_may_leave_a_debt():
-    state = account(balance=300, lifetime_purchased=5_000, lifetime_used=4_700, seq=2)
+    state = account(balance_cents=300, lifetime_purchased_cents=5_000,
+                    lifetime_used_cents=4_700, seq=2)
     first = apply(state, TakeBackCredits(USER, "ch_1", 2_000), ctx(5))
-    assert first.account.balance == -1_700
+    assert first.account.balance_cents == -1_700
     assert first.reply.amount_cents == -2_000
     record = next(record for record in first.records if isinstance(record, KeyRecord))
     second = apply(first.account, TakeBackCredits(USER, "ch_1", 5_000), ctx(6, prior=record))
-    assert second.account.balance == -4_700
+    assert second.account.balance_cents == -4_700
     assert second.reply.amount_cents == -3_000
     latest = next(record for record in second.records if isinstance(record, KeyRecord))
     for replayed in (5_000, 2_000):  # a repeat, and an older event arriving late
@@ -156,7 +157,8 @@ def test_the_auditor_accepts_the_debt_a_refund_leaves():
         LedgerEntry(TransactionId(2), USER, EntryType.USAGE, -400, 100, 0, "e1"),
         LedgerEntry(TransactionId(3), USER, EntryType.REFUND, -500, -400, 0, "ch_1"),
     ]
-    state = account(balance=-400, lifetime_purchased=500, lifetime_used=400, seq=3)
+    state = account(balance_cents=-400, lifetime_purchased_cents=500,
+                    lifetime_used_cents=400, seq=3)
     assert audit_account(state, entries) == []
 
 
@@ -173,7 +175,7 @@ def test_the_stripe_customer_is_stored_once():
 
 def test_a_debit_below_the_trigger_raises_exactly_one_refill():
     crossed = debit(REFILLING, 600, "e1")
-    assert crossed.account.balance == 400
+    assert crossed.account.balance_cents == 400
     assert (crossed.account.refill_pending, crossed.account.refill_count) == (True, 1)
     intents = [record for record in crossed.records if isinstance(record, RefillIntent)]
     assert intents == [RefillIntent(USER, 1, 2_500, "free", "cus_1")]
@@ -202,12 +204,12 @@ def test_the_refill_is_priced_with_the_accounts_plan():
 def test_a_credited_refill_ends_the_refill_in_flight():
     crossed = debit(REFILLING, 600, "e1").account
     paid = apply(crossed, payment(2_500, refill=1, entry_type=EntryType.AUTO_REFILL), ctx(3))
-    assert paid.account.balance == 2_900
+    assert paid.account.balance_cents == 2_900
     assert not paid.account.refill_pending
     assert RefillResolved(USER) in paid.records
     stale = apply(paid.account, payment(2_500, "pi_old", refill=0,
                                         entry_type=EntryType.AUTO_REFILL), ctx(4))
-    assert stale.account.balance == 5_400  # money taken is always credited
+    assert stale.account.balance_cents == 5_400  # money taken is always credited
     assert not [record for record in stale.records if isinstance(record, RefillResolved)]
 
 

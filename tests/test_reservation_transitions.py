@@ -38,8 +38,9 @@ USER = UserId(uuid.UUID(int=7))
 NOW = 1_700_000_000_000
 
 
-def account(balance: int = 100, **fields) -> Account:
-    return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, balance=balance, **fields)
+def account(balance_cents: int = 100, **fields) -> Account:
+    return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, balance_cents=balance_cents,
+                   **fields)
 
 
 def ctx(now_ms: int = NOW, reservation=None, prior=None, tid: int = 1) -> Context:
@@ -61,8 +62,8 @@ def commit(cost_micros: int, rid: str = "r1", event_id: str | None = None) -> Co
     return CommitReservation(rid, usage)
 
 
-def held(amount: int = 10, balance: int = 100) -> tuple[Account, Reservation]:
-    transition = apply(account(balance), reserve(amount), ctx())
+def held(amount: int = 10, balance_cents: int = 100) -> tuple[Account, Reservation]:
+    transition = apply(account(balance_cents), reserve(amount), ctx())
     reservation = transition.records[0]
     assert isinstance(reservation, Reservation)
     return transition.account, reservation
@@ -70,7 +71,7 @@ def held(amount: int = 10, balance: int = 100) -> tuple[Account, Reservation]:
 
 def test_reserve_holds_credits_and_records_the_reservation():
     transition = apply(account(100), reserve(30, ttl_s=60), ctx())
-    assert transition.account.held == 30
+    assert transition.account.held_cents == 30
     assert transition.account.available == 70
     reply = transition.reply
     assert isinstance(reply, ReservationHeld)
@@ -81,17 +82,17 @@ def test_reserve_holds_credits_and_records_the_reservation():
 
 def test_reserve_fails_when_available_credits_do_not_cover_it():
     with pytest.raises(InsufficientCredits) as refused:
-        apply(account(100, held=80), reserve(21), ctx())
+        apply(account(100, held_cents=80), reserve(21), ctx())
     assert refused.value.details == {
         "balance_cents": 100, "available_cents": 20, "required_cents": 21,
     }
-    assert apply(account(100, held=80), reserve(20), ctx()).account.held == 100
+    assert apply(account(100, held_cents=80), reserve(20), ctx()).account.held_cents == 100
 
 
 def test_overdraft_limit_extends_what_can_be_reserved():
-    assert apply(account(0, overdraft_limit=10), reserve(10), ctx()).account.held == 10
+    assert apply(account(0, overdraft_limit_cents=10), reserve(10), ctx()).account.held_cents == 10
     with pytest.raises(InsufficientCredits):
-        apply(account(0, overdraft_limit=10), reserve(11), ctx())
+        apply(account(0, overdraft_limit_cents=10), reserve(11), ctx())
 
 
 def test_repeated_reserve_returns_the_original_and_a_different_one_conflicts():
@@ -120,7 +121,7 @@ def test_commit_below_the_hold_charges_the_cost_and_releases_the_rest():
     state, reservation = held(10)
     transition = apply(state, commit(3_500_000), ctx(reservation=reservation, tid=2))
     updated = transition.account
-    assert (updated.balance, updated.held, updated.unbilled_micros) == (97, 0, 500_000)
+    assert (updated.balance_cents, updated.held_cents, updated.unbilled_micros) == (97, 0, 500_000)
     entry, event, closed = transition.records
     assert isinstance(entry, LedgerEntry)
     assert entry.amount == -3
@@ -134,10 +135,10 @@ def test_commit_below_the_hold_charges_the_cost_and_releases_the_rest():
 
 
 def test_commit_above_the_hold_still_charges_and_may_leave_the_account_owing():
-    state, reservation = held(10, balance=10)
+    state, reservation = held(10, balance_cents=10)
     transition = apply(state, commit(25_000_000), ctx(reservation=reservation, tid=2))
     owing = transition.account
-    assert (owing.balance, owing.held) == (-15, 0)
+    assert (owing.balance_cents, owing.held_cents) == (-15, 0)
     assert transition.reply.above_hold
     assert transition.reply.released_cents == 0
     # Owing blocks new debits and reservations until topped up.
@@ -192,7 +193,7 @@ def test_commit_event_id_already_used_by_another_event_conflicts():
 def test_release_returns_the_hold_and_a_repeat_gets_the_original():
     state, reservation = held(10)
     transition = apply(state, ReleaseReservation(USER, "r1"), ctx(reservation=reservation))
-    assert transition.account.held == 0
+    assert transition.account.held_cents == 0
     reply = transition.reply
     assert isinstance(reply, ReservationReleased)
     assert (reply.released_cents, reply.status) == (10, ReservationStatus.RELEASED)
@@ -216,7 +217,7 @@ def test_expiry_releases_only_a_hold_whose_time_has_come():
     assert early.records == () and early.account is state
     due = apply(state, ExpireReservation(USER, "r1"),
                 ctx(now_ms=reservation.expires_at_ms, reservation=reservation))
-    assert due.account.held == 0
+    assert due.account.held_cents == 0
     assert due.records[0].status is ReservationStatus.EXPIRED
     again = apply(due.account, ExpireReservation(USER, "r1"),
                   ctx(now_ms=reservation.expires_at_ms + 5, reservation=due.records[0]))
@@ -230,4 +231,5 @@ def test_plain_usage_respects_holds():
     with pytest.raises(InsufficientCredits) as refused:
         apply(state, ReportUsage(USER, "u", 6_000_000, b"f", NOW), ctx())
     assert refused.value.available_cents == 5
-    assert apply(state, ReportUsage(USER, "u", 5_000_000, b"f", NOW), ctx()).account.balance == 95
+    debited = apply(state, ReportUsage(USER, "u", 5_000_000, b"f", NOW), ctx()).account
+    assert debited.balance_cents == 95

@@ -49,7 +49,7 @@ async def test_100_concurrent_reservations_on_credit_for_40_hold_exactly_40(data
                 nursery.start_soon(try_reserve, index)
         assert (len(held), refused) == (40, 60)
         account = await billing.get_account(user)
-        assert (account.balance, account.held, account.available) == (400, 400, 0)
+        assert (account.balance_cents, account.held_cents, account.available) == (400, 400, 0)
         assert (await billing.verify()).ok
 
 
@@ -82,7 +82,7 @@ async def test_commit_release_and_get_through_the_facade(data_dir, pricing):
         released = await billing.release_reservation("stream-2")
         assert released.released_cents == 20
         account = await billing.get_account(user)
-        assert (account.balance, account.held) == (98, 0)
+        assert (account.balance_cents, account.held_cents) == (98, 0)
         with pytest.raises(NotFound):
             await billing.release_reservation("never")
         assert billing.system.counters.reservation_commits == 1
@@ -98,14 +98,14 @@ async def test_expiry_fires_on_time_under_a_running_engine(data_dir, pricing, mo
         await billing.reserve(user, "short", amount_cents=30, ttl_s=5)
         mock_clock.jump(4.9)
         await wait_all_tasks_blocked()
-        assert (await billing.get_account(user)).held == 30
+        assert (await billing.get_account(user)).held_cents == 30
         mock_clock.jump(0.2)
         await wait_all_tasks_blocked()
-        assert (await billing.get_account(user)).held == 0
+        assert (await billing.get_account(user)).held_cents == 0
         assert (await billing.get_reservation("short")).status is ReservationStatus.EXPIRED
         with pytest.raises(ReservationExpired):
             await billing.commit_reservation("short", cost_cents=1)
-        assert (await billing.get_account(user)).balance == 50
+        assert (await billing.get_account(user)).balance_cents == 50
         assert billing.system.counters.reservation_expiries == 1
 
 
@@ -125,7 +125,7 @@ async def test_a_hold_that_expired_while_down_is_released_on_start(data_dir, pri
     async with open_billing(data_dir, pricing=pricing, wall_clock_ms=clock) as billing:
         await wait_all_tasks_blocked()
         account = await billing.get_account(user)
-        assert account.held == 10
+        assert account.held_cents == 10
         assert (await billing.get_reservation("stale")).status is ReservationStatus.EXPIRED
         assert (await billing.get_reservation("fresh")).status is ReservationStatus.HELD
         committed = await billing.commit_reservation("fresh", cost_cents=4)
@@ -134,6 +134,6 @@ async def test_a_hold_that_expired_while_down_is_released_on_start(data_dir, pri
     try:
         report = verify_store(store)
         assert report.ok, report.violations
-        assert store.get_account(user).held == 0
+        assert store.get_account(user).held_cents == 0
     finally:
         store.close()

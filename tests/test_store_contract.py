@@ -56,10 +56,11 @@ def entry(user, transaction_id: int, amount: int, balance_after: int, key=None) 
 def test_every_record_round_trips(store):
     user = new_user()
     account = Account(
-        user_id=user, created_at_ms=1, updated_at_ms=2, balance=5, unbilled_micros=7, held=1,
-        lifetime_purchased=3, lifetime_granted=2, lifetime_used=0, plan="pro",
+        user_id=user, created_at_ms=1, updated_at_ms=2, balance_cents=5, unbilled_micros=7,
+        held_cents=1,
+        lifetime_purchased_cents=3, lifetime_granted_cents=2, lifetime_used_cents=0, plan="pro",
         auto_refill=AutoRefillSettings(True, 700, 3000), stripe_customer_id="cus_1",
-        lago_customer_id=None, overdraft_limit=4, seq=2,
+        lago_customer_id=None, overdraft_limit_cents=4, seq=2,
     )
     first = entry(user, 10, 5, 5, key="grant")
     usage = entry(user, 11, 0, 5, key="evt")
@@ -108,7 +109,7 @@ def test_a_failed_commit_writes_nothing(store):
         transaction_id=TransactionId(1), user_id=user, entry_type=EntryType.BONUS, amount=1,
         balance_after=1, created_at_ms=1, metadata={"unencodable": object()},
     )
-    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance=1, seq=1)
+    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=1, seq=1)
     with pytest.raises(Exception):  # noqa: B017 - any failure, as long as nothing is written
         store.commit(CommitBatch([account], [entry(user, 2, 1, 1), bad]))
     assert store.get_account(user) is None
@@ -149,7 +150,7 @@ def test_readonly_open_reads_beside_a_live_writer(tmp_path):
              "import sys, uuid; from pathlib import Path; "
              "from storage.lmdb_store import LmdbStore; "
              "s = LmdbStore(Path(sys.argv[1]), readonly=True); "
-             "print(s.count_entries(), s.get_account(uuid.UUID(sys.argv[2])).balance)",
+             "print(s.count_entries(), s.get_account(uuid.UUID(sys.argv[2])).balance_cents)",
              str(tmp_path / "live"), str(user)],
             capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
         )
@@ -192,7 +193,7 @@ def test_payment_and_subscription_records_round_trip(store):
 def test_an_account_of_the_first_format_reads_with_the_new_fields_at_rest():
     user = new_user()
     fields = cbor2.loads(codec.encode_account(Account(user_id=user, created_at_ms=1,
-                                                      updated_at_ms=2, balance=7)))
+                                                      updated_at_ms=2, balance_cents=7)))
     first_format = cbor2.dumps([codec.ACCOUNT_FORMAT_V1, *fields[1:17]])
     assert codec.decode_account(first_format) == Account(user_id=user, created_at_ms=1,
-                                                         updated_at_ms=2, balance=7)
+                                                         updated_at_ms=2, balance_cents=7)

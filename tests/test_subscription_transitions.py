@@ -71,7 +71,7 @@ class Ledger:
 
 
 def grants(ledger: Ledger) -> int:
-    return ledger.account.lifetime_granted // 2_500
+    return ledger.account.lifetime_granted_cents // 2_500
 
 
 def test_subscribing_sets_the_plan_and_mirrors_it_to_lago():
@@ -79,7 +79,7 @@ def test_subscribing_sets_the_plan_and_mirrors_it_to_lago():
                                     "standard"), ctx())
     assert done.account.plan == "standard"
     assert done.account.subscription.status is SubscriptionStatus.ACTIVE
-    assert done.account.balance == 0  # Stripe's first invoice grants the first period
+    assert done.account.balance_cents == 0  # Stripe's first invoice grants the first period
     assert LagoMirror(USER, SUB, "standard") in done.records
     assert SubscriptionDeadline(USER, None) in done.records  # Stripe renews, not our timer
 
@@ -98,14 +98,14 @@ def test_the_same_subscription_on_another_plan_grants_that_plans_credits_from_th
     assert (ledger.account.plan, ledger.account.subscription.monthly_credits) == ("pro", 6_000)
     assert LagoMirror(USER, SUB, "pro") in changed.records  # Lago: same id, new plan code
     ledger.run(GrantPeriod(USER, SUB, END, END + MONTH_MS, "invoice.paid"))
-    assert ledger.account.balance == 6_000
+    assert ledger.account.balance_cents == 6_000
 
 
 def test_an_admin_plan_grants_its_first_period_at_once_and_arms_the_renewal():
     done = apply(fresh(), Subscribe(USER, "zb-1", "enterprise", 90_000, Manager.ADMIN, START,
                                     END, "enterprise"), ctx())
-    assert done.account.balance == 90_000
-    assert done.account.lifetime_granted == 90_000
+    assert done.account.balance_cents == 90_000
+    assert done.account.lifetime_granted_cents == 90_000
     assert SubscriptionDeadline(USER, END) in done.records
 
 
@@ -210,7 +210,7 @@ def test_an_admin_plan_renews_itself_every_period_even_after_downtime():
     three_periods_later = END + 2 * MONTH_MS + DAY_MS
     for _ in range(5):  # the sweeper ticks; each tick grants at most the next due period
         ledger.run(SweepSubscription(USER), three_periods_later)
-    assert ledger.account.lifetime_granted == 4 * 9_000  # the first, then three renewals
+    assert ledger.account.lifetime_granted_cents == 4 * 9_000  # the first, then three renewals
     assert ledger.account.subscription.period_start_ms == END + 2 * MONTH_MS
     entries = [record for record in ledger.keys.values()]
     assert len({record.key for record in entries}) == 4

@@ -284,16 +284,16 @@ async def test_the_sweeper_renews_admin_plans_and_ends_cancelled_ones(tmp_path):
         await billing.subscriptions.cancel(leaving)
         now["ms"] += 2 * MONTH_MS + 1  # two periods pass, as if the server had been down
         with trio.fail_after(15):  # the sweeper ticks once a second, one period a tick
-            while (await billing.get_account(renewing)).lifetime_granted < 3_000:
+            while (await billing.get_account(renewing)).lifetime_granted_cents < 3_000:
                 await trio.sleep(0.1)
         await trio.sleep(1.5)  # and one tick more: nothing further is due
         renewed = await billing.get_account(renewing)
         gone = await billing.get_account(leaving)
-    assert renewed.lifetime_granted == 3 * 1_000  # the first period and two renewals
+    assert renewed.lifetime_granted_cents == 3 * 1_000  # the first period and two renewals
     assert renewed.subscription.period_start_ms // 1000 == (1_700_000_000_000
                                                             + 2 * MONTH_MS) // 1000
     assert gone.subscription is None
-    assert gone.lifetime_granted == 1_000
+    assert gone.lifetime_granted_cents == 1_000
 
 
 def test_the_client_library_manages_subscriptions(server, stripe_fake):

@@ -58,8 +58,9 @@ def ctx(tid: int = 1, prior=None) -> Context:
     return Context(now_ms=1_700_000_000_000, transaction_id=TransactionId(tid), prior=prior)
 
 
-def account(balance: int = 0, **fields) -> Account:
-    return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, balance=balance, **fields)
+def account(balance_cents: int = 0, **fields) -> Account:
+    return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, balance_cents=balance_cents,
+                   **fields)
 
 
 def usage(event_id: str, cost_micros: int, user: UserId = USER) -> ReportUsage:
@@ -148,7 +149,7 @@ def test_open_creates_an_empty_active_account():
     transition = apply(None, OpenAccount(USER), ctx())
     created = transition.account
     assert created is not None
-    assert created.balance == 0
+    assert created.balance_cents == 0
     assert created.status is AccountStatus.ACTIVE
     # A domain event for integrations (the Lago customer), not a stored record.
     assert transition.records == (AccountOpened(USER),)
@@ -156,7 +157,7 @@ def test_open_creates_an_empty_active_account():
 
 
 def test_open_returns_the_existing_account_unless_it_must_be_new():
-    existing = account(balance=7)
+    existing = account(balance_cents=7)
     assert apply(existing, OpenAccount(USER), ctx()).reply == existing
     with pytest.raises(AccountExists):
         apply(existing, OpenAccount(USER, must_be_new=True), ctx())
@@ -168,10 +169,10 @@ def test_get_unknown_account_is_not_found():
 
 
 def test_closed_account_refuses_usage_and_credits_but_can_be_read():
-    closed = apply(account(balance=10), CloseAccount(USER), ctx()).account
+    closed = apply(account(balance_cents=10), CloseAccount(USER), ctx()).account
     assert closed is not None
     assert closed.status is AccountStatus.CLOSED
-    assert closed.balance == 10
+    assert closed.balance_cents == 10
     with pytest.raises(AccountClosed):
         apply(closed, usage("e1", 1_000_000), ctx())
     with pytest.raises(AccountClosed):
@@ -194,14 +195,14 @@ def test_auto_refill_settings_are_validated_and_stored():
 
 def test_add_credits_writes_an_entry_and_feeds_the_right_lifetime_counter():
     for kind, field in [
-        (EntryType.PURCHASE, "lifetime_purchased"),
-        (EntryType.AUTO_REFILL, "lifetime_purchased"),
-        (EntryType.SUBSCRIPTION_GRANT, "lifetime_granted"),
+        (EntryType.PURCHASE, "lifetime_purchased_cents"),
+        (EntryType.AUTO_REFILL, "lifetime_purchased_cents"),
+        (EntryType.SUBSCRIPTION_GRANT, "lifetime_granted_cents"),
     ]:
-        transition = apply(account(balance=100), grant(50, kind=kind), ctx(tid=9))
+        transition = apply(account(balance_cents=100), grant(50, kind=kind), ctx(tid=9))
         updated = transition.account
         assert updated is not None
-        assert updated.balance == 150
+        assert updated.balance_cents == 150
         assert getattr(updated, field) == 50
         assert updated.seq == 1
         (entry,) = transition.records
@@ -210,7 +211,8 @@ def test_add_credits_writes_an_entry_and_feeds_the_right_lifetime_counter():
         assert isinstance(transition.reply, CreditResult)
     bonus = apply(account(), grant(5, kind=EntryType.BONUS), ctx()).account
     assert bonus is not None
-    assert (bonus.lifetime_purchased, bonus.lifetime_granted, bonus.balance) == (0, 0, 5)
+    assert (bonus.lifetime_purchased_cents, bonus.lifetime_granted_cents,
+            bonus.balance_cents) == (0, 0, 5)
 
 
 def test_add_credits_with_a_key_records_it_and_a_retry_gets_the_original():
@@ -233,10 +235,11 @@ def test_usage_is_not_a_credit_type():
 
 
 def test_usage_debits_whole_credits_and_carries_the_fraction():
-    transition = apply(account(balance=100), usage("e1", 10_500_000), ctx(tid=7))
+    transition = apply(account(balance_cents=100), usage("e1", 10_500_000), ctx(tid=7))
     updated = transition.account
     assert updated is not None
-    assert (updated.balance, updated.unbilled_micros, updated.lifetime_used) == (90, 500_000, 10)
+    assert (updated.balance_cents, updated.unbilled_micros,
+            updated.lifetime_used_cents) == (90, 500_000, 10)
     entry, event = transition.records
     assert isinstance(entry, LedgerEntry)
     assert isinstance(event, UsageEventRecord)
@@ -249,7 +252,7 @@ def test_usage_debits_whole_credits_and_carries_the_fraction():
 
 
 def test_one_thousand_calls_of_045_credits_debit_exactly_450():
-    state = account(balance=1000)
+    state = account(balance_cents=1000)
     debited = 0
     for index in range(1000):
         transition = apply(state, usage(f"e{index}", 450_000), ctx(tid=index + 1))
@@ -257,14 +260,14 @@ def test_one_thousand_calls_of_045_credits_debit_exactly_450():
         debited += transition.reply.cost_cents
         state = transition.account
     assert debited == 450
-    assert state.balance == 550
+    assert state.balance_cents == 550
     assert state.unbilled_micros == 0
     assert state.seq == 1000
 
 
 def test_fractions_count_against_the_balance_before_they_become_credits():
     # Balance 1, 0.6 already consumed: a further 0.5 would need 1.1 credits.
-    state = account(balance=1, unbilled_micros=600_000)
+    state = account(balance_cents=1, unbilled_micros=600_000)
     with pytest.raises(InsufficientCredits) as refused:
         apply(state, usage("e1", 500_000), ctx())
     assert refused.value.details == {
@@ -272,28 +275,28 @@ def test_fractions_count_against_the_balance_before_they_become_credits():
     }
     ok = apply(state, usage("e2", 400_000), ctx()).account
     assert ok is not None
-    assert (ok.balance, ok.unbilled_micros) == (0, 0)
+    assert (ok.balance_cents, ok.unbilled_micros) == (0, 0)
 
 
 def test_insufficient_credits_carries_balance_available_and_required():
     with pytest.raises(InsufficientCredits) as refused:
-        apply(account(balance=5, held=3), usage("e1", 4_000_000), ctx())
+        apply(account(balance_cents=5, held_cents=3), usage("e1", 4_000_000), ctx())
     assert refused.value.balance_cents == 5
     assert refused.value.available_cents == 2
     assert refused.value.required_cents == 4
 
 
 def test_overdraft_limit_lets_the_balance_go_that_far_below_zero():
-    state = account(balance=2, overdraft_limit=3)
+    state = account(balance_cents=2, overdraft_limit_cents=3)
     updated = apply(state, usage("e1", 5_000_000), ctx()).account
     assert updated is not None
-    assert updated.balance == -3
+    assert updated.balance_cents == -3
     with pytest.raises(InsufficientCredits):
         apply(updated, usage("e2", 1), ctx())
 
 
 def test_zero_cost_usage_is_recorded_with_a_zero_entry():
-    transition = apply(account(balance=0), usage("free", 0), ctx())
+    transition = apply(account(balance_cents=0), usage("free", 0), ctx())
     entry = transition.records[0]
     assert isinstance(entry, LedgerEntry)
     assert entry.amount == 0
@@ -306,7 +309,7 @@ def test_usage_on_unknown_account_is_not_found():
 
 
 def test_repeated_event_id_returns_the_original_result():
-    first = apply(account(balance=100), usage("e1", 2_000_000), ctx(tid=11))
+    first = apply(account(balance_cents=100), usage("e1", 2_000_000), ctx(tid=11))
     event = first.records[1]
     with pytest.raises(DuplicateEvent) as duplicate:
         apply(first.account, usage("e1", 2_000_000), ctx(tid=12, prior=event))
@@ -315,17 +318,17 @@ def test_repeated_event_id_returns_the_original_result():
 
 
 def test_same_event_id_for_another_user_or_cost_is_an_idempotency_conflict():
-    first = apply(account(balance=100), usage("e1", 2_000_000), ctx(tid=11))
+    first = apply(account(balance_cents=100), usage("e1", 2_000_000), ctx(tid=11))
     event = first.records[1]
     with pytest.raises(IdempotencyConflict):
         apply(first.account, usage("e1", 3_000_000), ctx(prior=event))
-    other = replace(account(balance=100), user_id=OTHER)
+    other = replace(account(balance_cents=100), user_id=OTHER)
     with pytest.raises(IdempotencyConflict):
         apply(other, usage("e1", 2_000_000, user=OTHER), ctx(prior=event))
 
 
 def test_balance_check_uses_available_credits_and_changes_nothing():
-    state = account(balance=10, held=4)
+    state = account(balance_cents=10, held_cents=4)
     transition = apply(state, CheckBalance(USER, 6), ctx())
     assert transition.account is state
     assert transition.records == ()
