@@ -11,8 +11,8 @@ import trio
 
 from actors.journal import OPERATOR, Journal
 from actors.metrics import EngineMetrics, Exporter
-from actors.payments import PaymentLedger
-from actors.subscriptions import SubscriptionLedger
+from actors.payments import Payments
+from actors.subscriptions import Subscriptions
 from actors.system import ActorSystem, Pending, WallClock
 from actors.timers import ExpiryTimers
 from engine.account import Account, AutoRefillSettings
@@ -27,14 +27,18 @@ from engine.commands import (
     SetAutoRefill,
     UsageResult,
     credits_fingerprint,
-    micros_to_cents_ceil,
 )
 from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
 from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
 from engine.metering import UsageRequest, usage_command, validate_metadata
-from engine.money import AMOUNT_CENTS_MAX, require_amount_cents, require_int
+from engine.money import (
+    AMOUNT_CENTS_MAX,
+    micros_to_cents_ceil,
+    require_amount_cents,
+    require_int,
+)
 from engine.plans import Plans
 from engine.pricing import PricingConfig, Quote, price_micros, quote
 from engine.reservations import (
@@ -82,8 +86,8 @@ class Billing:
         self.plans = plans
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
-        self.payments = PaymentLedger(store, journal, system, wall_clock_ms)
-        self.subscriptions = SubscriptionLedger(store, system, wall_clock_ms)
+        self.payments = Payments(store, journal, system, wall_clock_ms)
+        self.subscriptions = Subscriptions(store, system, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:

@@ -1,4 +1,4 @@
-"""`PaymentLedger`: the engine side of Stripe payments (credits, refunds, auto-refill state).
+"""`Payments`: the engine side of Stripe payments (credits, refunds, auto-refill state).
 
 Stripe itself is called by integrations/stripe; this facade only turns what Stripe said into
 commands for the account's actor, and waits until they are durable, like `Billing` does.
@@ -27,7 +27,7 @@ from engine.payments import (
 from storage.store import Store
 
 
-class PaymentLedger:
+class Payments:
     def __init__(self, store: Store, journal: Journal, system: ActorSystem,
                  wall_clock_ms: WallClock) -> None:
         self._store = store

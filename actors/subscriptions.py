@@ -1,4 +1,4 @@
-"""`SubscriptionLedger`: the engine side of plan subscriptions, and the deadline sweeper.
+"""`Subscriptions`: the engine side of plan subscriptions, and the deadline sweeper.
 
 Providers (Stripe, Lago, an admin) announce what happened; this facade turns each into a
 command for the account's actor. The sweeper wakes for the deadlines the subscriptions set
@@ -32,7 +32,7 @@ log = logging.getLogger("zbilling.subscriptions")
 SWEEP_S = 1.0
 
 
-class SubscriptionLedger:
+class Subscriptions:
     def __init__(self, store: Store, system: ActorSystem, wall_clock_ms: WallClock) -> None:
         self._store = store
         self._system = system

@@ -28,7 +28,7 @@ from api.openapi import openapi_document
 from api.payment_routes import register_payment_routes
 from api.routes import Caller, Route
 from api.schemas import iso_ms
-from api.settings import SCOPE_USAGE, Settings
+from api.settings import KeyScope, Settings
 from api.subscription_routes import register_subscription_routes
 from engine.account import Account, AutoRefillSettings
 from engine.commands import UsageResult
@@ -36,7 +36,7 @@ from engine.errors import BillingError, InvalidInput
 from engine.ids import AgentId, UserId, parse_key, parse_transaction_id, transaction_id_str
 from engine.ledger import EntryType, LedgerEntry
 from engine.metering import UsageRequest
-from engine.money import format_usd, require_int
+from engine.money import format_usd, micros_to_cents_ceil, require_int
 from engine.reservations import Reservation
 from engine.usage import invalid_input
 from integrations.lago.webhooks import LagoWebhooks
@@ -208,7 +208,7 @@ def create_app(  # noqa: PLR0915 - one place lists every route
 
     def check_service() -> None:
         key = auth.service(request.headers)
-        if SCOPE_USAGE not in key.scopes:
+        if KeyScope.USAGE not in key.scopes:
             raise ApiError("forbidden", "this key has no usage scope")
         name = request.headers.get("X-Service-Name", key.name)[:64]
         if name not in services_seen and len(services_seen) >= SERVICE_LABELS_MAX:
@@ -437,7 +437,7 @@ def create_app(  # noqa: PLR0915 - one place lists every route
                     msgpack=True, errors=ERRORS_SERVICE))
     async def usage_quote(body: schemas.QuoteBody) -> schemas.QuoteReply:
         quoted = billing.quote(body.metric).to_dict()
-        quoted["cost_cents"] = -(-quoted["cost_micros"] // 1_000_000)
+        quoted["cost_cents"] = micros_to_cents_ceil(quoted["cost_micros"])
         return msgspec.convert(quoted, schemas.QuoteReply)
 
     # --- reservations (services) -------------------------------------------------------------

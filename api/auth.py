@@ -13,7 +13,7 @@ import jwt
 import trio
 
 from api.errors import ApiError
-from api.settings import SCOPE_ADMIN, ServiceKey, Settings
+from api.settings import KeyScope, ServiceKey, Settings
 from engine.ids import UserId
 
 JWKS_REFRESH_INTERVAL_S = 60.0
@@ -94,7 +94,7 @@ class Authenticator:
             if admin_key and hmac.compare_digest(presented.encode(), admin_key.encode()):
                 return
             raise unauthorized("invalid admin key")
-        if SCOPE_ADMIN not in self.service(headers).scopes:
+        if KeyScope.ADMIN not in self.service(headers).scopes:
             raise ApiError("forbidden", "this key has no admin scope")
 
     async def user(self, headers: Mapping[str, str]) -> UserId:

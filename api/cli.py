@@ -35,7 +35,7 @@ from storage.store import StoreError
 from storage.verify import verify_store
 
 T = TypeVar("T")
-DEFAULT_DATA_DIR = "./data"
+DATA_DIR_DEFAULT = "./data"
 ENTRIES_SHOWN_DEFAULT = 20
 ENTRIES_SHOWN_MAX = 1000
 EXIT_BAD_INPUT = 2
@@ -43,7 +43,7 @@ EXIT_BAD_INPUT = 2
 data_dir_option = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=lambda: os.environ.get("ZBILLING_DATA_DIR", DEFAULT_DATA_DIR),
+    default=lambda: os.environ.get("ZBILLING_DATA_DIR", DATA_DIR_DEFAULT),
     show_default="ZBILLING_DATA_DIR or ./data",
     help="The data directory (LMDB).",
 )

@@ -17,21 +17,20 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
-from api.settings import ServiceKey, SettingsError
+from api.settings import KeyScope, ServiceKey, SettingsError
 from engine.errors import InvalidInput
 from engine.plans import Plans
 
 SERVICE_KEY_LENGTH_MIN = 16
-Scope = Literal["usage", "admin"]
 
 
 class ServiceKeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
+    scopes: Annotated[list[KeyScope], msgspec.Meta(min_length=1)]
     key: str | None = None
     key_env: str | None = None
 

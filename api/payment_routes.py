@@ -35,7 +35,7 @@ def register_payment_routes(endpoint: Register, billing: Billing,
     async def purchase(user: UserId, body: schemas.PurchaseBody) -> schemas.PurchaseReply:
         credits = purchase_credits(body.amount_usd)
         customer_id = await stripe_customer(billing, gateway, user)
-        price = billing.plans.price_cents(credits, (await billing.open_account(user)).plan)
+        price = billing.plans.price_usd_cents(credits, (await billing.open_account(user)).plan)
         checkout = await stripe_call(gateway.checkout_purchase(
             user, customer_id, credits, price, request_key=uuid.uuid4().hex))
         return schemas.PurchaseReply(checkout.url, checkout.session_id, credits, price)

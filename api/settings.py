@@ -7,18 +7,24 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from engine.plans import Plans
 
-DEFAULT_LISTEN = "127.0.0.1:8080"
-DEFAULT_DATA_DIR = "./data"
-DEFAULT_AUDIENCE = "z-billing"
+LISTEN_DEFAULT = "127.0.0.1:8080"
+DATA_DIR_DEFAULT = "./data"
+AUDIENCE_DEFAULT = "z-billing"
 MAX_BODY_BYTES_DEFAULT = 1024 * 1024
-DEFAULT_FRONTEND_URL = "http://localhost:3000"
+FRONTEND_URL_DEFAULT = "http://localhost:3000"
 REFILL_RETRY_BASE_S_DEFAULT = 30
-SCOPE_USAGE = "usage"
-SCOPE_ADMIN = "admin"
+
+
+class KeyScope(StrEnum):
+    """What a service key may do (not to be confused with idempotency scopes in engine/)."""
+
+    USAGE = "usage"  # usage, check, quote, reservations
+    ADMIN = "admin"
 
 
 class SettingsError(ValueError):
@@ -29,7 +35,7 @@ class SettingsError(ValueError):
 class ServiceKey:
     name: str
     key: str
-    scopes: frozenset[str]
+    scopes: frozenset[KeyScope]
 
     def __repr__(self) -> str:
         return f"ServiceKey(name={self.name!r}, scopes={sorted(self.scopes)})"
@@ -37,14 +43,14 @@ class ServiceKey:
 
 @dataclass(frozen=True)
 class Settings:
-    listen: str = DEFAULT_LISTEN
-    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    listen: str = LISTEN_DEFAULT
+    data_dir: Path = Path(DATA_DIR_DEFAULT)
     dev: bool = False
     service_keys: tuple[ServiceKey, ...] = ()
     admin_key: str | None = field(default=None, repr=False)
     auth_base_url: str | None = None
     auth_issuer: str | None = None
-    auth_audience: str = DEFAULT_AUDIENCE
+    auth_audience: str = AUDIENCE_DEFAULT
     auth_hs256_secret: str | None = field(default=None, repr=False)
     max_body_bytes: int = MAX_BODY_BYTES_DEFAULT
     metrics_token: str | None = field(default=None, repr=False)
@@ -56,7 +62,7 @@ class Settings:
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     stripe_api_base: str | None = None
-    frontend_url: str = DEFAULT_FRONTEND_URL
+    frontend_url: str = FRONTEND_URL_DEFAULT
     refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
     pricing_path: Path | None = None
     plans: Plans = field(default_factory=lambda: Plans.from_config(None))
@@ -127,7 +133,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     keys: list[ServiceKey] = []
     if env.get("SERVICE_API_KEY"):
-        keys.append(ServiceKey("default", env["SERVICE_API_KEY"], frozenset({SCOPE_USAGE})))
+        keys.append(ServiceKey("default", env["SERVICE_API_KEY"], frozenset({KeyScope.USAGE})))
     for key in service_keys:
         if any(known.name == key.name for known in keys):
             raise SettingsError(f"service key name {key.name!r} is used twice")
@@ -136,7 +142,7 @@ def load_settings(
     generated = False
     if dev and not keys:
         keys.append(ServiceKey("dev", "dev-svc-" + secrets.token_urlsafe(24),
-                               frozenset({SCOPE_USAGE})))
+                               frozenset({KeyScope.USAGE})))
         generated = True
     if dev and admin_key is None:
         admin_key = "dev-admin-" + secrets.token_urlsafe(24)
@@ -146,14 +152,14 @@ def load_settings(
             "no service key: set SERVICE_API_KEY (or run with --dev to generate one)"
         )
     settings = Settings(
-        listen=listen or env.get("LISTEN_ADDR", DEFAULT_LISTEN),
-        data_dir=data_dir or Path(env.get("ZBILLING_DATA_DIR", DEFAULT_DATA_DIR)),
+        listen=listen or env.get("LISTEN_ADDR", LISTEN_DEFAULT),
+        data_dir=data_dir or Path(env.get("ZBILLING_DATA_DIR", DATA_DIR_DEFAULT)),
         dev=dev,
         service_keys=tuple(keys),
         admin_key=admin_key,
         auth_base_url=(env.get("AUTH_BASE_URL") or "").rstrip("/") or None,
         auth_issuer=env.get("AUTH_ISSUER") or None,
-        auth_audience=env.get("AUTH_AUDIENCE", DEFAULT_AUDIENCE),
+        auth_audience=env.get("AUTH_AUDIENCE", AUDIENCE_DEFAULT),
         auth_hs256_secret=env.get("AUTH_HS256_SECRET") or None,
         max_body_bytes=_int_env(env, "MAX_BODY_BYTES", MAX_BODY_BYTES_DEFAULT),
         metrics_token=env.get("METRICS_TOKEN") or None,
@@ -165,7 +171,7 @@ def load_settings(
         stripe_api_key=env.get("STRIPE_API_KEY") or None,
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,
-        frontend_url=env.get("FRONTEND_URL", DEFAULT_FRONTEND_URL),
+        frontend_url=env.get("FRONTEND_URL", FRONTEND_URL_DEFAULT),
         refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
         pricing_path=pricing_path,
         plans=plans or Plans.from_config(None),

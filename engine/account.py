@@ -16,7 +16,7 @@ AUTO_REFILL_TRIGGER_CENTS_DEFAULT = 500
 AUTO_REFILL_AMOUNT_CENTS_MIN = 500
 AUTO_REFILL_AMOUNT_CENTS_DEFAULT = 2500
 AUTO_REFILL_AMOUNT_CENTS_MAX = 100_000
-DEFAULT_PLAN = "free"
+PLAN_DEFAULT = "free"
 
 
 class AccountStatus(StrEnum):
@@ -60,7 +60,7 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     lifetime_purchased_cents: int = 0
     lifetime_granted_cents: int = 0
     lifetime_used_cents: int = 0
-    plan: str = DEFAULT_PLAN
+    plan: str = PLAN_DEFAULT
     auto_refill: AutoRefillSettings = msgspec.field(default_factory=AutoRefillSettings)
     stripe_customer_id: str | None = None
     lago_customer_id: str | None = None

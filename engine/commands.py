@@ -11,7 +11,6 @@ import msgspec
 from engine.account import Account, AutoRefillSettings
 from engine.ids import AgentId, TransactionId, UserId, transaction_id_str
 from engine.ledger import EntryType, LedgerEntry
-from engine.money import MICROS_PER_CREDIT
 from engine.usage import Metric
 
 # Idempotency scopes: a key is unique within its scope.
@@ -226,7 +225,3 @@ def usage_fingerprint(
 
 def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType) -> bytes:
     return digest((user_id.bytes, amount_cents, entry_type.value))
-
-
-def micros_to_cents_ceil(micros: int) -> int:
-    return -(-micros // MICROS_PER_CREDIT)

@@ -13,6 +13,12 @@ AMOUNT_CENTS_MAX = 10**12
 COST_MICROS_MAX = AMOUNT_CENTS_MAX * MICROS_PER_CREDIT
 
 
+def micros_to_cents_ceil(micros: int) -> int:
+    """Whole credits that cover `micros` (rounded up: a hold or a requirement never falls
+    short of the exact cost)."""
+    return -(-micros // MICROS_PER_CREDIT)
+
+
 def format_usd(cents: int) -> str:
     """`format_usd(4500) == "$45.00"`, `format_usd(-5) == "-$0.05"`."""
     sign = "-" if cents < 0 else ""

@@ -113,12 +113,13 @@ def purchase_credits(amount_usd: Decimal) -> int:
     return int(amount_usd * CREDITS_PER_USD)
 
 
-def refunded_credits(credited_cents: int, paid_cents: int, refunded_cents: int) -> int:
-    """Credits to take back for `refunded_cents` of a payment of `paid_cents` that credited
-    `credited_cents`: proportional, exact at a full refund, never more than was credited."""
-    if paid_cents <= 0 or refunded_cents <= 0:
+def refunded_credits(credited_cents: int, paid_usd_cents: int, refunded_usd_cents: int) -> int:
+    """Credits to take back for `refunded_usd_cents` of a payment of `paid_usd_cents` that
+    credited `credited_cents`: proportional, exact at a full refund, never more than was
+    credited."""
+    if paid_usd_cents <= 0 or refunded_usd_cents <= 0:
         return 0
-    share = Fraction(credited_cents * min(refunded_cents, paid_cents), paid_cents)
+    share = Fraction(credited_cents * min(refunded_usd_cents, paid_usd_cents), paid_usd_cents)
     return min(credited_cents, round_half_even(share))
 
 

@@ -23,7 +23,7 @@ Cents = Annotated[int, msgspec.Meta(ge=0, le=AMOUNT_CENTS_MAX)]
 
 class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
-    monthly_price_cents: Cents
+    monthly_price_usd_cents: Cents
     monthly_credits: Cents
     purchase_discount_percent: Annotated[int, msgspec.Meta(ge=0, le=99)] = 0
     stripe_price_id: str | None = None
@@ -32,7 +32,7 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     custom: bool = False
 
 
-DEFAULT_PLANS: dict[str, Plan] = {
+PLANS_DEFAULT: dict[str, Plan] = {
     FREE: Plan("Free", 0, 0, 0, lago_plan_code="free"),
     "standard": Plan("Standard", 2_000, 2_500, 10, lago_plan_code="standard"),
     "pro": Plan("Pro", 5_000, 6_000, 20, lago_plan_code="pro"),
@@ -51,7 +51,7 @@ class Plans:
             configured = msgspec.convert(table or {}, dict[str, Plan])
         except msgspec.ValidationError as error:
             raise InvalidInput(f"plans: {error}") from None
-        return cls({**DEFAULT_PLANS, **configured})
+        return cls({**PLANS_DEFAULT, **configured})
 
     @property
     def codes(self) -> list[str]:
@@ -68,9 +68,10 @@ class Plans:
         return next((code for code, plan in self._plans.items()
                      if plan.stripe_price_id == price_id), None)
 
-    def price_cents(self, credits: int, code: str) -> int:
-        """What `credits` cost on plan `code`: its discount lowers the price, never the
-        credits. An unknown plan (say, one removed from the config) pays full price."""
+    def price_usd_cents(self, amount_cents: int, code: str) -> int:
+        """What `amount_cents` credits cost on plan `code`, in US cents: its discount lowers
+        the price, never the credits. An unknown plan (say, one removed from the config) pays
+        full price."""
         plan = self._plans.get(code)
         discount = plan.purchase_discount_percent if plan is not None else 0
-        return round_half_even(Fraction(credits * (100 - discount), 100))
+        return round_half_even(Fraction(amount_cents * (100 - discount), 100))

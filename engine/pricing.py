@@ -44,7 +44,7 @@ _NEVER = 1 << 62
 
 # Reference values (PRICING-NOTES.md), used when a pricing file leaves a rate out: a forgotten
 # section must not make a resource free.
-DEFAULT_MODEL_CREDITS_PER_MILLION = (100, 300)
+MODEL_CREDITS_PER_MILLION_DEFAULT = (100, 300)
 CPU_HOUR_CREDITS = Fraction(6)
 MEMORY_GB_HOUR_CREDITS = Fraction(2)
 # Our choice, not from the reference: about 10 credits per GB-month.
@@ -127,8 +127,8 @@ class Quote:
         }
 
 
-_DEFAULT_MODEL = ModelPrice(
-    Fraction(DEFAULT_MODEL_CREDITS_PER_MILLION[0]), Fraction(DEFAULT_MODEL_CREDITS_PER_MILLION[1])
+_MODEL_DEFAULT = ModelPrice(
+    Fraction(MODEL_CREDITS_PER_MILLION_DEFAULT[0]), Fraction(MODEL_CREDITS_PER_MILLION_DEFAULT[1])
 )
 
 
@@ -265,7 +265,7 @@ class PricingConfig:
     """
 
     models: Mapping[tuple[str, str], ModelPrice] = field(default_factory=dict)
-    default_model: ModelPrice = _DEFAULT_MODEL
+    default_model: ModelPrice = _MODEL_DEFAULT
     long_context_rules: Mapping[str, LongContextRule] = field(default_factory=dict)
     aliases: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     cpu_hour: Fraction = CPU_HOUR_CREDITS
@@ -596,7 +596,7 @@ def _parse(document: Mapping[str, Any]) -> PricingConfig:
 
     default_model = (
         _parse_model(llm["default"], "llm.default", rules)
-        if "default" in llm else _DEFAULT_MODEL
+        if "default" in llm else _MODEL_DEFAULT
     )
 
     compute = _table(document, "compute", "compute")

@@ -27,7 +27,6 @@ from engine.commands import (
     Transition,
     UsageEventRecord,
     UsageResult,
-    micros_to_cents_ceil,
 )
 from engine.errors import (
     AccountExists,
@@ -44,7 +43,7 @@ from engine.errors import (
 from engine.export import AccountOpened
 from engine.ids import TransactionId
 from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
-from engine.money import COST_MICROS_MAX, MICROS_PER_CREDIT, split_micros
+from engine.money import COST_MICROS_MAX, MICROS_PER_CREDIT, micros_to_cents_ceil, split_micros
 from engine.payments import (
     DeclineRefill,
     PaymentCommand,

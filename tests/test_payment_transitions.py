@@ -82,19 +82,19 @@ def test_purchases_out_of_range_or_finer_than_a_cent_are_refused(usd):
 @pytest.mark.parametrize(("plan", "price"), [("free", 5_000), ("standard", 4_500),
                                              ("pro", 4_000), ("enterprise", 5_000)])
 def test_the_plan_discount_lowers_the_price_never_the_credits(plan, price):
-    assert PLANS.price_cents(5_000, plan) == price
+    assert PLANS.price_usd_cents(5_000, plan) == price
 
 
 def test_a_discounted_odd_price_rounds_half_even():
-    assert PLANS.price_cents(505, "standard") == 454  # 454.5 -> 454
-    assert PLANS.price_cents(515, "standard") == 464  # 463.5 -> 464
+    assert PLANS.price_usd_cents(505, "standard") == 454  # 454.5 -> 454
+    assert PLANS.price_usd_cents(515, "standard") == 464  # 463.5 -> 464
 
 
 def test_the_config_file_changes_a_plan_and_refuses_typos():
-    plans = Plans.from_config({"standard": {"name": "Standard", "monthly_price_cents": 2_500,
+    plans = Plans.from_config({"standard": {"name": "Standard", "monthly_price_usd_cents": 2_500,
                                             "monthly_credits": 3_000,
                                             "purchase_discount_percent": 15}})
-    assert plans.price_cents(1_000, "standard") == 850
+    assert plans.price_usd_cents(1_000, "standard") == 850
     assert plans.get("pro").monthly_credits == 6_000
     with pytest.raises(InvalidInput):
         Plans.from_config({"gold": {"name": "Gold", "monthly_price": 1}})
@@ -198,7 +198,7 @@ def test_the_refill_is_priced_with_the_accounts_plan():
     crossed = debit(replace(REFILLING, plan="pro"), 600, "e1")
     intent = next(record for record in crossed.records if isinstance(record, RefillIntent))
     assert (intent.amount_cents, intent.plan) == (2_500, "pro")
-    assert PLANS.price_cents(intent.amount_cents, intent.plan) == 2_000
+    assert PLANS.price_usd_cents(intent.amount_cents, intent.plan) == 2_000
 
 
 def test_a_credited_refill_ends_the_refill_in_flight():

@@ -36,7 +36,7 @@ LAGO_PUBLIC_PEM = LAGO_KEY.public_key().public_bytes(
 PLANS = """
 [plans.standard]
 name = "Standard"
-monthly_price_cents = 2000
+monthly_price_usd_cents = 2000
 monthly_credits = 2500
 purchase_discount_percent = 10
 stripe_price_id = "price_standard"

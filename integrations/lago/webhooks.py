@@ -20,8 +20,8 @@ from typing import Any
 import jwt
 import msgspec
 
-from actors.payments import PaymentLedger
-from actors.subscriptions import SubscriptionLedger
+from actors.payments import Payments
+from actors.subscriptions import Subscriptions
 from engine.errors import DuplicateEvent, InvalidInput
 from engine.ids import UserId
 from engine.subscriptions import MONTH_MS
@@ -42,7 +42,7 @@ def load_public_key(text: str) -> str:
 
 
 class LagoWebhooks:
-    def __init__(self, subscriptions: SubscriptionLedger, payments: PaymentLedger, *,
+    def __init__(self, subscriptions: Subscriptions, payments: Payments, *,
                  hmac_key: str | None, public_key: str | None, issuer: str | None) -> None:
         self._subscriptions = subscriptions
         self._payments = payments

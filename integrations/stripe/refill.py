@@ -20,7 +20,7 @@ from collections.abc import Callable
 import stripe
 import trio
 
-from actors.payments import PaymentLedger
+from actors.payments import Payments
 from engine.errors import BillingError, DuplicateEvent
 from engine.ids import UserId
 from engine.ledger import EntryType
@@ -40,7 +40,7 @@ AttemptKey = tuple[UserId, int, int]
 
 
 class RefillWorker:
-    def __init__(self, gateway: StripeGateway, payments: PaymentLedger, plans: Plans, *,
+    def __init__(self, gateway: StripeGateway, payments: Payments, plans: Plans, *,
                  poll_s: float = POLL_S, decline_backoff_s: float = DECLINE_BACKOFF_BASE_S,
                  unreachable_backoff_s: float = UNREACHABLE_BACKOFF_BASE_S,
                  clock: Callable[[], float] = trio.current_time) -> None:
@@ -115,7 +115,7 @@ class RefillWorker:
             return await self._declined(intent, "no default payment method")
         try:
             payment = await self._gateway.charge_refill(
-                intent, method, self._plans.price_cents(intent.amount_cents, intent.plan))
+                intent, method, self._plans.price_usd_cents(intent.amount_cents, intent.plan))
         except stripe.CardError as error:
             return await self._declined(intent, error.code or "card_declined")
         except stripe.InvalidRequestError as error:

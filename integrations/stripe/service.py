@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from actors.metrics import TallyCollector
-from actors.payments import PaymentLedger
-from actors.subscriptions import SubscriptionLedger
+from actors.payments import Payments
+from actors.subscriptions import Subscriptions
 from engine.plans import Plans
 from integrations.stripe.gateway import StripeGateway
 from integrations.stripe.refill import RefillWorker
@@ -23,8 +23,8 @@ class StripeService:
     refills: RefillWorker
 
 
-def stripe_service(gateway: StripeGateway, payments: PaymentLedger,
-                   subscriptions: SubscriptionLedger, plans: Plans, registry: CollectorRegistry,
+def stripe_service(gateway: StripeGateway, payments: Payments,
+                   subscriptions: Subscriptions, plans: Plans, registry: CollectorRegistry,
                    *, refill_retry_base_s: float) -> StripeService:
     webhooks = StripeWebhooks(gateway, payments, StripeSubscriptions(subscriptions, plans))
     service = StripeService(gateway, webhooks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from actors.subscriptions import SubscriptionLedger
+from actors.subscriptions import Subscriptions
 from engine.errors import DuplicateEvent, InvalidInput
 from engine.ids import UserId
 from engine.plans import Plans
@@ -19,7 +19,7 @@ from engine.subscription_state import Manager
 
 
 class StripeSubscriptions:
-    def __init__(self, ledger: SubscriptionLedger, plans: Plans) -> None:
+    def __init__(self, ledger: Subscriptions, plans: Plans) -> None:
         self._ledger = ledger
         self._plans = plans
 

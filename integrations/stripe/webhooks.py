@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import stripe
 
-from actors.payments import PaymentLedger
+from actors.payments import Payments
 from engine.errors import BillingError, DuplicateEvent, InvalidInput, NotYetApplicable
 from engine.ledger import EntryType
 from engine.payments import refunded_credits
@@ -31,7 +31,7 @@ HANDLED_TYPES = ("checkout.session.completed", "checkout.session.async_payment_s
 
 
 class StripeWebhooks:
-    def __init__(self, gateway: StripeGateway, payments: PaymentLedger,
+    def __init__(self, gateway: StripeGateway, payments: Payments,
                  subscriptions: StripeSubscriptions) -> None:
         self._gateway = gateway
         self._payments = payments
