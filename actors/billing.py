@@ -108,23 +108,19 @@ class Billing:
     # --- accounts ----------------------------------------------------------------------------
 
     async def open_account(self, user_id: UserId, *, must_be_new: bool = False) -> Account:
-        reply = await self._system.execute(OpenAccount(user_id, must_be_new))
-        assert isinstance(reply, Account)
+        reply = await self._system.call(OpenAccount(user_id, must_be_new), Account)
         return reply
 
     async def get_account(self, user_id: UserId) -> Account:
-        reply = await self._system.execute(GetAccount(user_id))
-        assert isinstance(reply, Account)
+        reply = await self._system.call(GetAccount(user_id), Account)
         return reply
 
     async def close_account(self, user_id: UserId) -> Account:
-        reply = await self._system.execute(CloseAccount(user_id))
-        assert isinstance(reply, Account)
+        reply = await self._system.call(CloseAccount(user_id), Account)
         return reply
 
     async def set_auto_refill(self, user_id: UserId, settings: AutoRefillSettings) -> Account:
-        reply = await self._system.execute(SetAutoRefill(user_id, settings))
-        assert isinstance(reply, Account)
+        reply = await self._system.call(SetAutoRefill(user_id, settings), Account)
         return reply
 
     # --- credits -----------------------------------------------------------------------------
@@ -157,8 +153,7 @@ class Billing:
             description=description,
             metadata=validate_metadata(metadata or {}),
         )
-        reply = await self._system.execute(command)
-        assert isinstance(reply, CreditResult)
+        reply = await self._system.call(command, CreditResult)
         return reply
 
     # --- usage -------------------------------------------------------------------------------
@@ -198,8 +193,7 @@ class Billing:
 
     async def check_balance(self, user_id: UserId, required_cents: int) -> BalanceCheck:
         required_cents = require_int("required_cents", required_cents, 0, AMOUNT_CENTS_MAX)
-        reply = await self._system.execute(CheckBalance(user_id, required_cents))
-        assert isinstance(reply, BalanceCheck)
+        reply = await self._system.call(CheckBalance(user_id, required_cents), BalanceCheck)
         return reply
 
     # --- reservations ------------------------------------------------------------------------
@@ -233,8 +227,7 @@ class Billing:
             fingerprint=reserve_fingerprint(user_id, amount),
             metadata=validate_metadata(metadata or {}),
         )
-        held = await self._system.execute(command)
-        assert isinstance(held, ReservationHeld)
+        held = await self._system.call(command, ReservationHeld)
         self._timers.arm(reservation_id, user_id, held.reservation.expires_at_ms)
         return held
 
@@ -271,15 +264,15 @@ class Billing:
             self.pricing,
             self._wall_clock_ms(),
         )
-        committed = await self._system.execute(CommitReservation(reservation_id, usage))
-        assert isinstance(committed, ReservationCommitted)
+        committed = await self._system.call(CommitReservation(reservation_id, usage),
+                                            ReservationCommitted)
         self._timers.disarm(reservation_id)
         return committed
 
     async def release_reservation(self, reservation_id: str) -> ReservationReleased:
         user_id = self._reservation_owner(reservation_id)
-        released = await self._system.execute(ReleaseReservation(user_id, reservation_id))
-        assert isinstance(released, ReservationReleased)
+        released = await self._system.call(ReleaseReservation(user_id, reservation_id),
+                                           ReservationReleased)
         self._timers.disarm(reservation_id)
         return released
 

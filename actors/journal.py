@@ -14,12 +14,12 @@ from typing import Protocol
 import trio
 
 from engine.account import Account
-from engine.commands import PriorOutcome, Record
+from engine.commands import PriorOutcome
 from engine.errors import EngineStopped, Overloaded
-from engine.export import AccountOpened, OutboxAck, RequeueParked, outbox_rows
+from engine.export import outbox_rows
 from engine.ids import UserId
+from engine.records import AnyRecord, OutboxOnly, StoredRecord
 from engine.reservations import Reservation
-from engine.subscriptions import LagoMirror
 from storage.store import CommitBatch, MapFull, Store, StoreError
 
 # Commands waiting for a commit before callers are told to back off.
@@ -54,7 +54,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.accounts: dict[UserId, Account] = {}
-        self.records: list[Record | Reservation | OutboxAck | RequeueParked | AccountOpened] = []
+        self.records: list[AnyRecord] = []
         self.keys: list[tuple[tuple[str, str], Keyed]] = []
         self.submitters: list[Submitter] = []
         self.done = trio.Event()
@@ -112,7 +112,7 @@ class Journal:
         self,
         submitter: Submitter,
         account: Account | None,
-        records: Iterable[Record | Reservation | OutboxAck | RequeueParked | AccountOpened],
+        records: Iterable[AnyRecord],
         keyed: Iterable[Keyed] = (),
     ) -> Batch:
         """Queue a command's effects; the returned batch tells when they are durable."""
@@ -174,8 +174,8 @@ class Journal:
         outbox = [
             row for record in batch.records for row in outbox_rows(record)
         ] if self._export else []
-        stored = [record for record in batch.records
-                  if not isinstance(record, AccountOpened | LagoMirror)]
+        stored: list[StoredRecord] = [record for record in batch.records
+                                      if not isinstance(record, OutboxOnly)]
         try:
             async with self.exclusive:
                 await self._write(CommitBatch(list(batch.accounts.values()), stored, outbox))

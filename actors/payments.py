@@ -55,8 +55,7 @@ class Payments:
         return list(self._store.iter_refills())
 
     async def set_customer(self, user_id: UserId, customer_id: str) -> Account:
-        account = await self._system.execute(SetStripeCustomer(user_id, customer_id))
-        assert isinstance(account, Account)
+        account = await self._system.call(SetStripeCustomer(user_id, customer_id), Account)
         return account
 
     async def credit_payment(
@@ -84,8 +83,7 @@ class Payments:
             webhook=webhook,
             refill_number=refill_number,
         )
-        result = await self._system.execute(command)
-        assert isinstance(result, CreditResult)
+        result = await self._system.call(command, CreditResult)
         return result
 
     async def take_back(self, user_id: UserId, charge_id: str, total_cents: int, *,
@@ -93,11 +91,9 @@ class Payments:
                         webhook: WebhookMarker | None = None) -> CreditResult:
         command = TakeBackCredits(user_id, charge_id, total_cents, description, metadata,
                                   webhook)
-        result = await self._system.execute(command)
-        assert isinstance(result, CreditResult)
+        result = await self._system.call(command, CreditResult)
         return result
 
     async def decline_refill(self, user_id: UserId, number: int, reason: str) -> RefillDeclined:
-        result = await self._system.execute(DeclineRefill(user_id, number, reason))
-        assert isinstance(result, RefillDeclined)
+        result = await self._system.call(DeclineRefill(user_id, number, reason), RefillDeclined)
         return result

@@ -39,8 +39,7 @@ class Subscriptions:
         self._wall_clock_ms = wall_clock_ms
 
     async def _account(self, command: object) -> Account:
-        account = await self._system.execute(command)  # type: ignore[arg-type]
-        assert isinstance(account, Account)
+        account = await self._system.call(command, Account)  # type: ignore[arg-type]
         return account
 
     async def subscribe(self, user_id: UserId, subscription_id: str, plan: str, *,
@@ -53,10 +52,8 @@ class Subscriptions:
     async def grant(self, user_id: UserId, subscription_id: str, period_start_ms: int,
                     period_end_ms: int, source: str) -> CreditResult:
         """The period's credits, once; a repeat raises DuplicateEvent."""
-        result = await self._system.execute(GrantPeriod(user_id, subscription_id,
-                                                        period_start_ms, period_end_ms, source))
-        assert isinstance(result, CreditResult)
-        return result
+        command = GrantPeriod(user_id, subscription_id, period_start_ms, period_end_ms, source)
+        return await self._system.call(command, CreditResult)
 
     async def cancel(self, user_id: UserId) -> Account:
         return await self._account(CancelSubscription(user_id))

@@ -14,36 +14,34 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from actors.journal import Batch, Journal
 from engine.account import Account
-from engine.commands import Command, PriorOutcome, UsageResult
+from engine.commands import Context, PriorOutcome, UsageResult
 from engine.errors import (
     BillingError,
     DuplicateEvent,
     InsufficientCredits,
     Overloaded,
+    require,
 )
 from engine.ids import TransactionId, UserId, next_transaction_id
-from engine.payments import PaymentCommand
 from engine.reservations import (
     SCOPE_RESERVATION,
     Reservation,
-    ReservationCommand,
     ReservationCommitted,
     ReservationHeld,
     ReservationReleased,
     ReservationStatus,
 )
-from engine.subscriptions import SubscriptionCommand
-from engine.transitions import Context, apply
+from engine.transitions import AnyCommand, apply
 from storage.store import Store
 
-AnyCommand = Command | ReservationCommand | PaymentCommand | SubscriptionCommand
 log = logging.getLogger("zbilling.actors")
+R = TypeVar("R")
 
 # Commands one account may have waiting for their commit (its mailbox bound).
 MAILBOX_CAPACITY = 1024
@@ -155,6 +153,14 @@ class ActorSystem:
     async def execute(self, command: AnyCommand) -> Any:
         return await self.apply_now(command).settle()
 
+    async def call(self, command: AnyCommand, reply_type: type[R]) -> R:
+        """`execute` for a command whose reply has a known type (checked: a transition that
+        answers otherwise is a bug, and the caller would misread the reply)."""
+        reply = await self.apply_now(command).settle()
+        require(isinstance(reply, reply_type),
+                f"{type(command).__name__} replied {type(reply).__name__}")
+        return reply  # type: ignore[no-any-return]
+
     def apply_now(self, command: AnyCommand) -> Pending:
         """Decide `command` against the account's current state and queue its records.
 
@@ -168,19 +174,16 @@ class ActorSystem:
 
     def _decide(self, actor: AccountActor, command: AnyCommand) -> Pending:
         journal = self._journal
+        key, reservation_id = command.reads()
         prior: PriorOutcome | None = None
-        key = getattr(command, "key", None)
         if key is not None:
-            scope = command.scope  # type: ignore[union-attr]
-            prior = journal.inflight_outcome(scope, key) or self._store.get_outcome(scope, key)
+            prior = journal.inflight_outcome(*key) or self._store.get_outcome(*key)
+        reservation = (self.find_reservation(reservation_id) if reservation_id is not None
+                       else None)
         now_ms = self._wall_clock_ms()
         self._last_transaction_id = next_transaction_id(
             self._last_transaction_id, now_ms, _ULID_RANDOM.getrandbits(80)
         )
-        reservation: Reservation | None = None
-        reservation_id = getattr(command, "reservation_id", None)
-        if reservation_id is not None:
-            reservation = self.find_reservation(reservation_id)
         context = Context(now_ms, TransactionId(self._last_transaction_id), prior, reservation)
         try:
             # The transition checks the key before the account: a retry of an applied event

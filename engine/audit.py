@@ -1,4 +1,4 @@
-"""The ledger invariants of DESIGN.md, checked over one account and its entries."""
+"""The ledger invariants (README "Ledger invariants"), checked over one account and its entries."""
 
 from __future__ import annotations
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from engine.account import Account, AutoRefillSettings
 from engine.ids import AgentId, TransactionId, UserId, transaction_id_str
-from engine.ledger import EntryType, LedgerEntry
+from engine.ledger import EntryType
 from engine.usage import Metric
+
+if TYPE_CHECKING:  # only annotations: these modules import this one
+    from engine.records import AnyRecord
+    from engine.reservations import Reservation
 
 # Idempotency scopes: a key is unique within its scope.
 SCOPE_USAGE = "usage"
@@ -22,21 +26,43 @@ class _Value(msgspec.Struct, frozen=True, gc=False):
     """Immutable value: cheap to build and to copy with a change (msgspec.structs.replace)."""
 
 
+# --- what a transition may know of the world ------------------------------------------------
+
+
+class Reads(NamedTuple):
+    """What the actor looks up before deciding a command: the outcome of an idempotency key
+    `(scope, key)` and the reservation a command names (TigerBeetle's prefetch)."""
+
+    key: tuple[str, str] | None = None
+    reservation_id: str | None = None
+
+
+NO_READS = Reads()
+
+
+class CommandBase(_Value):
+    """Every command names its account (`user_id`) and declares its reads."""
+
+    def reads(self) -> Reads:
+        return NO_READS
+
+
+
 # --- commands -------------------------------------------------------------------------------
 
 
-class OpenAccount(_Value):
+class OpenAccount(CommandBase):
     """Create the account; `must_be_new` makes an existing account a conflict."""
 
     user_id: UserId
     must_be_new: bool = False
 
 
-class GetAccount(_Value):
+class GetAccount(CommandBase):
     user_id: UserId
 
 
-class CloseAccount(_Value):
+class CloseAccount(CommandBase):
     user_id: UserId
 
 
@@ -49,7 +75,7 @@ class WebhookMarker(_Value):
     received_at_ms: int
 
 
-class AddCredits(_Value):
+class AddCredits(CommandBase):
     """Credits of a credit type. Payments use the `stripe_payment` scope keyed on the
     PaymentIntent, carry the webhook that announced them, and an auto-refill its number."""
 
@@ -64,8 +90,11 @@ class AddCredits(_Value):
     webhook: WebhookMarker | None = None
     refill_number: int | None = None
 
+    def reads(self) -> Reads:
+        return Reads((self.scope, self.key)) if self.key is not None else NO_READS
 
-class ReportUsage(_Value):
+
+class ReportUsage(CommandBase):
     """One usage event, already priced: `cost_micros` is exact."""
 
     user_id: UserId
@@ -77,21 +106,16 @@ class ReportUsage(_Value):
     agent_id: AgentId | None = None
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
-    @property
-    def key(self) -> str:
-        return self.event_id
-
-    @property
-    def scope(self) -> str:
-        return SCOPE_USAGE
+    def reads(self) -> Reads:
+        return Reads((SCOPE_USAGE, self.event_id))
 
 
-class CheckBalance(_Value):
+class CheckBalance(CommandBase):
     user_id: UserId
     required_cents: int
 
 
-class SetAutoRefill(_Value):
+class SetAutoRefill(CommandBase):
     user_id: UserId
     settings: AutoRefillSettings
 
@@ -188,8 +212,16 @@ class UsageEventRecord(_Value):
         return self.event_id
 
 
-Record = LedgerEntry | KeyRecord | UsageEventRecord | WebhookMarker
 PriorOutcome = KeyRecord | UsageEventRecord
+
+
+class Context(_Value):
+    """The time, a fresh transaction id, and what the command's `reads()` found."""
+
+    now_ms: int
+    transaction_id: TransactionId
+    prior: PriorOutcome | None = None
+    reservation: Reservation | None = None
 
 
 class Transition(_Value):
@@ -200,9 +232,9 @@ class Transition(_Value):
     """
 
     account: Account | None
-    records: tuple[Any, ...]
+    records: tuple[AnyRecord, ...]
     reply: Any
-    keyed: tuple[Any, ...] = ()
+    keyed: tuple[PriorOutcome | Reservation, ...] = ()
 
 
 # --- fingerprints ---------------------------------------------------------------------------

@@ -1,4 +1,15 @@
-"""The one domain error hierarchy. The API maps each class to an HTTP status once."""
+"""The one domain error hierarchy. The API maps each class to an HTTP status once.
+
+The assertion rule, three kinds of check and nothing else:
+
+- `raise SomeBillingError(...)`: a refusal the caller can act on (bad input, not enough
+  credits, a key used before). One check per fault, each with its own message and, for
+  input, `details.field`, so the caller learns exactly what to fix.
+- `require(condition, message)`: guards anything whose failure would store a wrong balance or
+  a state no rule produces (an invariant). Always on; it stops the command, not the engine.
+- bare `assert`: type narrowing only (telling the type checker what a `require` or the
+  control flow already established). It is the only check `python -O` may strip.
+"""
 
 from __future__ import annotations
 

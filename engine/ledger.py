@@ -21,7 +21,7 @@ class EntryType(StrEnum):
     ADJUSTMENT = "adjustment"
 
 
-# Which lifetime counter each entry type feeds (invariant 4 of DESIGN.md).
+# Which lifetime counter each entry type feeds (invariant 4, README "Ledger invariants").
 PURCHASED_TYPES = frozenset({EntryType.PURCHASE, EntryType.AUTO_REFILL})
 GRANTED_TYPES = frozenset({EntryType.SUBSCRIPTION_GRANT})
 OTHER_CREDIT_TYPES = frozenset({EntryType.REFUND, EntryType.BONUS, EntryType.ADJUSTMENT})

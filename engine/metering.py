@@ -1,4 +1,4 @@
-"""Turning a usage request into a priced, fingerprinted command."""
+"""Usage: turning a usage request into a priced, fingerprinted command, and charging it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,28 @@ from typing import Any
 
 import msgspec
 
-from engine.commands import ReportUsage, usage_fingerprint
-from engine.errors import InvalidInput
+from engine.account import Account, live_account
+from engine.commands import (
+    Context,
+    ReportUsage,
+    Transition,
+    UsageEventRecord,
+    UsageResult,
+    usage_fingerprint,
+)
+from engine.errors import InsufficientCredits, InvalidInput, require
 from engine.ids import AgentId, UserId
-from engine.money import AMOUNT_CENTS_MAX, COST_MICROS_MAX, MICROS_PER_CREDIT, require_int
+from engine.ledger import EntryType
+from engine.money import (
+    AMOUNT_CENTS_MAX,
+    COST_MICROS_MAX,
+    MICROS_PER_CREDIT,
+    micros_to_cents_ceil,
+    require_int,
+    split_micros,
+)
+from engine.payments import refill_if_low
+from engine.posting import check_prior, post_entry
 from engine.pricing import PricingConfig, price_micros
 from engine.usage import Metric
 
@@ -90,3 +108,67 @@ def usage_command(request: UsageRequest, pricing: PricingConfig, now_ms: int) ->
         agent_id=request.agent_id,
         metadata=validate_metadata(request.metadata),
     )
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def report_usage(account: Account | None, command: ReportUsage, context: Context) -> Transition:
+    check_prior(command.event_id, command.fingerprint, context.prior)
+    live = live_account(account, command.user_id)
+    check_cost(command.cost_micros)
+    if not live.can_afford_micros(command.cost_micros):
+        raise InsufficientCredits(
+            balance_cents=live.balance_cents,
+            available_cents=live.available,
+            required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
+        )
+    transition = charge_usage(live, command, context, live.held_cents)
+    updated = transition.account
+    assert updated is not None
+    require(updated.available >= -updated.overdraft_limit_cents, "debit passed overdraft")
+    return transition
+
+
+def check_cost(cost_micros: int) -> None:
+    if not 0 <= cost_micros <= COST_MICROS_MAX:
+        raise InvalidInput("cost is out of range", {"field": "cost_micros"})
+
+
+def charge_usage(
+    live: Account,
+    command: ReportUsage,
+    context: Context,
+    held_cents: int,
+    extra_metadata: Mapping[str, str] | None = None,
+) -> Transition:
+    """Charge a usage event with the carry rule: the entry, the event record, the reply."""
+    cost_micros = command.cost_micros
+    debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
+    metadata = {**command.metadata, **(extra_metadata or {}), "cost_micros": cost_micros}
+    updated, entry = post_entry(live, context, EntryType.USAGE, -debit,
+                                source_key=command.event_id, metadata=metadata,
+                                held_cents=held_cents, unbilled_micros=carried_micros)
+    reply = UsageResult(
+        event_id=command.event_id,
+        user_id=live.user_id,
+        transaction_id=context.transaction_id,
+        cost_cents=debit,
+        cost_micros=cost_micros,
+        balance_cents=updated.balance_cents,
+        held_cents=held_cents,
+    )
+    event = UsageEventRecord(
+        event_id=command.event_id,
+        user_id=live.user_id,
+        fingerprint=command.fingerprint,
+        occurred_at_ms=command.occurred_at_ms,
+        metric=command.metric,
+        agent_id=command.agent_id,
+        result=reply,
+    )
+    updated, refill = refill_if_low(updated)
+    return Transition(updated, (entry, event, *refill), reply, (event,))
+
+
+HANDLERS = {ReportUsage: report_usage}

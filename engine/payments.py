@@ -19,11 +19,21 @@ import msgspec
 from msgspec.structs import replace
 
 from engine.account import Account, AutoRefillSettings, live_account
-from engine.commands import CreditResult, KeyRecord, Transition, WebhookMarker, digest
-from engine.errors import DuplicateEvent, InvalidInput
-from engine.ids import TransactionId, UserId
-from engine.ledger import EntryType, LedgerEntry
+from engine.commands import (
+    CommandBase,
+    Context,
+    CreditResult,
+    KeyRecord,
+    Reads,
+    Transition,
+    WebhookMarker,
+    digest,
+)
+from engine.errors import DuplicateEvent, InvalidInput, require
+from engine.ids import UserId
+from engine.ledger import EntryType
 from engine.money import round_half_even
+from engine.posting import post_entry
 
 SCOPE_STRIPE_PAYMENT = "stripe_payment"
 SCOPE_STRIPE_REFUND = "stripe_refund"
@@ -55,7 +65,7 @@ class RefillResolved(msgspec.Struct, frozen=True, gc=False):
 # --- commands -------------------------------------------------------------------------------
 
 
-class TakeBackCredits(msgspec.Struct, frozen=True, gc=False):
+class TakeBackCredits(CommandBase):
     """A Stripe refund of a payment we credited: bring the credits taken back for `charge_id`
     up to `total_cents` (cumulative over the charge's refunds). May leave the balance below
     zero: the user already spent those credits."""
@@ -67,16 +77,11 @@ class TakeBackCredits(msgspec.Struct, frozen=True, gc=False):
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
     webhook: WebhookMarker | None = None
 
-    @property
-    def scope(self) -> str:
-        return SCOPE_STRIPE_REFUND
-
-    @property
-    def key(self) -> str:
-        return self.charge_id
+    def reads(self) -> Reads:
+        return Reads((SCOPE_STRIPE_REFUND, self.charge_id))
 
 
-class DeclineRefill(msgspec.Struct, frozen=True, gc=False):
+class DeclineRefill(CommandBase):
     """Stripe declined refill `number`; after REFILL_ATTEMPTS_MAX declines, give up."""
 
     user_id: UserId
@@ -84,7 +89,7 @@ class DeclineRefill(msgspec.Struct, frozen=True, gc=False):
     reason: str
 
 
-class SetStripeCustomer(msgspec.Struct, frozen=True, gc=False):
+class SetStripeCustomer(CommandBase):
     user_id: UserId
     customer_id: str
 
@@ -101,15 +106,14 @@ class RefillDeclined(msgspec.Struct, frozen=True, gc=False):
 
 def purchase_credits(amount_usd: Decimal) -> int:
     """Credits bought for `amount_usd` dollars (5 … 1000, at most two decimals)."""
-    if (
-        not amount_usd.is_finite()
-        or not PURCHASE_USD_MIN <= amount_usd <= PURCHASE_USD_MAX
-        or -amount_usd.as_tuple().exponent > 2  # type: ignore[operator]
-    ):
+    field = {"field": "amount_usd"}
+    if not amount_usd.is_finite():
+        raise InvalidInput("amount_usd must be a finite number", field)
+    if not PURCHASE_USD_MIN <= amount_usd <= PURCHASE_USD_MAX:
         raise InvalidInput(
-            f"amount_usd must be between {PURCHASE_USD_MIN} and {PURCHASE_USD_MAX} with at "
-            "most 2 decimals", {"field": "amount_usd"},
-        )
+            f"amount_usd must be between {PURCHASE_USD_MIN} and {PURCHASE_USD_MAX}", field)
+    if -amount_usd.as_tuple().exponent > 2:  # type: ignore[operator]
+        raise InvalidInput("amount_usd has at most 2 decimals (whole cents)", field)
     return int(amount_usd * CREDITS_PER_USD)
 
 
@@ -156,30 +160,24 @@ def settle_refill(account: Account, number: int | None) -> tuple[Account, tuple[
 # --- transitions ----------------------------------------------------------------------------
 
 
-def take_back_credits(account: Account | None, command: TakeBackCredits, now_ms: int,
-                      transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+def take_back_credits(account: Account | None, command: TakeBackCredits,
+                      context: Context) -> Transition:
     if command.total_cents <= 0:
         raise InvalidInput("a refund takes back a positive number of credits")
+    prior = context.prior
     taken_before = -prior.result.amount_cents if prior is not None else 0
     if command.total_cents <= taken_before:
+        require(prior is not None, "a refund of nothing taken back before is positive")
         assert prior is not None
         raise DuplicateEvent(command.charge_id, prior.result.to_dict())
     live = live_account(account, command.user_id)
     amount = command.total_cents - taken_before
-    balance = live.balance_cents - amount
-    entry = LedgerEntry(
-        transaction_id=transaction_id,
-        user_id=live.user_id,
-        entry_type=EntryType.REFUND,
-        amount=-amount,
-        balance_after=balance,
-        created_at_ms=now_ms,
-        source_key=command.charge_id,
-        description=command.description,
-        metadata=command.metadata,
-    )
-    updated = replace(live, balance_cents=balance, seq=live.seq + 1, updated_at_ms=now_ms)
-    reply = CreditResult(live.user_id, transaction_id, EntryType.REFUND, -amount, balance)
+    updated, entry = post_entry(live, context, EntryType.REFUND, -amount,
+                                source_key=command.charge_id,
+                                description=command.description, metadata=command.metadata)
+    balance = updated.balance_cents
+    reply = CreditResult(live.user_id, context.transaction_id, EntryType.REFUND, -amount,
+                         balance)
     # The key's result holds the running total taken back (negative), for the next refund.
     record = KeyRecord(SCOPE_STRIPE_REFUND, command.charge_id, live.user_id, b"",
                        replace(reply, amount_cents=-command.total_cents))
@@ -188,7 +186,8 @@ def take_back_credits(account: Account | None, command: TakeBackCredits, now_ms:
 
 
 def decline_refill(account: Account | None, command: DeclineRefill,
-                   now_ms: int) -> Transition:
+                   context: Context) -> Transition:
+    now_ms = context.now_ms
     live = live_account(account, command.user_id)
     reason = command.reason[:REASON_LENGTH_MAX]
     if not live.refill_pending or command.number != live.refill_count:
@@ -214,11 +213,12 @@ def decline_refill(account: Account | None, command: DeclineRefill,
 
 
 def set_stripe_customer(account: Account | None, command: SetStripeCustomer,
-                        now_ms: int) -> Transition:
+                        context: Context) -> Transition:
     live = live_account(account, command.user_id)
     if live.stripe_customer_id == command.customer_id:
         return Transition(live, (), live)
-    updated = replace(live, stripe_customer_id=command.customer_id, updated_at_ms=now_ms)
+    updated = replace(live, stripe_customer_id=command.customer_id,
+                      updated_at_ms=context.now_ms)
     return Transition(updated, (), updated)
 
 
@@ -230,3 +230,8 @@ def enabling_clears_error(settings: AutoRefillSettings, account: Account) -> Acc
 
 
 PaymentCommand = TakeBackCredits | DeclineRefill | SetStripeCustomer
+HANDLERS = {
+    TakeBackCredits: take_back_credits,
+    DeclineRefill: decline_refill,
+    SetStripeCustomer: set_stripe_customer,
+}

@@ -1,6 +1,6 @@
 """The price table: one place that turns a usage metric into exact micro-credits.
 
-Units (DESIGN.md "Money and units"): 1 credit = US$0.01 = 1,000,000 micro-credits. LLM rates
+Units (README "Money"): 1 credit = US$0.01 = 1,000,000 micro-credits. LLM rates
 are credits per 1,000,000 tokens, which is the same number as micro-credits per token, so
 `tokens * rate` is already an exact micro-credit count when the rate is an integer. Compute,
 storage and API-call rates are credits per unit (CPU-hour, GB-hour, call).
@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from engine.money import MICROS_PER_CREDIT, round_half_even
-from engine.usage import ApiCalls, Compute, LlmTokens, Metric, Storage
+from engine.usage import TOKENS_MAX, ApiCalls, Compute, LlmTokens, Metric, Storage
 
 __all__ = [
     "LongContextRule",
@@ -41,9 +41,10 @@ __all__ = [
 # Above any prompt size a metric can carry (3 x TOKENS_MAX): "this model has no long-context
 # rule" becomes one integer comparison that is never true, instead of a branch on None.
 _NEVER = 1 << 62
+assert _NEVER > 3 * TOKENS_MAX
 
-# Reference values (PRICING-NOTES.md), used when a pricing file leaves a rate out: a forgotten
-# section must not make a resource free.
+# Reference values (the original price table), used when a pricing file leaves a rate out: a
+# forgotten section must not make a resource free.
 MODEL_CREDITS_PER_MILLION_DEFAULT = (100, 300)
 CPU_HOUR_CREDITS = Fraction(6)
 MEMORY_GB_HOUR_CREDITS = Fraction(2)

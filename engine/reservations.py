@@ -11,13 +11,38 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
+from msgspec.structs import replace
 
-from engine.commands import SCOPE_USAGE, ReportUsage, UsageResult, digest
+from engine.account import Account, live_account
+from engine.commands import (
+    SCOPE_USAGE,
+    CommandBase,
+    Context,
+    Reads,
+    ReportUsage,
+    Transition,
+    UsageResult,
+    digest,
+)
+from engine.errors import (
+    AccountNotFound,
+    DuplicateEvent,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    NotFound,
+    ReservationClosed,
+    ReservationExpired,
+    require,
+)
 from engine.ids import UserId, transaction_id_str
+from engine.metering import charge_usage, check_cost
+from engine.posting import repeat_or_conflict
 
 SCOPE_RESERVATION = "reservation"
 RESERVATION_TTL_S_DEFAULT = 300
 RESERVATION_TTL_S_MAX = 3600
+assert 1 <= RESERVATION_TTL_S_DEFAULT <= RESERVATION_TTL_S_MAX
 
 
 class ReservationStatus(StrEnum):
@@ -87,7 +112,7 @@ class OpenHold(msgspec.Struct, frozen=True, gc=False):
 # --- commands -------------------------------------------------------------------------------
 
 
-class Reserve(msgspec.Struct, frozen=True, gc=False):
+class Reserve(CommandBase):
     user_id: UserId
     reservation_id: str
     amount_cents: int
@@ -95,9 +120,13 @@ class Reserve(msgspec.Struct, frozen=True, gc=False):
     fingerprint: bytes
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
+    def reads(self) -> Reads:
+        return Reads(reservation_id=self.reservation_id)
 
-class CommitReservation(msgspec.Struct, frozen=True, gc=False):
-    """The actual usage of a reservation: a usage event, priced like any other."""
+
+class CommitReservation(CommandBase):
+    """The actual usage of a reservation: a usage event, priced like any other. Reads the
+    reservation and the event id (another event may have used it)."""
 
     reservation_id: str
     usage: ReportUsage
@@ -106,25 +135,26 @@ class CommitReservation(msgspec.Struct, frozen=True, gc=False):
     def user_id(self) -> UserId:
         return self.usage.user_id
 
-    @property
-    def key(self) -> str:
-        return self.usage.event_id
-
-    @property
-    def scope(self) -> str:
-        return SCOPE_USAGE
+    def reads(self) -> Reads:
+        return Reads((SCOPE_USAGE, self.usage.event_id), self.reservation_id)
 
 
-class ReleaseReservation(msgspec.Struct, frozen=True, gc=False):
+class ReleaseReservation(CommandBase):
     user_id: UserId
     reservation_id: str
 
+    def reads(self) -> Reads:
+        return Reads(reservation_id=self.reservation_id)
 
-class ExpireReservation(msgspec.Struct, frozen=True, gc=False):
+
+class ExpireReservation(CommandBase):
     """Sent by the expiry timer; a no-op for a reservation no longer held."""
 
     user_id: UserId
     reservation_id: str
+
+    def reads(self) -> Reads:
+        return Reads(reservation_id=self.reservation_id)
 
 
 ReservationCommand = Reserve | CommitReservation | ReleaseReservation | ExpireReservation
@@ -186,3 +216,146 @@ class ReservationReleased(msgspec.Struct, frozen=True, gc=False):
 def reserve_fingerprint(user_id: UserId, amount_cents: int) -> bytes:
     """A repeated reserve is "the same" when it names the same user and amount."""
     return digest((user_id.bytes, "reserve", amount_cents))
+
+
+# --- transitions ----------------------------------------------------------------------------
+
+
+def _named(command: CommitReservation | ReleaseReservation, context: Context) -> Reservation:
+    reservation = context.reservation
+    if reservation is None or reservation.user_id != command.user_id:
+        raise NotFound(f"no reservation {command.reservation_id!r}",
+                       {"reservation_id": command.reservation_id})
+    return reservation
+
+
+def reserve(account: Account | None, command: Reserve, context: Context) -> Transition:
+    prior = context.reservation
+    if prior is not None:
+        repeat_or_conflict(command.reservation_id, command.fingerprint, prior.fingerprint,
+                           prior.to_dict())
+    live = live_account(account, command.user_id)
+    if not 1 <= command.ttl_s <= RESERVATION_TTL_S_MAX:
+        raise InvalidInput(f"ttl_seconds must be between 1 and {RESERVATION_TTL_S_MAX}",
+                           {"field": "ttl_seconds"})
+    if live.available - command.amount_cents < -live.overdraft_limit_cents:
+        raise InsufficientCredits(
+            balance_cents=live.balance_cents,
+            available_cents=live.available,
+            required_cents=command.amount_cents,
+        )
+    reservation = Reservation(
+        reservation_id=command.reservation_id,
+        user_id=live.user_id,
+        amount_cents=command.amount_cents,
+        created_at_ms=context.now_ms,
+        expires_at_ms=context.now_ms + command.ttl_s * 1000,
+        fingerprint=command.fingerprint,
+        metadata=command.metadata,
+    )
+    updated = replace(live, held_cents=live.held_cents + command.amount_cents,
+                      updated_at_ms=context.now_ms)
+    require(updated.available >= -updated.overdraft_limit_cents, "hold passed overdraft")
+    reply = ReservationHeld(reservation, updated.balance_cents, updated.held_cents)
+    return Transition(updated, (reservation,), reply, (reservation,))
+
+
+def commit(account: Account | None, command: CommitReservation, context: Context) -> Transition:
+    reservation = _named(command, context)
+    if reservation.status is ReservationStatus.COMMITTED:
+        require(reservation.commit is not None, "a committed reservation has its commit")
+        assert reservation.commit is not None
+        original = ReservationCommitted(reservation.reservation_id, reservation.commit,
+                                        reservation.released_cents, False)
+        repeat_or_conflict(command.reservation_id, command.usage.fingerprint,
+                           reservation.commit_fingerprint, original.to_dict())
+    if reservation.status is ReservationStatus.RELEASED:
+        raise ReservationClosed(f"reservation {command.reservation_id!r} was released",
+                                reservation.to_dict())
+    if reservation.status is ReservationStatus.EXPIRED or (
+        context.now_ms >= reservation.expires_at_ms
+    ):
+        raise ReservationExpired(f"reservation {command.reservation_id!r} expired",
+                                 reservation.to_dict())
+    usage = command.usage
+    if context.prior is not None:
+        # The commit's event id was used by another usage event.
+        raise IdempotencyConflict(usage.event_id)
+    live = live_account(account, usage.user_id)
+    check_cost(usage.cost_micros)
+    # The service was delivered: the commit is charged even above the hold or the balance.
+    transition = charge_usage(live, usage, context,
+                              live.held_cents - reservation.amount_cents,
+                              {"reservation_id": reservation.reservation_id})
+    result = transition.reply
+    assert isinstance(result, UsageResult)
+    released = max(reservation.amount_cents - result.cost_cents, 0)
+    closed = replace(
+        reservation,
+        status=ReservationStatus.COMMITTED,
+        closed_at_ms=context.now_ms,
+        released_cents=released,
+        commit=result,
+        commit_fingerprint=usage.fingerprint,
+    )
+    reply = ReservationCommitted(reservation.reservation_id, result, released,
+                                 result.cost_cents > reservation.amount_cents)
+    return Transition(
+        transition.account,
+        (*transition.records, closed),
+        reply,
+        (*transition.keyed, closed),
+    )
+
+
+def _close_hold(
+    account: Account | None,
+    reservation: Reservation,
+    status: ReservationStatus,
+    context: Context,
+) -> Transition:
+    if account is None:
+        raise AccountNotFound(f"no account for user {reservation.user_id}")
+    updated = replace(account, held_cents=account.held_cents - reservation.amount_cents,
+                      updated_at_ms=context.now_ms)
+    closed = replace(reservation, status=status, closed_at_ms=context.now_ms,
+                     released_cents=reservation.amount_cents)
+    reply = ReservationReleased(reservation.reservation_id, reservation.user_id, status,
+                                reservation.amount_cents, updated.balance_cents,
+                                updated.held_cents)
+    return Transition(updated, (closed,), reply, (closed,))
+
+
+def release(account: Account | None, command: ReleaseReservation, context: Context
+            ) -> Transition:
+    reservation = _named(command, context)
+    if reservation.status is ReservationStatus.RELEASED:
+        raise DuplicateEvent(command.reservation_id, reservation.to_dict())
+    if reservation.status is ReservationStatus.COMMITTED:
+        raise ReservationClosed(f"reservation {command.reservation_id!r} was committed",
+                                reservation.to_dict())
+    if reservation.status is ReservationStatus.EXPIRED:
+        raise ReservationExpired(f"reservation {command.reservation_id!r} expired",
+                                 reservation.to_dict())
+    return _close_hold(account, reservation, ReservationStatus.RELEASED, context)
+
+
+def expire(account: Account | None, command: ExpireReservation, context: Context
+           ) -> Transition:
+    reservation = context.reservation
+    if (
+        reservation is None
+        or not reservation.is_open
+        or context.now_ms < reservation.expires_at_ms
+    ):
+        # Already closed, or the timer woke early: nothing to do.
+        return Transition(account, (), None)
+    return _close_hold(account, reservation, ReservationStatus.EXPIRED, context)
+
+
+HANDLERS = {
+    Reserve: reserve,
+    CommitReservation: commit,
+    ReleaseReservation: release,
+    ExpireReservation: expire,
+}

@@ -20,11 +20,12 @@ import msgspec
 from msgspec.structs import replace
 
 from engine.account import Account, live_account
-from engine.commands import CreditResult, KeyRecord, Transition, digest
-from engine.errors import DuplicateEvent, IdempotencyConflict, InvalidInput, NotYetApplicable
-from engine.ids import TransactionId, UserId
-from engine.ledger import EntryType, LedgerEntry
+from engine.commands import CommandBase, Context, CreditResult, KeyRecord, Reads, Transition, digest
+from engine.errors import InvalidInput, NotYetApplicable
+from engine.ids import UserId
+from engine.ledger import EntryType
 from engine.plans import FREE
+from engine.posting import check_prior, post_entry
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 
 SCOPE_SUBSCRIPTION_GRANT = "subscription_grant"
@@ -58,7 +59,7 @@ class LagoMirror(msgspec.Struct, frozen=True, gc=False):
 # --- commands -------------------------------------------------------------------------------
 
 
-class Subscribe(msgspec.Struct, frozen=True, gc=False):
+class Subscribe(CommandBase):
     """Start (or change to) a plan. A Stripe subscription's first invoice grants its first
     period; an admin-managed one grants it now."""
 
@@ -72,7 +73,7 @@ class Subscribe(msgspec.Struct, frozen=True, gc=False):
     lago_plan_code: str | None = None
 
 
-class GrantPeriod(msgspec.Struct, frozen=True, gc=False):
+class GrantPeriod(CommandBase):
     """A period was paid (or, admin-managed, began): grant it once; it also brings a past_due
     subscription back to active and moves the current period forward."""
 
@@ -83,31 +84,30 @@ class GrantPeriod(msgspec.Struct, frozen=True, gc=False):
     source: str
 
     @property
-    def scope(self) -> str:
-        return SCOPE_SUBSCRIPTION_GRANT
-
-    @property
     def key(self) -> str:
         return grant_key(self.subscription_id, self.period_start_ms)
 
+    def reads(self) -> Reads:
+        return Reads((SCOPE_SUBSCRIPTION_GRANT, self.key))
 
-class CancelSubscription(msgspec.Struct, frozen=True, gc=False):
+
+class CancelSubscription(CommandBase):
     user_id: UserId
 
 
-class PaymentFailed(msgspec.Struct, frozen=True, gc=False):
+class PaymentFailed(CommandBase):
     user_id: UserId
     subscription_id: str
 
 
-class EndSubscription(msgspec.Struct, frozen=True, gc=False):
+class EndSubscription(CommandBase):
     """The provider ended it (Stripe deleted, Lago terminated)."""
 
     user_id: UserId
     subscription_id: str
 
 
-class SweepSubscription(msgspec.Struct, frozen=True, gc=False):
+class SweepSubscription(CommandBase):
     """The sweeper's tick: end or renew what is due at `now_ms`."""
 
     user_id: UserId
@@ -147,8 +147,8 @@ def _current(account: Account, subscription_id: str) -> Subscription:
     return subscription
 
 
-def subscribe(account: Account | None, command: Subscribe, now_ms: int,
-              transaction_id: TransactionId) -> Transition:
+def subscribe(account: Account | None, command: Subscribe, context: Context) -> Transition:
+    now_ms = context.now_ms
     live = live_account(account, command.user_id)
     if not command.period_start_ms < command.period_end_ms:
         raise InvalidInput("a period ends after it starts")
@@ -182,35 +182,19 @@ def subscribe(account: Account | None, command: Subscribe, now_ms: int,
     if command.managed_by is Manager.ADMIN:
         granted = grant_period(updated, GrantPeriod(
             live.user_id, command.subscription_id, command.period_start_ms,
-            command.period_end_ms, "admin"), now_ms, transaction_id, None)
+            command.period_end_ms, "admin"), replace(context, prior=None))
         return Transition(granted.account, (*granted.records, *mirror), granted.account,
                           granted.keyed)
     return Transition(updated, (deadline, *mirror), updated)
 
 
-def grant_period(account: Account | None, command: GrantPeriod, now_ms: int,
-                 transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+def grant_period(account: Account | None, command: GrantPeriod, context: Context
+                 ) -> Transition:
     fingerprint = digest((command.user_id.bytes, command.key))
-    if prior is not None:
-        if prior.fingerprint != fingerprint:
-            raise IdempotencyConflict(command.key)
-        raise DuplicateEvent(command.key, prior.result.to_dict())
+    check_prior(command.key, fingerprint, context.prior)
     live = live_account(account, command.user_id)
     subscription = _current(live, command.subscription_id)
     credits = subscription.monthly_credits
-    balance = live.balance_cents + credits
-    entry = LedgerEntry(
-        transaction_id=transaction_id,
-        user_id=live.user_id,
-        entry_type=EntryType.SUBSCRIPTION_GRANT,
-        amount=credits,
-        balance_after=balance,
-        created_at_ms=now_ms,
-        source_key=command.key,
-        description=f"{subscription.plan} plan: credits for the period from "
-                    f"{command.period_start_ms // 1000}",
-        metadata={"subscription_id": subscription.subscription_id, "source": command.source},
-    )
     start, end_ms = _whole_seconds(command.period_start_ms), _whole_seconds(command.period_end_ms)
     newer = start >= subscription.period_start_ms
     renewed = replace(
@@ -223,16 +207,21 @@ def grant_period(account: Account | None, command: GrantPeriod, now_ms: int,
                 else subscription.status),
         past_due_since_ms=None,
     )
-    updated, deadline = _with(replace(live, balance_cents=balance,
-                                      lifetime_granted_cents=live.lifetime_granted_cents + credits,
-                                      seq=live.seq + 1), renewed, now_ms)
-    reply = CreditResult(live.user_id, transaction_id, EntryType.SUBSCRIPTION_GRANT, credits,
-                         balance)
+    granted, entry = post_entry(
+        live, context, EntryType.SUBSCRIPTION_GRANT, credits, source_key=command.key,
+        description=f"{subscription.plan} plan: credits for the period from "
+                    f"{command.period_start_ms // 1000}",
+        metadata={"subscription_id": subscription.subscription_id, "source": command.source})
+    updated, deadline = _with(granted, renewed, context.now_ms)
+    reply = CreditResult(live.user_id, context.transaction_id, EntryType.SUBSCRIPTION_GRANT,
+                         credits, updated.balance_cents)
     record = KeyRecord(SCOPE_SUBSCRIPTION_GRANT, command.key, live.user_id, fingerprint, reply)
     return Transition(updated, (entry, record, deadline), reply, (record,))
 
 
-def cancel(account: Account | None, command: CancelSubscription, now_ms: int) -> Transition:
+def cancel(account: Account | None, command: CancelSubscription, context: Context
+           ) -> Transition:
+    now_ms = context.now_ms
     live = live_account(account, command.user_id)
     subscription = live.subscription
     if subscription is None:
@@ -244,7 +233,9 @@ def cancel(account: Account | None, command: CancelSubscription, now_ms: int) ->
     return Transition(updated, (deadline,), updated)
 
 
-def payment_failed(account: Account | None, command: PaymentFailed, now_ms: int) -> Transition:
+def payment_failed(account: Account | None, command: PaymentFailed, context: Context
+                   ) -> Transition:
+    now_ms = context.now_ms
     live = live_account(account, command.user_id)
     subscription = _current(live, command.subscription_id)
     if subscription.status is SubscriptionStatus.PAST_DUE:
@@ -254,7 +245,8 @@ def payment_failed(account: Account | None, command: PaymentFailed, now_ms: int)
     return Transition(updated, (deadline,), updated)
 
 
-def end(account: Account | None, command: EndSubscription, now_ms: int) -> Transition:
+def end(account: Account | None, command: EndSubscription, context: Context) -> Transition:
+    now_ms = context.now_ms
     live = live_account(account, command.user_id)
     subscription = live.subscription
     if subscription is None or subscription.subscription_id != command.subscription_id:
@@ -264,18 +256,28 @@ def end(account: Account | None, command: EndSubscription, now_ms: int) -> Trans
     return Transition(updated, (deadline, mirror), updated)
 
 
-def sweep(account: Account | None, command: SweepSubscription, now_ms: int,
-          transaction_id: TransactionId, prior: KeyRecord | None) -> Transition:
+def sweep(account: Account | None, command: SweepSubscription, context: Context
+          ) -> Transition:
     """End a cancelled subscription at its period end or a past_due one after the grace
     period; renew an admin-managed one (its next period, granted once)."""
+    now_ms = context.now_ms
     live = live_account(account, command.user_id)
     subscription = live.subscription
     deadline = subscription.deadline_ms() if subscription is not None else None
     if subscription is None or deadline is None or now_ms < deadline:
         return Transition(live, (), None)
     if subscription.status is not SubscriptionStatus.ACTIVE:
-        return end(live, EndSubscription(live.user_id, subscription.subscription_id), now_ms)
+        return end(live, EndSubscription(live.user_id, subscription.subscription_id), context)
     start = subscription.period_end_ms
     return grant_period(live, GrantPeriod(live.user_id, subscription.subscription_id, start,
-                                          start + MONTH_MS, "renewal_timer"),
-                        now_ms, transaction_id, prior)
+                                          start + MONTH_MS, "renewal_timer"), context)
+
+
+HANDLERS = {
+    Subscribe: subscribe,
+    GrantPeriod: grant_period,
+    CancelSubscription: cancel,
+    PaymentFailed: payment_failed,
+    EndSubscription: end,
+    SweepSubscription: sweep,
+}

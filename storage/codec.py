@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import cbor2
+import msgspec
 
 from engine.account import Account, AccountStatus, AutoRefillSettings
 from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult, WebhookMarker
@@ -38,34 +39,55 @@ def _expect(fields: list[Any], version: int, kind: str) -> None:
         raise CodecError(f"unknown {kind} record format {fields[:1]!r}")
 
 
+# Each format's field list, in stored order, checked against its struct at import: a field
+# added to a struct without a new format (and an upgrade of the old one) stops the build here.
+ACCOUNT_FIELDS_V2 = (
+    "user_id", "created_at_ms", "updated_at_ms", "balance_cents", "unbilled_micros",
+    "held_cents", "lifetime_purchased_cents", "lifetime_granted_cents", "lifetime_used_cents",
+    "plan", "auto_refill", "stripe_customer_id", "lago_customer_id", "overdraft_limit_cents",
+    "status", "seq", "refill_count", "refill_pending", "refill_declines", "auto_refill_error",
+    "subscription",
+)
+assert Account.__struct_fields__ == ACCOUNT_FIELDS_V2, "Account changed: add ACCOUNT_FORMAT 3"
+# Format 1 had no auto-refill state; its accounts are read with these appended.
+_ACCOUNT_V1_MISSING = (0, False, 0, None, None)
+assert ACCOUNT_FIELDS_V2[-len(_ACCOUNT_V1_MISSING):] == (
+    "refill_count", "refill_pending", "refill_declines", "auto_refill_error", "subscription")
+_USER_ID = ACCOUNT_FIELDS_V2.index("user_id")
+_AUTO_REFILL = ACCOUNT_FIELDS_V2.index("auto_refill")
+_STATUS = ACCOUNT_FIELDS_V2.index("status")
+_SUBSCRIPTION = ACCOUNT_FIELDS_V2.index("subscription")
+_STORED_FIELDS = {
+    LedgerEntry: ("transaction_id", "user_id", "entry_type", "amount", "balance_after",
+                  "created_at_ms", "source_key", "description", "metadata"),
+    UsageEventRecord: ("event_id", "user_id", "fingerprint", "occurred_at_ms", "metric",
+                       "agent_id", "result"),
+    UsageResult: ("event_id", "user_id", "transaction_id", "cost_cents", "cost_micros",
+                  "balance_cents", "held_cents"),
+    KeyRecord: ("scope", "key", "user_id", "fingerprint", "result"),
+    CreditResult: ("user_id", "transaction_id", "entry_type", "amount_cents", "balance_cents"),
+    Reservation: ("reservation_id", "user_id", "amount_cents", "created_at_ms",
+                  "expires_at_ms", "fingerprint", "status", "metadata", "closed_at_ms",
+                  "released_cents", "commit", "commit_fingerprint"),
+    WebhookMarker: ("provider", "event_id", "event_type", "received_at_ms"),
+    RefillIntent: ("user_id", "number", "amount_cents", "plan", "customer_id", "declines"),
+    Subscription: ("subscription_id", "plan", "status", "managed_by", "monthly_credits",
+                   "period_start_ms", "period_end_ms", "last_granted_period_ms",
+                   "past_due_since_ms"),
+}
+for _struct, _fields in _STORED_FIELDS.items():
+    assert _fields == _struct.__struct_fields__, f"{_struct.__name__} changed: add a format"
+
+
 def encode_account(account: Account) -> bytes:
+    values = list(msgspec.structs.astuple(account))
     refill = account.auto_refill
-    return cbor2.dumps(
-        [
-            ACCOUNT_FORMAT,
-            account.user_id.bytes,
-            account.created_at_ms,
-            account.updated_at_ms,
-            account.balance_cents,
-            account.unbilled_micros,
-            account.held_cents,
-            account.lifetime_purchased_cents,
-            account.lifetime_granted_cents,
-            account.lifetime_used_cents,
-            account.plan,
-            [refill.enabled, refill.trigger_below_cents, refill.refill_amount_cents],
-            account.stripe_customer_id,
-            account.lago_customer_id,
-            account.overdraft_limit_cents,
-            account.status.value,
-            account.seq,
-            account.refill_count,
-            account.refill_pending,
-            account.refill_declines,
-            account.auto_refill_error,
-            _subscription_fields(account.subscription),
-        ]
-    )
+    values[_USER_ID] = account.user_id.bytes
+    values[_AUTO_REFILL] = [refill.enabled, refill.trigger_below_cents,
+                            refill.refill_amount_cents]
+    values[_STATUS] = account.status.value
+    values[_SUBSCRIPTION] = _subscription_fields(account.subscription)
+    return cbor2.dumps([ACCOUNT_FORMAT, *values])
 
 
 def _subscription_fields(subscription: Subscription | None) -> list[Any] | None:
@@ -88,57 +110,21 @@ def _subscription(fields: list[Any] | None) -> Subscription | None:
 
 
 def decode_account(data: bytes) -> Account:
+    """The stored account, checked like the state after a transition (pair assertions)."""
     fields = cbor2.loads(data)
     if fields and fields[0] == ACCOUNT_FORMAT_V1:
-        fields = [ACCOUNT_FORMAT, *fields[1:], 0, False, 0, None, None]
+        fields = [ACCOUNT_FORMAT, *fields[1:], *_ACCOUNT_V1_MISSING]
     _expect(fields, ACCOUNT_FORMAT, "account")
-    (
-        _,
-        user_id,
-        created_at_ms,
-        updated_at_ms,
-        balance,
-        unbilled_micros,
-        held,
-        lifetime_purchased,
-        lifetime_granted,
-        lifetime_used,
-        plan,
-        refill,
-        stripe_customer_id,
-        lago_customer_id,
-        overdraft_limit,
-        status,
-        seq,
-        refill_count,
-        refill_pending,
-        refill_declines,
-        auto_refill_error,
-        subscription,
-    ) = fields
-    return Account(
-        user_id=UserId(uuid.UUID(bytes=user_id)),
-        created_at_ms=created_at_ms,
-        updated_at_ms=updated_at_ms,
-        balance_cents=balance,
-        unbilled_micros=unbilled_micros,
-        held_cents=held,
-        lifetime_purchased_cents=lifetime_purchased,
-        lifetime_granted_cents=lifetime_granted,
-        lifetime_used_cents=lifetime_used,
-        plan=plan,
-        auto_refill=AutoRefillSettings(*refill),
-        stripe_customer_id=stripe_customer_id,
-        lago_customer_id=lago_customer_id,
-        overdraft_limit_cents=overdraft_limit,
-        status=AccountStatus(status),
-        seq=seq,
-        refill_count=refill_count,
-        refill_pending=refill_pending,
-        refill_declines=refill_declines,
-        auto_refill_error=auto_refill_error,
-        subscription=_subscription(subscription),
-    )
+    values = fields[1:]
+    if len(values) != len(ACCOUNT_FIELDS_V2):
+        raise CodecError(f"account record has {len(values)} fields")
+    values[_USER_ID] = UserId(uuid.UUID(bytes=values[_USER_ID]))
+    values[_AUTO_REFILL] = AutoRefillSettings(*values[_AUTO_REFILL])
+    values[_STATUS] = AccountStatus(values[_STATUS])
+    values[_SUBSCRIPTION] = _subscription(values[_SUBSCRIPTION])
+    account = Account(*values)
+    account.check_invariants()
+    return account
 
 
 def encode_entry(entry: LedgerEntry) -> bytes:

@@ -1,4 +1,4 @@
-"""Key layout of the LMDB databases (DESIGN.md "Storage"). Big-endian so bytes sort as numbers."""
+"""Key layout of the LMDB databases (README "Architecture"). Big-endian so bytes sort as numbers."""
 
 from __future__ import annotations
 

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import lmdb
 import msgspec
 
 from engine.account import Account
-from engine.commands import SCOPE_USAGE, PriorOutcome, UsageEventRecord, WebhookMarker
+from engine.commands import SCOPE_USAGE, KeyRecord, PriorOutcome, UsageEventRecord, WebhookMarker
 from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent, RefillResolved
+from engine.records import StoredRecord
 from engine.reservations import OpenHold, Reservation
 from engine.subscriptions import SubscriptionDeadline
 from storage import codec, keys
@@ -50,7 +51,7 @@ READERS_MAX = 256
 _META_SCHEMA_KEY = b"schema_version"
 _META_EXPORT_CURSOR_KEY = b"exporter_cursor"
 _TOP_KEY = b"\xff" * keys.TRANSACTION_ID_BYTES
-# Outbox rows are Lago events as msgpack (DESIGN.md "Storage").
+# Outbox rows are Lago events as msgpack (README "Architecture").
 _packer = msgspec.msgpack.Encoder()
 _unpacker = msgspec.msgpack.Decoder()
 
@@ -95,6 +96,8 @@ class LmdbStore:
         self._check_schema(readonly)
         # Outbox sequence numbers are assigned here, by the one writer, at commit time.
         self._outbox_next = self._last_key_number("outbox") + 1
+        # The next sequence within the commit being written (kept only if it commits).
+        self._outbox_pending = self._outbox_next
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -141,75 +144,71 @@ class LmdbStore:
 
     def commit(self, batch: CommitBatch) -> None:
         db = self._db
-        next_sequence = self._outbox_next
+        self._outbox_pending = self._outbox_next
         try:
             with self._env.begin(write=True) as txn:
                 for event in batch.outbox:
-                    txn.put(keys.sequence_key(next_sequence), _packer.encode(event),
-                            db=db["outbox"], append=True)
-                    next_sequence += 1
+                    self._append_outbox(txn, _packer.encode(event))
                 for account in batch.accounts:
-                    txn.put(
-                        keys.user_key(account.user_id),
-                        codec.encode_account(account),
-                        db=db["accounts"],
-                    )
+                    txn.put(keys.user_key(account.user_id), codec.encode_account(account),
+                            db=db["accounts"])
                 for record in batch.records:
-                    if isinstance(record, LedgerEntry):
-                        txn.put(
-                            keys.transaction_key(record.transaction_id),
-                            codec.encode_entry(record),
-                            db=db["transactions"],
-                        )
-                        txn.put(
-                            keys.user_transaction_key(record.user_id, record.transaction_id),
-                            b"",
-                            db=db["transactions_by_user"],
-                        )
-                    elif isinstance(record, UsageEventRecord):
-                        txn.put(
-                            keys.text_key(record.event_id),
-                            codec.encode_usage_event(record),
-                            db=db["usage_events"],
-                        )
-                    elif isinstance(record, Reservation):
-                        key = keys.text_key(record.reservation_id)
-                        txn.put(key, codec.encode_reservation(record), db=db["reservations"])
-                        if record.is_open:
-                            txn.put(key, codec.encode_open_hold(record), db=db["open_holds"])
-                        else:
-                            txn.delete(key, db=db["open_holds"])
-                    elif isinstance(record, WebhookMarker):
-                        txn.put(keys.idempotency_key(record.provider, record.event_id),
-                                codec.encode_webhook(record), db=db["webhooks"])
-                    elif isinstance(record, RefillIntent):
-                        txn.put(keys.user_key(record.user_id), codec.encode_refill(record),
-                                db=db["refills"])
-                    elif isinstance(record, RefillResolved):
-                        txn.delete(keys.user_key(record.user_id), db=db["refills"])
-                    elif isinstance(record, SubscriptionDeadline):
-                        if record.deadline_ms is None:
-                            txn.delete(keys.user_key(record.user_id),
-                                       db=db["subscription_deadlines"])
-                        else:
-                            txn.put(keys.user_key(record.user_id),
-                                    keys.sequence_key(record.deadline_ms),
-                                    db=db["subscription_deadlines"])
-                    elif isinstance(record, OutboxAck):
-                        self._acknowledge(txn, record)
-                    elif isinstance(record, RequeueParked):
-                        next_sequence = self._requeue(txn, record, next_sequence)
-                    else:
-                        txn.put(
-                            keys.idempotency_key(record.scope, record.key),
-                            codec.encode_key_record(record),
-                            db=db["idempotency"],
-                        )
+                    writer = _WRITERS.get(type(record))
+                    if writer is None:
+                        # Fail-stop: a record without a writer would be lost or mis-stored.
+                        raise StoreError(f"no writer for record type {type(record).__name__}")
+                    writer(self, txn, record)
         except lmdb.MapFullError as error:
             raise MapFull(str(error)) from error
         except lmdb.Error as error:
             raise StoreError(f"commit failed: {error}") from error
-        self._outbox_next = next_sequence
+        self._outbox_next = self._outbox_pending
+
+    def _append_outbox(self, txn: lmdb.Transaction, row: bytes) -> None:
+        txn.put(keys.sequence_key(self._outbox_pending), row, db=self._db["outbox"],
+                append=True)
+        self._outbox_pending += 1
+
+    def _put_entry(self, txn: lmdb.Transaction, entry: LedgerEntry) -> None:
+        txn.put(keys.transaction_key(entry.transaction_id), codec.encode_entry(entry),
+                db=self._db["transactions"])
+        txn.put(keys.user_transaction_key(entry.user_id, entry.transaction_id), b"",
+                db=self._db["transactions_by_user"])
+
+    def _put_usage_event(self, txn: lmdb.Transaction, event: UsageEventRecord) -> None:
+        txn.put(keys.text_key(event.event_id), codec.encode_usage_event(event),
+                db=self._db["usage_events"])
+
+    def _put_key(self, txn: lmdb.Transaction, record: KeyRecord) -> None:
+        txn.put(keys.idempotency_key(record.scope, record.key), codec.encode_key_record(record),
+                db=self._db["idempotency"])
+
+    def _put_reservation(self, txn: lmdb.Transaction, reservation: Reservation) -> None:
+        key = keys.text_key(reservation.reservation_id)
+        txn.put(key, codec.encode_reservation(reservation), db=self._db["reservations"])
+        if reservation.is_open:
+            txn.put(key, codec.encode_open_hold(reservation), db=self._db["open_holds"])
+        else:
+            txn.delete(key, db=self._db["open_holds"])
+
+    def _put_webhook(self, txn: lmdb.Transaction, marker: WebhookMarker) -> None:
+        txn.put(keys.idempotency_key(marker.provider, marker.event_id),
+                codec.encode_webhook(marker), db=self._db["webhooks"])
+
+    def _put_refill(self, txn: lmdb.Transaction, intent: RefillIntent) -> None:
+        txn.put(keys.user_key(intent.user_id), codec.encode_refill(intent), db=self._db["refills"])
+
+    def _drop_refill(self, txn: lmdb.Transaction, resolved: RefillResolved) -> None:
+        txn.delete(keys.user_key(resolved.user_id), db=self._db["refills"])
+
+    def _put_subscription_deadline(self, txn: lmdb.Transaction,
+                                   deadline: SubscriptionDeadline) -> None:
+        key = keys.user_key(deadline.user_id)
+        if deadline.deadline_ms is None:
+            txn.delete(key, db=self._db["subscription_deadlines"])
+        else:
+            txn.put(key, keys.sequence_key(deadline.deadline_ms),
+                    db=self._db["subscription_deadlines"])
 
     def _acknowledge(self, txn: lmdb.Transaction, ack: OutboxAck) -> None:
         outbox = txn.cursor(db=self._db["outbox"])
@@ -222,18 +221,15 @@ class LmdbStore:
                     db=self._db["dead_letters"])
         txn.put(_META_EXPORT_CURSOR_KEY, keys.sequence_key(ack.sequence), db=self._db["meta"])
 
-    def _requeue(self, txn: lmdb.Transaction, requeue: RequeueParked, next_sequence: int) -> int:
+    def _requeue(self, txn: lmdb.Transaction, requeue: RequeueParked) -> None:
         for sequence in requeue.sequences:
             key = keys.sequence_key(sequence)
             data = txn.get(key, db=self._db["dead_letters"])
             if data is None:
                 continue
             parked = codec.decode_parked(data)
-            txn.put(keys.sequence_key(next_sequence), _packer.encode(parked.event),
-                    db=self._db["outbox"], append=True)
+            self._append_outbox(txn, _packer.encode(parked.event))
             txn.delete(key, db=self._db["dead_letters"])
-            next_sequence += 1
-        return next_sequence
 
     # --- the outbox, for the Lago exporter ---------------------------------------------------
 
@@ -389,3 +385,19 @@ class LmdbStore:
     def count_entries(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._db["transactions"])["entries"])
+
+
+# The one writer of each stored record type; a type missing here is refused at commit.
+_WRITERS: dict[type, Callable[[LmdbStore, lmdb.Transaction, Any], None]] = {
+    LedgerEntry: LmdbStore._put_entry,
+    UsageEventRecord: LmdbStore._put_usage_event,
+    KeyRecord: LmdbStore._put_key,
+    Reservation: LmdbStore._put_reservation,
+    WebhookMarker: LmdbStore._put_webhook,
+    RefillIntent: LmdbStore._put_refill,
+    RefillResolved: LmdbStore._drop_refill,
+    SubscriptionDeadline: LmdbStore._put_subscription_deadline,
+    OutboxAck: LmdbStore._acknowledge,
+    RequeueParked: LmdbStore._requeue,
+}
+assert set(_WRITERS) == set(get_args(StoredRecord)), "a stored record type has no writer"

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.account import Account
-from engine.commands import PriorOutcome, Record, WebhookMarker
-from engine.export import OutboxAck, ParkedEvent, RequeueParked
+from engine.commands import PriorOutcome, WebhookMarker
+from engine.export import ParkedEvent
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent
+from engine.records import StoredRecord
 from engine.reservations import OpenHold, Reservation
 
 
@@ -30,7 +31,7 @@ class CommitBatch:
     records of every command in the batch, in order."""
 
     accounts: Sequence[Account]
-    records: Sequence[Record | Reservation | OutboxAck | RequeueParked]
+    records: Sequence[StoredRecord]
     # Lago events appended to the outbox in the same transaction (transactional outbox).
     outbox: Sequence[dict[str, Any]] = ()
 

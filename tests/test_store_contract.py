@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import get_args
 
 import cbor2
 import lmdb
@@ -19,14 +20,16 @@ from engine.commands import (
     UsageResult,
     WebhookMarker,
 )
+from engine.errors import InvariantViolation
 from engine.ids import TransactionId
 from engine.ledger import EntryType, LedgerEntry
 from engine.payments import RefillIntent, RefillResolved
+from engine.records import StoredRecord
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 from engine.subscriptions import SubscriptionDeadline
 from engine.usage import LlmTokens
 from storage import codec
-from storage.lmdb_store import LmdbStore
+from storage.lmdb_store import _WRITERS, LmdbStore
 from storage.store import CommitBatch, Store, StoreError
 from tests.conftest import new_user
 
@@ -197,3 +200,27 @@ def test_an_account_of_the_first_format_reads_with_the_new_fields_at_rest():
     first_format = cbor2.dumps([codec.ACCOUNT_FORMAT_V1, *fields[1:17]])
     assert codec.decode_account(first_format) == Account(user_id=user, created_at_ms=1,
                                                          updated_at_ms=2, balance_cents=7)
+
+
+def test_a_record_type_without_a_writer_is_refused_and_nothing_is_written(store):
+    """An unknown record must stop the commit (fail-stop), not land in some database."""
+    user = new_user()
+    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=3, seq=1)
+    stray = CreditResult(user, TransactionId(1), EntryType.BONUS, 3, 3)
+    with pytest.raises(StoreError, match="no writer for record type CreditResult"):
+        store.commit(CommitBatch([account], [entry(user, 1, 3, 3), stray]))  # type: ignore[list-item]
+    assert store.get_account(user) is None
+    assert store.count_entries() == 0
+
+
+def test_every_stored_record_type_has_a_writer():
+    assert set(_WRITERS) == set(get_args(StoredRecord))
+
+
+def test_an_account_read_from_storage_is_checked_like_one_after_a_transition():
+    user = new_user()
+    fields = cbor2.loads(codec.encode_account(Account(user_id=user, created_at_ms=1,
+                                                      updated_at_ms=2, balance_cents=7)))
+    fields[1 + codec.ACCOUNT_FIELDS_V2.index("held_cents")] = -1
+    with pytest.raises(InvariantViolation, match="held"):
+        codec.decode_account(cbor2.dumps(fields))

@@ -59,8 +59,8 @@ class Ledger:
         self.tid = 10
 
     def run(self, command, now_ms: int = START):
-        key = getattr(command, "key", None)
-        prior = self.keys.get((command.scope, key)) if key is not None else None
+        key, _ = command.reads()
+        prior = self.keys.get(key) if key is not None else None
         self.tid += 1
         transition = apply(self.account, command, ctx(now_ms, prior, self.tid))
         self.account = transition.account

@@ -1,0 +1,77 @@
+"""The one door for balance changes, and the one rule for a key seen before.
+
+Every ledger entry is built by `post_entry`, which moves the balance, `seq`, the update time
+and the lifetime counter of the entry's type together, so no feature can forget one of them.
+Every idempotency key that was used before is answered by `repeat_or_conflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from msgspec.structs import replace
+
+from engine.account import Account
+from engine.commands import Context, PriorOutcome
+from engine.errors import DuplicateEvent, IdempotencyConflict, require
+from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
+
+_NO_METADATA: Mapping[str, Any] = {}
+
+
+def post_entry(
+    account: Account,
+    context: Context,
+    entry_type: EntryType,
+    amount_cents: int,
+    *,
+    source_key: str | None,
+    description: str = "",
+    metadata: Mapping[str, Any] = _NO_METADATA,
+    **changes: Any,
+) -> tuple[Account, LedgerEntry]:
+    """The account after one signed entry of `amount_cents`, and the entry (its
+    `balance_after` is the new balance: invariant 2 holds by construction). `changes` are
+    other fields the same transition sets on the account."""
+    balance = account.balance_cents + amount_cents
+    entry = LedgerEntry(
+        transaction_id=context.transaction_id,
+        user_id=account.user_id,
+        entry_type=entry_type,
+        amount=amount_cents,
+        balance_after=balance,
+        created_at_ms=context.now_ms,
+        source_key=source_key,
+        description=description,
+        metadata=metadata,
+    )
+    # The lifetime counters only grow (invariant 4 sums them with the other entry types).
+    if entry_type is EntryType.USAGE:
+        require(amount_cents <= 0, f"usage entry of {amount_cents} credits")
+        changes["lifetime_used_cents"] = account.lifetime_used_cents - amount_cents
+    elif entry_type in PURCHASED_TYPES:
+        require(amount_cents >= 0, f"{entry_type.value} entry of {amount_cents} credits")
+        changes["lifetime_purchased_cents"] = account.lifetime_purchased_cents + amount_cents
+    elif entry_type in GRANTED_TYPES:
+        require(amount_cents >= 0, f"{entry_type.value} entry of {amount_cents} credits")
+        changes["lifetime_granted_cents"] = account.lifetime_granted_cents + amount_cents
+    updated = replace(account, balance_cents=balance, seq=account.seq + 1,
+                      updated_at_ms=context.now_ms, **changes)
+    return updated, entry
+
+
+def repeat_or_conflict(
+    key: str, fingerprint: bytes, prior_fingerprint: bytes | None, original: Mapping[str, Any]
+) -> NoReturn:
+    """A key used before: the same request is a retry and gets the original result
+    (`DuplicateEvent`); another request under the same key is a client bug."""
+    if prior_fingerprint != fingerprint:
+        raise IdempotencyConflict(key)
+    raise DuplicateEvent(key, original)
+
+
+def check_prior(key: str, fingerprint: bytes, prior: PriorOutcome | None) -> None:
+    """Refuse a command whose key produced an outcome before (see `repeat_or_conflict`)."""
+    if prior is not None:
+        repeat_or_conflict(key, fingerprint, prior.fingerprint, prior.result.to_dict())
