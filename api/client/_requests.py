@@ -219,19 +219,6 @@ def _metric(metric: Mapping[str, Any] | None) -> dict[str, Any] | None:
             for key, value in metric.items()}
 
 
-def _usage_event(
-    user_id: object, *, event_id: str | None, metric: Mapping[str, Any] | None,
-    cost_cents: int | None, cost_micros: int | None, agent_id: object | None,
-    timestamp: str | datetime.datetime | None, metadata: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    if isinstance(timestamp, datetime.datetime):
-        timestamp = timestamp.isoformat()
-    return {"event_id": event_id or _new_id(), "user_id": str(user_id), **_fields(
-        metric=_metric(metric), cost_cents=cost_cents, cost_micros=cost_micros,
-        agent_id=None if agent_id is None else str(agent_id), timestamp=timestamp,
-        metadata=None if metadata is None else dict(metadata))}
-
-
 class _Routes:
     """One spec builder per route; shared by the sync and the async client."""
 
@@ -328,7 +315,17 @@ class _Routes:
                      replay=_replay_as(CreditResult))
 
     @staticmethod
-    def report_usage(event: dict[str, Any]) -> _Spec[UsageResult]:
+    def report_usage(
+        user_id: object, *, event_id: str | None, metric: Mapping[str, Any] | None,
+        cost_cents: int | None, cost_micros: int | None, agent_id: object | None,
+        timestamp: str | datetime.datetime | None, metadata: Mapping[str, Any] | None,
+    ) -> _Spec[UsageResult]:
+        if isinstance(timestamp, datetime.datetime):
+            timestamp = timestamp.isoformat()
+        event = {"event_id": event_id or _new_id(), "user_id": str(user_id), **_fields(
+            metric=_metric(metric), cost_cents=cost_cents, cost_micros=cost_micros,
+            agent_id=None if agent_id is None else str(agent_id), timestamp=timestamp,
+            metadata=None if metadata is None else dict(metadata))}
         return _Spec("POST", "/v1/usage", _plain(UsageResult), body=event, retry=True,
                      replay=_replay_as(UsageResult))
 

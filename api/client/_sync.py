@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._requests import T, _Attempts, _headers, _Routes, _Spec, _usage_event, _Wait
+from ._requests import T, _Attempts, _headers, _Routes, _Spec, _Wait
 from ._results import (
     AutoRefill,
     Balance,
@@ -135,10 +135,10 @@ class BillingClient:
                      cost_micros: int | None = None, agent_id: object | None = None,
                      timestamp: str | datetime.datetime | None = None,
                      metadata: Mapping[str, Any] | None = None) -> UsageResult:
-        return self._send(_Routes.report_usage(_usage_event(
+        return self._send(_Routes.report_usage(
             user_id, event_id=event_id, metric=metric, cost_cents=cost_cents,
             cost_micros=cost_micros, agent_id=agent_id, timestamp=timestamp,
-            metadata=metadata)))
+            metadata=metadata))
 
     def report_usage_batch(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         return self._send(_Routes.report_usage_batch(events))
