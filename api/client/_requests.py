@@ -440,6 +440,9 @@ class _Attempts(Generic[T]):
         raise error
 
 
+# --- headers --------------------------------------------------------------------------------
+
+
 def _headers(service_key: str | None, admin_key: str | None,
              bearer_token: str | None) -> dict[str, str]:
     headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
