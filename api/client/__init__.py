@@ -1,0 +1,123 @@
+"""Python client for the z-billing HTTP API: `BillingClient` (sync) and `AsyncBillingClient`.
+
+Both classes are thin: every route is a `_Spec` built by one shared function, and one shared
+`_Attempts` object decides, per response or transport error, whether to return, retry or raise.
+Only the sending and the sleeping differ between the two (the async client uses anyio, so it
+runs under trio and asyncio alike).
+
+Retries are limited to requests the server deduplicates (GETs, usage/reservation calls that
+carry an event or reservation id, credits that carry an Idempotency-Key). When an earlier
+attempt may have landed (a transport error or a 502/504), a `duplicate_event` answer means our
+own request was applied once, so the original result it carries is returned as success.
+
+The package imports only httpx, anyio and msgspec, never the server's code, so an application
+can use it without the server's dependencies. Its private modules: `_results` (typed results),
+`_errors` (one exception per error code), `_requests` (every decision of a call, no I/O),
+`_sync` and `_async` (the clients, which only send and sleep).
+"""
+
+from ._async import AsyncBillingClient
+from ._errors import (
+    AccountNotFound,
+    BadRequest,
+    BillingApiError,
+    Conflict,
+    DuplicateEvent,
+    EngineStopped,
+    ExternalServiceError,
+    Forbidden,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InternalError,
+    MethodNotAllowed,
+    NotConfigured,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ReservationExpired,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from ._results import (
+    AutoRefill,
+    Balance,
+    BalanceCheck,
+    BatchItem,
+    BatchResult,
+    BillingAccount,
+    Checkout,
+    CommitResult,
+    CreditResult,
+    Deleted,
+    ErrorInfo,
+    Health,
+    Payment,
+    PaymentsPage,
+    Portal,
+    Purchase,
+    Quote,
+    Ready,
+    ReleaseResult,
+    Reservation,
+    ReservationHeld,
+    SubscriptionState,
+    Transaction,
+    TransactionPage,
+    UsageResult,
+)
+from ._sync import BillingClient
+
+__all__ = [
+    "AccountNotFound",
+    "AsyncBillingClient",
+    "AutoRefill",
+    "BadRequest",
+    "Balance",
+    "BalanceCheck",
+    "BatchItem",
+    "BatchResult",
+    "BillingAccount",
+    "BillingApiError",
+    "BillingClient",
+    "Checkout",
+    "CommitResult",
+    "Conflict",
+    "CreditResult",
+    "Deleted",
+    "DuplicateEvent",
+    "EngineStopped",
+    "ErrorInfo",
+    "ExternalServiceError",
+    "Forbidden",
+    "Health",
+    "IdempotencyConflict",
+    "InsufficientCredits",
+    "InternalError",
+    "MethodNotAllowed",
+    "NotConfigured",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Payment",
+    "PaymentsPage",
+    "Portal",
+    "Purchase",
+    "Quote",
+    "Ready",
+    "ReleaseResult",
+    "Reservation",
+    "ReservationExpired",
+    "ReservationHeld",
+    "SubscriptionState",
+    "Transaction",
+    "TransactionPage",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "UsageResult",
+]
+
+# Public objects say they live here, as httpx's do: reprs, tracebacks and pickles then name
+# `api.client.X`, which stays true when the private modules are rearranged.
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

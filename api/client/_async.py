@@ -1,0 +1,176 @@
+"""`AsyncBillingClient`: the asynchronous client over httpx and anyio (trio or asyncio)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+
+from ._requests import T, _Attempts, _headers, _Routes, _Spec, _Wait
+from ._results import (
+    AutoRefill,
+    Balance,
+    BalanceCheck,
+    BatchResult,
+    BillingAccount,
+    Checkout,
+    CommitResult,
+    CreditResult,
+    Deleted,
+    Health,
+    PaymentsPage,
+    Portal,
+    Purchase,
+    Quote,
+    Ready,
+    ReleaseResult,
+    Reservation,
+    ReservationHeld,
+    SubscriptionState,
+    TransactionPage,
+    UsageResult,
+)
+
+
+class AsyncBillingClient:
+    """Asynchronous client (trio or asyncio); same methods and errors as `BillingClient`."""
+
+    def __init__(self, base_url: str, *, service_key: str | None = None,
+                 admin_key: str | None = None, bearer_token: str | None = None,
+                 timeout: float = 10.0, retries: int = 3,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.retries = retries
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout,
+                                       transport=transport,
+                                       headers=_headers(service_key, admin_key, bearer_token))
+
+    async def _send(self, spec: _Spec[T]) -> T:
+        attempts = _Attempts(spec, self.retries)
+        while True:
+            try:
+                response = await self._http.request(**spec.request_args())
+            except httpx.TransportError as error:
+                step = attempts.failed(error)
+            else:
+                step = attempts.answered(response)
+            if not isinstance(step, _Wait):
+                return step
+            await anyio.sleep(step.seconds)  # anyio: the same call under trio and asyncio
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        trace: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def health(self) -> Health:
+        return await self._send(_Routes.health())
+
+    async def ready(self) -> Ready:
+        return await self._send(_Routes.ready())
+
+    async def create_account(self) -> BillingAccount:
+        return await self._send(_Routes.create_account())
+
+    async def get_account(self) -> BillingAccount:
+        return await self._send(_Routes.get_account())
+
+    async def close_account(self) -> Deleted:
+        return await self._send(_Routes.close_account())
+
+    async def balance(self) -> Balance:
+        return await self._send(_Routes.balance())
+
+    async def transactions(self, limit: int = 50, offset: int = 0,
+                           before: str | None = None) -> TransactionPage:
+        return await self._send(_Routes.transactions(limit, offset, before))
+
+    async def auto_refill(self) -> AutoRefill:
+        return await self._send(_Routes.auto_refill())
+
+    async def set_auto_refill(self, enabled: bool, trigger_below_cents: int | None = None,
+                              refill_amount_cents: int | None = None) -> AutoRefill:
+        return await self._send(_Routes.set_auto_refill(enabled, trigger_below_cents,
+                                                        refill_amount_cents))
+
+    async def purchase_credits(self, amount_usd: Decimal | int | str) -> Purchase:
+        return await self._send(_Routes.purchase_credits(amount_usd))
+
+    async def payments(self, limit: int = 10, starting_after: str | None = None
+                       ) -> PaymentsPage:
+        return await self._send(_Routes.payments(limit, starting_after))
+
+    async def subscription(self) -> SubscriptionState:
+        return await self._send(_Routes.subscription())
+
+    async def subscribe(self, plan: str) -> Checkout:
+        return await self._send(_Routes.subscribe(plan))
+
+    async def cancel_subscription(self) -> SubscriptionState:
+        return await self._send(_Routes.cancel_subscription())
+
+    async def billing_portal(self) -> Portal:
+        return await self._send(_Routes.billing_portal())
+
+    async def set_plan(self, user_id: object, plan: str, *,
+                       monthly_credits: int | None = None) -> SubscriptionState:
+        return await self._send(_Routes.set_plan(user_id, plan, monthly_credits))
+
+    async def add_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
+                          type: str = "bonus", idempotency_key: str | None = None
+                          ) -> CreditResult:
+        return await self._send(_Routes.add_credits(user_id, amount_cents, reason, type,
+                                                    idempotency_key))
+
+    async def report_usage(self, user_id: object, *, event_id: str | None = None,
+                           metric: Mapping[str, Any] | None = None,
+                           cost_cents: int | None = None, cost_micros: int | None = None,
+                           agent_id: object | None = None,
+                           timestamp: str | datetime.datetime | None = None,
+                           metadata: Mapping[str, Any] | None = None) -> UsageResult:
+        return await self._send(_Routes.report_usage(
+            user_id, event_id=event_id, metric=metric, cost_cents=cost_cents,
+            cost_micros=cost_micros, agent_id=agent_id, timestamp=timestamp,
+            metadata=metadata))
+
+    async def report_usage_batch(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
+        return await self._send(_Routes.report_usage_batch(events))
+
+    async def check_balance(self, user_id: object, required_cents: int) -> BalanceCheck:
+        return await self._send(_Routes.check_balance(user_id, required_cents))
+
+    async def quote(self, metric: Mapping[str, Any]) -> Quote:
+        return await self._send(_Routes.quote(metric))
+
+    async def reserve(self, user_id: object, *, reservation_id: str | None = None,
+                      amount_cents: int | None = None,
+                      metric: Mapping[str, Any] | None = None, ttl_seconds: int = 300,
+                      metadata: Mapping[str, Any] | None = None) -> ReservationHeld:
+        return await self._send(_Routes.reserve(
+            user_id, reservation_id=reservation_id, amount_cents=amount_cents, metric=metric,
+            ttl_seconds=ttl_seconds, metadata=metadata))
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        return await self._send(_Routes.get_reservation(reservation_id))
+
+    async def commit_reservation(self, reservation_id: str, *, event_id: str | None = None,
+                                 metric: Mapping[str, Any] | None = None,
+                                 cost_cents: int | None = None,
+                                 cost_micros: int | None = None,
+                                 agent_id: object | None = None,
+                                 metadata: Mapping[str, Any] | None = None) -> CommitResult:
+        return await self._send(_Routes.commit_reservation(
+            reservation_id, event_id=event_id, metric=metric, cost_cents=cost_cents,
+            cost_micros=cost_micros, agent_id=agent_id, metadata=metadata))
+
+    async def release_reservation(self, reservation_id: str) -> ReleaseResult:
+        return await self._send(_Routes.release_reservation(reservation_id))

@@ -1,0 +1,225 @@
+"""The typed results of the client's calls: one frozen `msgspec.Struct` per response shape.
+
+No `from __future__ import annotations` here: msgspec resolves string annotations in the
+module a class's `__module__` names, and `api.client` renames that to itself, where `Any`
+and the like are not defined; real annotation objects need no resolving.
+"""
+
+from typing import Any
+
+import msgspec
+
+
+class _Result(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of the typed results; unknown response fields are ignored so servers can grow."""
+
+
+class Health(_Result):
+    status: str
+    timestamp: str | None = None
+
+
+class Ready(_Result):
+    status: str
+
+
+class AutoRefill(_Result):
+    enabled: bool
+    trigger_below_cents: int
+    refill_amount_cents: int
+    refill_in_flight: bool = False
+    last_error: str | None = None
+
+
+class Purchase(_Result):
+    checkout_url: str
+    session_id: str
+    credits: int
+    price_cents: int
+
+
+class Payment(_Result):
+    id: str
+    amount_cents: int
+    currency: str
+    status: str
+    kind: str | None = None
+    credits: int | None = None
+    description: str | None = None
+    created_at: str | None = None
+
+
+class PaymentsPage(_Result):
+    payments: list[Payment]
+    has_more: bool
+
+
+class SubscriptionState(_Result):
+    plan: str
+    status: str
+    plan_name: str | None = None
+    subscription_id: str | None = None
+    managed_by: str | None = None
+    monthly_credits: int = 0
+    current_period_start: str | None = None
+    current_period_end: str | None = None
+
+
+class Checkout(_Result):
+    checkout_url: str
+    session_id: str
+
+
+class Portal(_Result):
+    url: str
+
+
+class BillingAccount(_Result):
+    user_id: str
+    balance_cents: int
+    balance_formatted: str
+    held_cents: int
+    available_cents: int
+    unbilled_micros: int = 0
+    lifetime_purchased_cents: int = 0
+    lifetime_granted_cents: int = 0
+    lifetime_used_cents: int = 0
+    plan: str | None = None
+    status: str = "active"
+    overdraft_limit_cents: int = 0
+    auto_refill: AutoRefill | None = None
+    stripe_customer_id: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class Deleted(_Result):
+    deleted: bool
+
+
+class Balance(_Result):
+    user_id: str
+    balance_cents: int
+    balance_formatted: str
+    held_cents: int
+    available_cents: int
+    plan: str | None = None
+
+
+class Transaction(_Result):
+    id: str
+    type: str
+    amount_cents: int
+    balance_after_cents: int
+    description: str = ""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    event_id: str | None = None
+    created_at: str | None = None
+
+
+class TransactionPage(_Result):
+    transactions: list[Transaction]
+    has_more: bool
+    next_before: str | None = None
+
+
+class CreditResult(_Result):
+    user_id: str
+    transaction_id: str
+    type: str
+    amount_cents: int
+    balance_cents: int
+    # Absent when the result is the original of a replayed Idempotency-Key.
+    balance_formatted: str | None = None
+
+
+class UsageResult(_Result):
+    event_id: str
+    user_id: str
+    transaction_id: str
+    cost_cents: int
+    cost_micros: int
+    balance_cents: int
+    held_cents: int
+    available_cents: int
+
+
+class CommitResult(UsageResult, frozen=True, kw_only=True):
+    reservation_id: str
+    released_cents: int
+
+
+class ErrorInfo(_Result):
+    code: str
+    message: str
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class BatchItem(_Result):
+    """One event of a batch: `result` on success, `error` otherwise."""
+
+    success: bool
+    event_id: str | None
+    result: UsageResult | None = None
+    error: ErrorInfo | None = None
+
+
+class BatchResult(_Result):
+    results: list[BatchItem]
+    processed: int
+    failed: int
+
+
+class BalanceCheck(_Result):
+    sufficient: bool
+    balance_cents: int
+    available_cents: int
+    required_cents: int
+
+
+class Quote(_Result):
+    cost_micros: int
+    cost_cents: int
+    cost_cents_exact: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    default_price: bool = False
+    long_context: bool = False
+    min_charge_applied: bool = False
+
+
+class ReservationHeld(_Result):
+    reservation_id: str
+    user_id: str
+    status: str
+    held_cents: int
+    # None when replayed from a duplicate: the server's stored record has no balance.
+    balance_cents: int | None = None
+    available_cents: int | None = None
+    expires_at: str | None = None
+
+
+class Reservation(_Result):
+    reservation_id: str
+    user_id: str
+    status: str
+    held_cents: int
+    amount_cents: int
+    released_cents: int = 0
+    created_at: str | None = None
+    expires_at: str | None = None
+    closed_at: str | None = None
+    transaction_id: str | None = None
+    cost_cents: int | None = None
+    cost_micros: int | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ReleaseResult(_Result):
+    reservation_id: str
+    user_id: str
+    status: str
+    released_cents: int
+    # None when replayed from a duplicate: the server's stored record has no balance.
+    balance_cents: int | None = None
+    available_cents: int | None = None
