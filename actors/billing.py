@@ -9,12 +9,12 @@ from typing import Any
 
 import trio
 
+from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import Payments
 from actors.subscriptions import Subscriptions
 from actors.system import ActorSystem, Pending, WallClock
-from actors.timers import ExpiryTimers
 from engine.account import Account, AutoRefillSettings
 from engine.commands import (
     AddCredits,
@@ -74,10 +74,9 @@ class Billing:
         plans: Plans,
         wall_clock_ms: WallClock,
         metrics: EngineMetrics,
-        timers: ExpiryTimers,
+        deadlines: Deadlines,
         exporter: Exporter | None = None,
     ) -> None:
-        self._timers = timers
         self._exporter = exporter
         self._store = store
         self._journal = journal
@@ -86,7 +85,7 @@ class Billing:
         self.plans = plans
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
-        self.payments = Payments(store, journal, system, wall_clock_ms)
+        self.payments = Payments(store, journal, system, deadlines, wall_clock_ms)
         self.subscriptions = Subscriptions(store, system, wall_clock_ms)
 
     @property
@@ -227,9 +226,7 @@ class Billing:
             fingerprint=reserve_fingerprint(user_id, amount),
             metadata=validate_metadata(metadata or {}),
         )
-        held = await self._system.call(command, ReservationHeld)
-        self._timers.arm(reservation_id, user_id, held.reservation.expires_at_ms)
-        return held
+        return await self._system.call(command, ReservationHeld)
 
     def _reservation_owner(self, reservation_id: str) -> UserId:
         reservation = self._system.find_reservation(parse_key("reservation_id", reservation_id))
@@ -264,17 +261,13 @@ class Billing:
             self.pricing,
             self._wall_clock_ms(),
         )
-        committed = await self._system.call(CommitReservation(reservation_id, usage),
-                                            ReservationCommitted)
-        self._timers.disarm(reservation_id)
-        return committed
+        return await self._system.call(CommitReservation(reservation_id, usage),
+                                       ReservationCommitted)
 
     async def release_reservation(self, reservation_id: str) -> ReservationReleased:
         user_id = self._reservation_owner(reservation_id)
-        released = await self._system.call(ReleaseReservation(user_id, reservation_id),
-                                           ReservationReleased)
-        self._timers.disarm(reservation_id)
-        return released
+        return await self._system.call(ReleaseReservation(user_id, reservation_id),
+                                       ReservationReleased)
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         """The reservation as durably stored (waits for a commit in flight)."""

@@ -82,14 +82,14 @@ class Journal:
         store: Store,
         *,
         pending_commands_max: int = JOURNAL_PENDING_COMMANDS_MAX,
-        on_commit: Callable[[Batch, float], None] | None = None,
         export: bool = False,
     ) -> None:
         self._store = store
         # Write Lago outbox rows for usage events (only while an exporter drains them).
         self._export = export
         self._pending_commands_max = pending_commands_max
-        self._on_commit = on_commit
+        # Told of every batch once it is durable, with the commit's duration in seconds.
+        self.listeners: list[Callable[[Batch, float], None]] = []
         self._open = Batch()
         self._committing: Batch | None = None
         self._wake = trio.Event()
@@ -185,8 +185,9 @@ class Journal:
         self._finish(batch, error)
         if error is None:
             self.commits += 1
-            if self._on_commit is not None:
-                self._on_commit(batch, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            for listener in self.listeners:
+                listener(batch, seconds)
 
     def _finish(self, batch: Batch, error: BaseException | None) -> None:
         batch.error = error

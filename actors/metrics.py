@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actors.deadlines import Deadlines
 from actors.journal import Batch, Journal
 from actors.system import ActorSystem, WallClock
-from actors.timers import ExpiryTimers
 from engine.ledger import LedgerEntry
 from storage.store import Store
 
@@ -63,18 +63,18 @@ class EngineMetrics:
             self.entries.labels(entry_type).inc(count)
             self.credits.labels(entry_type).inc(amounts[entry_type])
 
-    def watch(self, system: ActorSystem, journal: Journal, timers: ExpiryTimers) -> None:
-        self.registry.register(_RuntimeCollector(system, journal, timers))
+    def watch(self, system: ActorSystem, journal: Journal, deadlines: Deadlines) -> None:
+        self.registry.register(_RuntimeCollector(system, journal, deadlines))
 
     def watch_export(self, exporter: Exporter, store: Store, wall_clock_ms: WallClock) -> None:
         self.registry.register(_ExportCollector(exporter, store, wall_clock_ms))
 
 
 class _RuntimeCollector(Collector):
-    def __init__(self, system: ActorSystem, journal: Journal, timers: ExpiryTimers) -> None:
+    def __init__(self, system: ActorSystem, journal: Journal, deadlines: Deadlines) -> None:
         self._system = system
         self._journal = journal
-        self._timers = timers
+        self._deadlines = deadlines
 
     def collect(self) -> Iterator[Metric]:
         counters = self._system.counters
@@ -106,7 +106,7 @@ class _RuntimeCollector(Collector):
             family.add_metric([], value)
             yield family
         holds = GaugeMetricFamily("zbilling_open_holds", "Reservations currently holding credits")
-        holds.add_metric([], self._timers.armed)
+        holds.add_metric([], counters.open_holds)
         yield holds
         held = GaugeMetricFamily("zbilling_held_credits", "Credits held by open reservations")
         held.add_metric([], counters.held_cents)

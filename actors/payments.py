@@ -6,13 +6,15 @@ commands for the account's actor, and waits until they are durable, like `Billin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
 from actors.system import ActorSystem, WallClock
 from engine.account import Account
 from engine.commands import AddCredits, CreditResult, KeyRecord, WebhookMarker
+from engine.deadlines import DeadlineKind, user_deadline
 from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.payments import (
@@ -29,10 +31,11 @@ from storage.store import Store
 
 class Payments:
     def __init__(self, store: Store, journal: Journal, system: ActorSystem,
-                 wall_clock_ms: WallClock) -> None:
+                 deadlines: Deadlines, wall_clock_ms: WallClock) -> None:
         self._store = store
         self._journal = journal
         self._system = system
+        self._deadlines = deadlines
         self._wall_clock_ms = wall_clock_ms
 
     def marker(self, provider: str, event_id: str, event_type: str) -> WebhookMarker:
@@ -51,8 +54,18 @@ class Payments:
                  or self._store.get_outcome(SCOPE_STRIPE_PAYMENT, payment_intent_id))
         return found if isinstance(found, KeyRecord) else None
 
-    def pending_refills(self) -> list[RefillIntent]:
-        return list(self._store.iter_refills())
+    def pending_refill(self, user_id: UserId) -> RefillIntent | None:
+        """The account's auto-refill in flight, if any (as committed)."""
+        return self._store.get_refill(user_id)
+
+    def on_refill_due(self, due: Callable[[UserId], None]) -> None:
+        """Call `due` for each account whose auto-refill should be attempted now: once its
+        refill is committed (or found at start), and again after each `retry_refill_after`."""
+        self._deadlines.handle(DeadlineKind.AUTO_REFILL, lambda deadline: due(deadline.user_id))
+
+    def retry_refill_after(self, user_id: UserId, delay_s: float) -> None:
+        due_ms = self._wall_clock_ms() + int(delay_s * 1000)
+        self._deadlines.remind(user_deadline(DeadlineKind.AUTO_REFILL, user_id, due_ms))
 
     async def set_customer(self, user_id: UserId, customer_id: str) -> Account:
         account = await self._system.call(SetStripeCustomer(user_id, customer_id), Account)

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from actors.billing import Billing
 from actors.config import load_pricing
+from actors.deadlines import Deadlines
 from actors.journal import Journal
 from actors.metrics import EngineMetrics, Exporter
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
-from actors.timers import ExpiryTimers
 from engine.plans import Plans
 from engine.pricing import PricingConfig
 from storage.datadir_lock import DataDirLock
@@ -53,8 +53,7 @@ async def open_billing(
         try:
             store: Store = wrap_store(lmdb_store) if wrap_store else lmdb_store
             metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
-            journal = Journal(store, on_commit=metrics.observe_commit,
-                              export=exporter is not None)
+            journal = Journal(store, export=exporter is not None)
             system = ActorSystem(
                 store,
                 journal,
@@ -62,12 +61,12 @@ async def open_billing(
                 idle_s=actor_idle_s,
                 last_transaction_id=store.last_transaction_id(),
             )
-            timers = ExpiryTimers(system, wall_clock_ms)
+            deadlines = Deadlines(system, store, wall_clock_ms)
+            journal.listeners += [metrics.observe_commit, deadlines.committed]
             for hold in store.iter_open_holds():
-                # A hold whose time passed while we were down expires at once.
-                timers.arm(hold.reservation_id, hold.user_id, hold.expires_at_ms)
                 system.counters.held_cents += hold.amount_cents
-            metrics.watch(system, journal, timers)
+                system.counters.open_holds += 1
+            metrics.watch(system, journal, deadlines)
             export = exporter(store, journal) if exporter is not None else None
             if export is not None:
                 metrics.watch_export(export, store, wall_clock_ms)
@@ -79,14 +78,14 @@ async def open_billing(
                 plans=plans if plans is not None else Plans.from_config(None),
                 wall_clock_ms=wall_clock_ms,
                 metrics=metrics,
-                timers=timers,
+                deadlines=deadlines,
                 exporter=export,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)
                 await nursery.start(system.run_passivation)
-                await nursery.start(timers.run)
-                await nursery.start(billing.subscriptions.run_sweeper)
+                # A deadline that passed while we were down is acted on at once.
+                await nursery.start(deadlines.run)
                 if export is not None:
                     await nursery.start(export.run)
                 try:

@@ -1,20 +1,16 @@
-"""`Subscriptions`: the engine side of plan subscriptions, and the deadline sweeper.
+"""`Subscriptions`: the engine side of plan subscriptions.
 
 Providers (Stripe, Lago, an admin) announce what happened; this facade turns each into a
-command for the account's actor. The sweeper wakes for the deadlines the subscriptions set
-(a cancelled one's period end, a past_due one's grace end, an admin plan's renewal).
+command for the account's actor. The deadlines a subscription sets (a cancelled one's period
+end, a past_due one's grace end, an admin plan's renewal) are kept by the one scheduler,
+actors/deadlines.py, which sweeps the subscription when one comes.
 """
 
 from __future__ import annotations
 
-import logging
-
-import trio
-
 from actors.system import ActorSystem, WallClock
 from engine.account import Account
 from engine.commands import CreditResult
-from engine.errors import BillingError, EngineStopped
 from engine.ids import UserId
 from engine.subscription_state import Manager
 from engine.subscriptions import (
@@ -23,13 +19,8 @@ from engine.subscriptions import (
     GrantPeriod,
     PaymentFailed,
     Subscribe,
-    SweepSubscription,
 )
 from storage.store import Store
-
-log = logging.getLogger("zbilling.subscriptions")
-
-SWEEP_S = 1.0
 
 
 class Subscriptions:
@@ -63,20 +54,3 @@ class Subscriptions:
 
     async def end(self, user_id: UserId, subscription_id: str) -> Account:
         return await self._account(EndSubscription(user_id, subscription_id))
-
-    async def run_sweeper(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                          ) -> None:
-        task_status.started()
-        while True:
-            now_ms = self._wall_clock_ms()
-            for user_id, deadline_ms in list(self._store.iter_subscription_deadlines()):
-                if deadline_ms > now_ms:
-                    continue
-                try:
-                    await self._system.execute(SweepSubscription(user_id))
-                except EngineStopped:
-                    log.error("engine stopped: the subscription sweeper halts")
-                    return
-                except BillingError as error:
-                    log.warning("subscription of %s not swept: %s", user_id, error.message)
-            await trio.sleep(SWEEP_S)

@@ -101,6 +101,7 @@ class ActorCounters:
     loads: int = 0
     passivations: int = 0
     held_cents: int = 0
+    open_holds: int = 0
     reservations_opened: int = 0
     reservation_commits: int = 0
     reservation_commits_above_hold: int = 0
@@ -110,10 +111,13 @@ class ActorCounters:
     def count_reservation(self, reply: object) -> None:
         if isinstance(reply, ReservationHeld):
             self.reservations_opened += 1
+            self.open_holds += 1
         elif isinstance(reply, ReservationCommitted):
             self.reservation_commits += 1
             self.reservation_commits_above_hold += reply.above_hold
+            self.open_holds -= 1
         elif isinstance(reply, ReservationReleased):
+            self.open_holds -= 1
             if reply.status is ReservationStatus.EXPIRED:
                 self.reservation_expiries += 1
             else:

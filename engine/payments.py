@@ -29,6 +29,7 @@ from engine.commands import (
     WebhookMarker,
     digest,
 )
+from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.errors import DuplicateEvent, InvalidInput, require
 from engine.ids import UserId
 from engine.ledger import EntryType
@@ -131,7 +132,7 @@ def payment_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryTyp
     return digest((user_id.bytes, amount_cents, entry_type.value, SCOPE_STRIPE_PAYMENT))
 
 
-def refill_if_low(account: Account) -> tuple[Account, tuple[RefillIntent, ...]]:
+def refill_if_low(account: Account) -> tuple[Account, tuple[RefillIntent | Deadline, ...]]:
     """After a debit: raise one refill when the balance fell below the trigger, unless one is
     already in flight (never two) or there is no Stripe customer to charge."""
     settings = account.auto_refill
@@ -146,15 +147,21 @@ def refill_if_low(account: Account) -> tuple[Account, tuple[RefillIntent, ...]]:
     raised = replace(account, refill_count=number, refill_pending=True, refill_declines=0)
     intent = RefillIntent(account.user_id, number, settings.refill_amount_cents, account.plan,
                           account.stripe_customer_id)
-    return raised, (intent,)
+    # Due at once; the worker keeps its own backoff between declined attempts.
+    return raised, (intent, user_deadline(DeadlineKind.AUTO_REFILL, account.user_id, 0))
 
 
-def settle_refill(account: Account, number: int | None) -> tuple[Account, tuple[Any, ...]]:
+def settle_refill(account: Account, number: int | None
+                  ) -> tuple[Account, tuple[RefillResolved | Deadline, ...]]:
     """A credited auto-refill payment ends the refill in flight, if it is that one."""
     if number is None or not account.refill_pending or number != account.refill_count:
         return account, ()
     settled = replace(account, refill_pending=False, refill_declines=0, auto_refill_error=None)
-    return settled, (RefillResolved(account.user_id),)
+    return settled, _refill_resolved(account.user_id)
+
+
+def _refill_resolved(user_id: UserId) -> tuple[RefillResolved, Deadline]:
+    return RefillResolved(user_id), user_deadline(DeadlineKind.AUTO_REFILL, user_id, None)
 
 
 # --- transitions ----------------------------------------------------------------------------
@@ -208,7 +215,7 @@ def decline_refill(account: Account | None, command: DeclineRefill,
         auto_refill_error=f"switched off after {declines} declines: {reason}",
         updated_at_ms=now_ms,
     )
-    return Transition(switched_off, (RefillResolved(live.user_id),),
+    return Transition(switched_off, _refill_resolved(live.user_id),
                       RefillDeclined(declines, True))
 
 

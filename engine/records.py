@@ -8,15 +8,16 @@ same commit. A new record type is one line here and one writer in storage/.
 from __future__ import annotations
 
 from engine.commands import KeyRecord, UsageEventRecord, WebhookMarker
+from engine.deadlines import Deadline
 from engine.export import AccountOpened, OutboxAck, RequeueParked
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent, RefillResolved
 from engine.reservations import Reservation
-from engine.subscriptions import LagoMirror, SubscriptionDeadline
+from engine.subscriptions import LagoMirror
 
 StoredRecord = (
     LedgerEntry | KeyRecord | UsageEventRecord | WebhookMarker | Reservation | RefillIntent
-    | RefillResolved | SubscriptionDeadline | OutboxAck | RequeueParked
+    | RefillResolved | Deadline | OutboxAck | RequeueParked
 )
 OutboxOnly = AccountOpened | LagoMirror
 AnyRecord = StoredRecord | OutboxOnly

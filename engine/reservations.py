@@ -24,6 +24,7 @@ from engine.commands import (
     UsageResult,
     digest,
 )
+from engine.deadlines import Deadline, DeadlineKind
 from engine.errors import (
     AccountNotFound,
     DuplicateEvent,
@@ -257,7 +258,13 @@ def reserve(account: Account | None, command: Reserve, context: Context) -> Tran
                       updated_at_ms=context.now_ms)
     require(updated.available >= -updated.overdraft_limit_cents, "hold passed overdraft")
     reply = ReservationHeld(reservation, updated.balance_cents, updated.held_cents)
-    return Transition(updated, (reservation,), reply, (reservation,))
+    expiry = _expiry(reservation, reservation.expires_at_ms)
+    return Transition(updated, (reservation, expiry), reply, (reservation,))
+
+
+def _expiry(reservation: Reservation, due_ms: int | None) -> Deadline:
+    return Deadline(DeadlineKind.RESERVATION_EXPIRY, reservation.reservation_id,
+                    reservation.user_id, due_ms)
 
 
 def commit(account: Account | None, command: CommitReservation, context: Context) -> Transition:
@@ -302,7 +309,7 @@ def commit(account: Account | None, command: CommitReservation, context: Context
                                  result.cost_cents > reservation.amount_cents)
     return Transition(
         transition.account,
-        (*transition.records, closed),
+        (*transition.records, _expiry(closed, None), closed),
         reply,
         (*transition.keyed, closed),
     )
@@ -323,7 +330,7 @@ def _close_hold(
     reply = ReservationReleased(reservation.reservation_id, reservation.user_id, status,
                                 reservation.amount_cents, updated.balance_cents,
                                 updated.held_cents)
-    return Transition(updated, (closed,), reply, (closed,))
+    return Transition(updated, (_expiry(closed, None), closed), reply, (closed,))
 
 
 def release(account: Account | None, command: ReleaseReservation, context: Context

@@ -21,6 +21,7 @@ from msgspec.structs import replace
 
 from engine.account import Account, live_account
 from engine.commands import CommandBase, Context, CreditResult, KeyRecord, Reads, Transition, digest
+from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.errors import InvalidInput, NotYetApplicable
 from engine.ids import UserId
 from engine.ledger import EntryType
@@ -30,13 +31,6 @@ from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 
 SCOPE_SUBSCRIPTION_GRANT = "subscription_grant"
 MONTH_MS = 30 * 24 * 3600 * 1000  # the period of admin-managed plans
-
-
-class SubscriptionDeadline(msgspec.Struct, frozen=True, gc=False):
-    """A record: the account's next subscription deadline (None: nothing to wake for)."""
-
-    user_id: UserId
-    deadline_ms: int | None
 
 
 class LagoMirror(msgspec.Struct, frozen=True, gc=False):
@@ -131,11 +125,11 @@ def _whole_seconds(epoch_ms: int) -> int:
 
 
 def _with(account: Account, subscription: Subscription | None, now_ms: int
-          ) -> tuple[Account, SubscriptionDeadline]:
+          ) -> tuple[Account, Deadline]:
     plan = subscription.plan if subscription is not None else FREE
     updated = replace(account, subscription=subscription, plan=plan, updated_at_ms=now_ms)
     deadline = subscription.deadline_ms() if subscription is not None else None
-    return updated, SubscriptionDeadline(account.user_id, deadline)
+    return updated, user_deadline(DeadlineKind.SUBSCRIPTION, account.user_id, deadline)
 
 
 def _current(account: Account, subscription_id: str) -> Subscription:

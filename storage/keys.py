@@ -35,3 +35,9 @@ def text_key(text: str) -> bytes:
 
 def sequence_key(sequence: int) -> bytes:
     return sequence.to_bytes(8, "big")
+
+
+def due_key(due_ms: int, name: bytes) -> bytes:
+    """A deadline in the due-time index: `due_ms ‖ name`, so a scan from the start meets the
+    earliest first (`name` is the deadline's `idempotency_key(kind, key)`)."""
+    return sequence_key(due_ms) + name

@@ -12,13 +12,13 @@ import msgspec
 
 from engine.account import Account
 from engine.commands import SCOPE_USAGE, KeyRecord, PriorOutcome, UsageEventRecord, WebhookMarker
+from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent, RefillResolved
 from engine.records import StoredRecord
 from engine.reservations import OpenHold, Reservation
-from engine.subscriptions import SubscriptionDeadline
 from storage import codec, keys
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
 
@@ -39,8 +39,10 @@ DATABASE_NAMES = (
     "webhooks",
     # user id -> the auto-refill in flight, until it is credited or given up.
     "refills",
-    # user id -> when its subscription must be looked at (period end, grace end, renewal).
-    "subscription_deadlines",
+    # kind ‖ key -> due ms ‖ user id: every deadline (engine/deadlines.py), one per kind and key.
+    "deadlines",
+    # due ms ‖ kind ‖ key -> user id: the same deadlines by due time, for the scheduler.
+    "deadlines_by_due",
     "meta",
 )
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
@@ -50,6 +52,7 @@ MAP_FILL_RATIO_MAX = 0.75
 READERS_MAX = 256
 _META_SCHEMA_KEY = b"schema_version"
 _META_EXPORT_CURSOR_KEY = b"exporter_cursor"
+_META_DEADLINES_KEY = b"deadlines_indexed"
 _TOP_KEY = b"\xff" * keys.TRANSACTION_ID_BYTES
 # Outbox rows are Lago events as msgpack (README "Architecture").
 _packer = msgspec.msgpack.Encoder()
@@ -78,7 +81,8 @@ class LmdbStore:
             self._env = lmdb.open(
                 str(path),
                 map_size=map_size_bytes,
-                max_dbs=len(DATABASE_NAMES),
+                # One more for a database of an older layout, opened to migrate it.
+                max_dbs=len(DATABASE_NAMES) + 1,
                 max_readers=READERS_MAX,
                 sync=sync,
                 metasync=sync,
@@ -94,6 +98,8 @@ class LmdbStore:
         except lmdb.Error as error:
             raise StoreError(f"cannot open LMDB at {path}: {error}") from error
         self._check_schema(readonly)
+        if not readonly:
+            self._index_deadlines()
         # Outbox sequence numbers are assigned here, by the one writer, at commit time.
         self._outbox_next = self._last_key_number("outbox") + 1
         # The next sequence within the commit being written (kept only if it commits).
@@ -113,6 +119,31 @@ class LmdbStore:
                     f"data directory has schema version {int(found)}, "
                     f"this build reads version {SCHEMA_VERSION}"
                 )
+
+    def _index_deadlines(self) -> None:
+        """A data directory written before the deadlines index kept its time-driven work in
+        open holds, refills in flight and `subscription_deadlines`: index them once."""
+        with self._env.begin(write=True) as txn:
+            if txn.get(_META_DEADLINES_KEY, db=self._db["meta"]) is not None:
+                return
+            holds = [codec.decode_open_hold(key.decode(), data)
+                     for key, data in txn.cursor(db=self._db["open_holds"])]
+            found = [Deadline(DeadlineKind.RESERVATION_EXPIRY, hold.reservation_id,
+                              hold.user_id, hold.expires_at_ms) for hold in holds]
+            found += [user_deadline(DeadlineKind.AUTO_REFILL, UserId(uuid.UUID(bytes=key)), 0)
+                      for key in txn.cursor(db=self._db["refills"]).iternext(values=False)]
+            try:
+                old = self._env.open_db(b"subscription_deadlines", txn=txn, create=False)
+            except lmdb.NotFoundError:
+                old = None
+            if old is not None:
+                found += [user_deadline(DeadlineKind.SUBSCRIPTION, UserId(uuid.UUID(bytes=key)),
+                                        int.from_bytes(data, "big"))
+                          for key, data in txn.cursor(db=old)]
+                txn.drop(old, delete=True)
+            for deadline in found:
+                self._put_deadline(txn, deadline)
+            txn.put(_META_DEADLINES_KEY, b"1", db=self._db["meta"])
 
     def close(self) -> None:
         self._env.close()
@@ -201,14 +232,18 @@ class LmdbStore:
     def _drop_refill(self, txn: lmdb.Transaction, resolved: RefillResolved) -> None:
         txn.delete(keys.user_key(resolved.user_id), db=self._db["refills"])
 
-    def _put_subscription_deadline(self, txn: lmdb.Transaction,
-                                   deadline: SubscriptionDeadline) -> None:
-        key = keys.user_key(deadline.user_id)
-        if deadline.deadline_ms is None:
-            txn.delete(key, db=self._db["subscription_deadlines"])
-        else:
-            txn.put(key, keys.sequence_key(deadline.deadline_ms),
-                    db=self._db["subscription_deadlines"])
+    def _put_deadline(self, txn: lmdb.Transaction, deadline: Deadline) -> None:
+        name = keys.idempotency_key(deadline.kind.value, deadline.key)
+        earlier = txn.get(name, db=self._db["deadlines"])
+        if earlier is not None:
+            txn.delete(keys.due_key(int.from_bytes(earlier[:8], "big"), name),
+                       db=self._db["deadlines_by_due"])
+        if deadline.due_ms is None:
+            txn.delete(name, db=self._db["deadlines"])
+            return
+        user = keys.user_key(deadline.user_id)
+        txn.put(name, keys.sequence_key(deadline.due_ms) + user, db=self._db["deadlines"])
+        txn.put(keys.due_key(deadline.due_ms, name), user, db=self._db["deadlines_by_due"])
 
     def _acknowledge(self, txn: lmdb.Transaction, ack: OutboxAck) -> None:
         outbox = txn.cursor(db=self._db["outbox"])
@@ -289,15 +324,25 @@ class LmdbStore:
             data = txn.get(keys.idempotency_key(provider, event_id))
         return codec.decode_webhook(provider, event_id, data) if data is not None else None
 
+    def get_refill(self, user_id: UserId) -> RefillIntent | None:
+        with self._env.begin(db=self._db["refills"]) as txn:
+            data = txn.get(keys.user_key(user_id))
+        return codec.decode_refill(user_id, data) if data is not None else None
+
     def iter_refills(self) -> Iterator[RefillIntent]:
         with self._env.begin(db=self._db["refills"]) as txn:
             for key, data in txn.cursor():
                 yield codec.decode_refill(UserId(uuid.UUID(bytes=key)), data)
 
-    def iter_subscription_deadlines(self) -> Iterator[tuple[UserId, int]]:
-        with self._env.begin(db=self._db["subscription_deadlines"]) as txn:
-            for key, data in txn.cursor():
-                yield UserId(uuid.UUID(bytes=key)), int.from_bytes(data, "big")
+    def iter_deadlines(self, due_before_ms: int) -> Iterator[Deadline]:
+        with self._env.begin(db=self._db["deadlines_by_due"]) as txn:
+            for key, user in txn.cursor():
+                due_ms = int.from_bytes(key[:8], "big")
+                if due_ms >= due_before_ms:
+                    return
+                kind, _, name = key[8:].partition(b"\x00")
+                yield Deadline(DeadlineKind(kind.decode()), name.decode(),
+                               UserId(uuid.UUID(bytes=user)), due_ms)
 
     def iter_reservations(self) -> Iterator[Reservation]:
         with self._env.begin(db=self._db["reservations"]) as txn:
@@ -396,7 +441,7 @@ _WRITERS: dict[type, Callable[[LmdbStore, lmdb.Transaction, Any], None]] = {
     WebhookMarker: LmdbStore._put_webhook,
     RefillIntent: LmdbStore._put_refill,
     RefillResolved: LmdbStore._drop_refill,
-    SubscriptionDeadline: LmdbStore._put_subscription_deadline,
+    Deadline: LmdbStore._put_deadline,
     OutboxAck: LmdbStore._acknowledge,
     RequeueParked: LmdbStore._requeue,
 }

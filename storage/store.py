@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from engine.account import Account
 from engine.commands import PriorOutcome, WebhookMarker
+from engine.deadlines import Deadline
 from engine.export import ParkedEvent
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
@@ -91,12 +92,17 @@ class Store(Protocol):
         """The marker of a webhook event already applied."""
         ...
 
+    def get_refill(self, user_id: UserId) -> RefillIntent | None:
+        """The account's auto-refill in flight, if any."""
+        ...
+
     def iter_refills(self) -> Iterator[RefillIntent]:
         """Auto-refills in flight (raised, not yet credited or given up)."""
         ...
 
-    def iter_subscription_deadlines(self) -> Iterator[tuple[UserId, int]]:
-        """(user, epoch ms) of every subscription the sweeper must look at some time."""
+    def iter_deadlines(self, due_before_ms: int) -> Iterator[Deadline]:
+        """Deadlines due before `due_before_ms`, earliest first (cheap: a prefix scan of an
+        index ordered by due time)."""
         ...
 
     def grow(self) -> None:

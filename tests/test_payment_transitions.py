@@ -11,6 +11,7 @@ from msgspec.structs import replace
 from engine.account import Account, AccountStatus, AutoRefillSettings
 from engine.audit import audit_account
 from engine.commands import AddCredits, KeyRecord, ReportUsage, SetAutoRefill, WebhookMarker
+from engine.deadlines import DeadlineKind, user_deadline
 from engine.errors import AccountClosed, DuplicateEvent, InvalidInput
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
@@ -179,6 +180,8 @@ def test_a_debit_below_the_trigger_raises_exactly_one_refill():
     assert (crossed.account.refill_pending, crossed.account.refill_count) == (True, 1)
     intents = [record for record in crossed.records if isinstance(record, RefillIntent)]
     assert intents == [RefillIntent(USER, 1, 2_500, "free", "cus_1")]
+    # The refill is due at once, in the same commit.
+    assert user_deadline(DeadlineKind.AUTO_REFILL, USER, 0) in crossed.records
     again = debit(crossed.account, 100, "e2", 3)
     assert not [record for record in again.records if isinstance(record, RefillIntent)]
     assert again.account.refill_count == 1
@@ -207,6 +210,7 @@ def test_a_credited_refill_ends_the_refill_in_flight():
     assert paid.account.balance_cents == 2_900
     assert not paid.account.refill_pending
     assert RefillResolved(USER) in paid.records
+    assert user_deadline(DeadlineKind.AUTO_REFILL, USER, None) in paid.records
     stale = apply(paid.account, payment(2_500, "pi_old", refill=0,
                                         entry_type=EntryType.AUTO_REFILL), ctx(4))
     assert stale.account.balance_cents == 5_400  # money taken is always credited
@@ -224,7 +228,9 @@ def test_declines_are_counted_then_auto_refill_switches_off_with_the_reason():
         assert state.refill_pending
     final = apply(state, DeclineRefill(USER, 1, "card_declined"), ctx(9))
     assert final.reply == RefillDeclined(REFILL_ATTEMPTS_MAX, True)
-    assert final.records == (RefillResolved(USER),)
+    # Resolved, and nothing is due for it any more.
+    assert final.records == (RefillResolved(USER),
+                             user_deadline(DeadlineKind.AUTO_REFILL, USER, None))
     assert not final.account.auto_refill.enabled
     assert not final.account.refill_pending
     assert "card_declined" in final.account.auto_refill_error

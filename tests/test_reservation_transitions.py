@@ -8,6 +8,7 @@ import pytest
 
 from engine.account import Account
 from engine.commands import CloseAccount, ReportUsage, UsageEventRecord, usage_fingerprint
+from engine.deadlines import Deadline, DeadlineKind
 from engine.errors import (
     AccountClosed,
     DuplicateEvent,
@@ -77,7 +78,11 @@ def test_reserve_holds_credits_and_records_the_reservation():
     assert isinstance(reply, ReservationHeld)
     assert reply.reservation.expires_at_ms == NOW + 60_000
     assert reply.to_dict()["available_cents"] == 70
-    assert transition.keyed == transition.records
+    # The hold is looked up by its id before its commit, and its expiry is scheduled in the
+    # same commit.
+    assert transition.keyed == (reply.reservation,)
+    assert transition.records == (reply.reservation, Deadline(
+        DeadlineKind.RESERVATION_EXPIRY, "r1", reply.reservation.user_id, NOW + 60_000))
 
 
 def test_reserve_fails_when_available_credits_do_not_cover_it():
@@ -122,7 +127,8 @@ def test_commit_below_the_hold_charges_the_cost_and_releases_the_rest():
     transition = apply(state, commit(3_500_000), ctx(reservation=reservation, tid=2))
     updated = transition.account
     assert (updated.balance_cents, updated.held_cents, updated.unbilled_micros) == (97, 0, 500_000)
-    entry, event, closed = transition.records
+    entry, event, expiry, closed = transition.records
+    assert expiry == Deadline(DeadlineKind.RESERVATION_EXPIRY, "r1", USER, None)
     assert isinstance(entry, LedgerEntry)
     assert entry.amount == -3
     assert entry.metadata["reservation_id"] == "r1"
@@ -155,7 +161,7 @@ def test_commit_after_expiry_is_refused_and_debits_nothing():
                                             reservation=reservation))
     expired = apply(state, ExpireReservation(USER, "r1"),
                     ctx(now_ms=reservation.expires_at_ms, reservation=reservation))
-    gone = expired.records[0]
+    gone = expired.records[-1]
     with pytest.raises(ReservationExpired):
         apply(expired.account, commit(1_000_000), ctx(reservation=gone))
 
@@ -164,7 +170,7 @@ def test_commit_after_release_and_release_after_commit_conflict():
     state, reservation = held(10)
     released = apply(state, ReleaseReservation(USER, "r1"), ctx(reservation=reservation))
     with pytest.raises(ReservationClosed) as refused:
-        apply(released.account, commit(1), ctx(reservation=released.records[0]))
+        apply(released.account, commit(1), ctx(reservation=released.records[-1]))
     assert refused.value.code == "conflict"
     committed = apply(state, commit(1), ctx(reservation=reservation))
     with pytest.raises(ReservationClosed):
@@ -199,7 +205,7 @@ def test_release_returns_the_hold_and_a_repeat_gets_the_original():
     assert (reply.released_cents, reply.status) == (10, ReservationStatus.RELEASED)
     with pytest.raises(DuplicateEvent) as duplicate:
         apply(transition.account, ReleaseReservation(USER, "r1"),
-              ctx(reservation=transition.records[0]))
+              ctx(reservation=transition.records[-1]))
     assert duplicate.value.original["status"] == "released"
 
 
@@ -218,12 +224,12 @@ def test_expiry_releases_only_a_hold_whose_time_has_come():
     due = apply(state, ExpireReservation(USER, "r1"),
                 ctx(now_ms=reservation.expires_at_ms, reservation=reservation))
     assert due.account.held_cents == 0
-    assert due.records[0].status is ReservationStatus.EXPIRED
+    assert due.records[-1].status is ReservationStatus.EXPIRED
     again = apply(due.account, ExpireReservation(USER, "r1"),
-                  ctx(now_ms=reservation.expires_at_ms + 5, reservation=due.records[0]))
+                  ctx(now_ms=reservation.expires_at_ms + 5, reservation=due.records[-1]))
     assert again.records == ()
     with pytest.raises(ReservationExpired):
-        apply(due.account, ReleaseReservation(USER, "r1"), ctx(reservation=due.records[0]))
+        apply(due.account, ReleaseReservation(USER, "r1"), ctx(reservation=due.records[-1]))
 
 
 def test_plain_usage_respects_holds():

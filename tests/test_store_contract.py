@@ -20,13 +20,13 @@ from engine.commands import (
     UsageResult,
     WebhookMarker,
 )
+from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.errors import InvariantViolation
 from engine.ids import TransactionId
 from engine.ledger import EntryType, LedgerEntry
 from engine.payments import RefillIntent, RefillResolved
 from engine.records import StoredRecord
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
-from engine.subscriptions import SubscriptionDeadline
 from engine.usage import LlmTokens
 from storage import codec
 from storage.lmdb_store import _WRITERS, LmdbStore
@@ -182,15 +182,19 @@ def test_payment_and_subscription_records_round_trip(store):
                       subscription=subscription)
     marker = WebhookMarker("stripe", "evt_1", "invoice.paid", 5)
     refill = RefillIntent(user, 3, 2_500, "pro", "cus_1", 2)
-    store.commit(CommitBatch([account], [marker, refill, SubscriptionDeadline(user, 9_000)]))
+    renewal = user_deadline(DeadlineKind.SUBSCRIPTION, user, 9_000)
+    store.commit(CommitBatch([account], [marker, refill, renewal]))
     assert store.get_account(user) == account
     assert store.get_webhook("stripe", "evt_1") == marker
     assert store.get_webhook("lago", "evt_1") is None
     assert list(store.iter_refills()) == [refill]
-    assert list(store.iter_subscription_deadlines()) == [(user, 9_000)]
-    store.commit(CommitBatch([], [RefillResolved(user), SubscriptionDeadline(user, None)]))
+    assert store.get_refill(user) == refill
+    assert list(store.iter_deadlines(10_000)) == [renewal]
+    store.commit(CommitBatch([], [RefillResolved(user),
+                                  user_deadline(DeadlineKind.SUBSCRIPTION, user, None)]))
     assert list(store.iter_refills()) == []
-    assert list(store.iter_subscription_deadlines()) == []
+    assert store.get_refill(user) is None
+    assert list(store.iter_deadlines(10_000)) == []
 
 
 def test_an_account_of_the_first_format_reads_with_the_new_fields_at_rest():
@@ -224,3 +228,49 @@ def test_an_account_read_from_storage_is_checked_like_one_after_a_transition():
     fields[1 + codec.ACCOUNT_FIELDS_V2.index("held_cents")] = -1
     with pytest.raises(InvariantViolation, match="held"):
         codec.decode_account(cbor2.dumps(fields))
+
+
+def test_deadlines_come_earliest_first_one_per_kind_and_key_up_to_the_limit(store):
+    alice, bob = new_user(), new_user()
+    expiry = Deadline(DeadlineKind.RESERVATION_EXPIRY, "r1", alice, 5_000)
+    store.commit(CommitBatch([], [
+        user_deadline(DeadlineKind.SUBSCRIPTION, alice, 9_000), expiry,
+        user_deadline(DeadlineKind.AUTO_REFILL, bob, 0),
+        # A later deadline of the same kind and key replaces the earlier one.
+        user_deadline(DeadlineKind.SUBSCRIPTION, alice, 7_000),
+    ]))
+    assert [(d.kind, d.due_ms) for d in store.iter_deadlines(1 << 62)] == [
+        (DeadlineKind.AUTO_REFILL, 0), (DeadlineKind.RESERVATION_EXPIRY, 5_000),
+        (DeadlineKind.SUBSCRIPTION, 7_000)]
+    assert list(store.iter_deadlines(5_000)) == [user_deadline(DeadlineKind.AUTO_REFILL, bob, 0)]
+    store.commit(CommitBatch([], [Deadline(DeadlineKind.RESERVATION_EXPIRY, "r1", alice, None)]))
+    assert [d.due_ms for d in store.iter_deadlines(1 << 62)] == [0, 7_000]
+
+
+def test_a_directory_of_the_layout_before_deadlines_gets_them_indexed_once(tmp_path):
+    """Open holds, refills in flight and the old `subscription_deadlines` rows become
+    deadlines the first time a newer build opens the directory."""
+    path = tmp_path / "old"
+    user = new_user()
+    LmdbStore(path).close()
+    env = lmdb.open(str(path), max_dbs=32)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(b"meta", txn=txn)
+        txn.delete(b"deadlines_indexed", db=meta)
+        old = env.open_db(b"subscription_deadlines", txn=txn)
+        txn.put(user.bytes, (9_000).to_bytes(8, "big"), db=old)
+        txn.put(user.bytes, codec.encode_refill(RefillIntent(user, 1, 2_500, "free", "cus_1")),
+                db=env.open_db(b"refills", txn=txn))
+    env.close()
+    reopened = LmdbStore(path)
+    try:
+        assert list(reopened.iter_deadlines(1 << 62)) == [
+            user_deadline(DeadlineKind.AUTO_REFILL, user, 0),
+            user_deadline(DeadlineKind.SUBSCRIPTION, user, 9_000)]
+    finally:
+        reopened.close()
+    again = LmdbStore(path)
+    try:
+        assert len(list(again.iter_deadlines(1 << 62))) == 2
+    finally:
+        again.close()

@@ -11,6 +11,7 @@ from msgspec.structs import replace
 
 from engine.account import Account
 from engine.commands import KeyRecord
+from engine.deadlines import DeadlineKind, user_deadline
 from engine.errors import DuplicateEvent, InvalidInput, NotYetApplicable
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
@@ -23,7 +24,6 @@ from engine.subscriptions import (
     LagoMirror,
     PaymentFailed,
     Subscribe,
-    SubscriptionDeadline,
     SweepSubscription,
     grant_key,
 )
@@ -81,7 +81,8 @@ def test_subscribing_sets_the_plan_and_mirrors_it_to_lago():
     assert done.account.subscription.status is SubscriptionStatus.ACTIVE
     assert done.account.balance_cents == 0  # Stripe's first invoice grants the first period
     assert LagoMirror(USER, SUB, "standard") in done.records
-    assert SubscriptionDeadline(USER, None) in done.records  # Stripe renews, not our timer
+    # Stripe renews, not our timer.
+    assert user_deadline(DeadlineKind.SUBSCRIPTION, USER, None) in done.records
 
 
 def test_a_plan_change_terminates_the_old_lago_subscription():
@@ -106,7 +107,7 @@ def test_an_admin_plan_grants_its_first_period_at_once_and_arms_the_renewal():
                                     END, "enterprise"), ctx())
     assert done.account.balance_cents == 90_000
     assert done.account.lifetime_granted_cents == 90_000
-    assert SubscriptionDeadline(USER, END) in done.records
+    assert user_deadline(DeadlineKind.SUBSCRIPTION, USER, END) in done.records
 
 
 def test_periods_must_end_after_they_start():
@@ -156,13 +157,13 @@ def test_cancel_keeps_the_plan_until_the_period_ends_then_removes_it():
     cancelled = ledger.run(CancelSubscription(USER))
     assert ledger.account.subscription.status is SubscriptionStatus.CANCELLED
     assert ledger.account.plan == "standard"
-    assert SubscriptionDeadline(USER, END) in cancelled.records
+    assert user_deadline(DeadlineKind.SUBSCRIPTION, USER, END) in cancelled.records
     assert ledger.run(SweepSubscription(USER), END - 1).records == ()  # not yet
     ended = ledger.run(SweepSubscription(USER), END)
     assert ledger.account.subscription is None
     assert ledger.account.plan == "free"
     assert LagoMirror(USER, SUB, None) in ended.records
-    assert SubscriptionDeadline(USER, None) in ended.records
+    assert user_deadline(DeadlineKind.SUBSCRIPTION, USER, None) in ended.records
     assert grants(ledger) == 0
     with pytest.raises(NotYetApplicable):  # nothing more is granted for it
         ledger.run(GrantPeriod(USER, SUB, END, END + MONTH_MS, "invoice.paid"))
@@ -180,7 +181,8 @@ def test_past_due_grants_nothing_until_paid_then_is_active_again():
     ledger = Ledger(subscribed())
     failed = ledger.run(PaymentFailed(USER, SUB), END + DAY_MS)
     assert ledger.account.subscription.status is SubscriptionStatus.PAST_DUE
-    assert SubscriptionDeadline(USER, END + DAY_MS + GRACE_PERIOD_MS) in failed.records
+    grace_end = END + DAY_MS + GRACE_PERIOD_MS
+    assert user_deadline(DeadlineKind.SUBSCRIPTION, USER, grace_end) in failed.records
     assert ledger.run(SweepSubscription(USER), END + 2 * DAY_MS).records == ()
     assert grants(ledger) == 0
     ledger.run(GrantPeriod(USER, SUB, END, END + MONTH_MS, "invoice.paid"), END + 3 * DAY_MS)

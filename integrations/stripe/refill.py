@@ -2,8 +2,9 @@
 
 An account raises a refill in the commit of the debit that took it below its trigger (the
 `refills` index holds it until it is resolved), so nothing is lost across a crash and debits
-never wait for Stripe. The worker polls that small index, charges each refill with an
-off-session PaymentIntent, and reports the outcome to the account's actor:
+never wait for Stripe. The same commit makes an auto-refill deadline due (the one deadline
+scheduler, actors/deadlines.py, also finds it at start); the worker charges each due refill
+with an off-session PaymentIntent and reports the outcome to the account's actor:
 - succeeded: credited once (keyed on the PaymentIntent, so the webhook can come first);
 - declined: recorded; tried again after a backoff; after REFILL_ATTEMPTS_MAX declines the
   account switches auto-refill off and shows why;
@@ -30,7 +31,6 @@ from integrations.stripe.gateway import StripeGateway
 
 log = logging.getLogger("zbilling.refill")
 
-POLL_S = 0.2
 DECLINE_BACKOFF_BASE_S = 30.0
 UNREACHABLE_BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 600.0
@@ -41,13 +41,12 @@ AttemptKey = tuple[UserId, int, int]
 
 class RefillWorker:
     def __init__(self, gateway: StripeGateway, payments: Payments, plans: Plans, *,
-                 poll_s: float = POLL_S, decline_backoff_s: float = DECLINE_BACKOFF_BASE_S,
+                 decline_backoff_s: float = DECLINE_BACKOFF_BASE_S,
                  unreachable_backoff_s: float = UNREACHABLE_BACKOFF_BASE_S,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self._gateway = gateway
         self._payments = payments
         self._plans = plans
-        self._poll_s = poll_s
         self._decline_backoff_s = decline_backoff_s
         self._unreachable_backoff_s = unreachable_backoff_s
         self._clock = clock
@@ -55,30 +54,39 @@ class RefillWorker:
         self._unreachable_streak: dict[AttemptKey, int] = {}
         self._running: set[UserId] = set()
         self._limiter = trio.CapacityLimiter(ATTEMPTS_IN_FLIGHT_MAX)
+        self._nursery: trio.Nursery | None = None
         # outcome -> count; exported as zbilling_auto_refill_attempts_total.
         self.outcomes: Counter[str] = Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._payments.on_refill_due(self._due)
             task_status.started()
-            while True:
-                now = self._clock()
-                pending = self._payments.pending_refills()
-                self._forget_resolved({(intent.user_id, intent.number, intent.declines)
-                                       for intent in pending})
-                for intent in pending:
-                    key = (intent.user_id, intent.number, intent.declines)
-                    if intent.user_id in self._running or self._not_before.get(key, 0) > now:
-                        continue
-                    self._running.add(intent.user_id)
-                    nursery.start_soon(self._attempt, intent)
-                await trio.sleep(self._poll_s)
+            await trio.sleep_forever()
 
-    def _forget_resolved(self, pending: set[AttemptKey]) -> None:
+    def _due(self, user_id: UserId) -> None:
+        """The account's refill is due: attempt it, unless its backoff says later."""
+        assert self._nursery is not None
+        intent = self._payments.pending_refill(user_id)
+        current = (user_id, intent.number, intent.declines) if intent is not None else None
         for table in (self._not_before, self._unreachable_streak):
-            for key in [key for key in table if key not in pending]:
-                del table[key]
+            for key in [key for key in table if key[0] == user_id and key != current]:
+                del table[key]  # earlier attempts of a refill that moved on or ended
+        if intent is None or user_id in self._running:
+            return  # resolved meanwhile, or an attempt is running (it re-arms if needed)
+        current = (user_id, intent.number, intent.declines)
+        wait_s = self._not_before.get(current, 0) - self._clock()
+        if wait_s > 0:
+            self._payments.retry_refill_after(user_id, wait_s)
+            return
+        self._running.add(user_id)
+        self._nursery.start_soon(self._attempt, intent)
+
+    def _retry_after(self, key: AttemptKey, delay_s: float) -> None:
+        self._not_before[key] = self._clock() + delay_s
+        self._payments.retry_refill_after(key[0], delay_s)
 
     async def _attempt(self, intent: RefillIntent) -> None:
         key = (intent.user_id, intent.number, intent.declines)
@@ -89,21 +97,20 @@ class RefillWorker:
                 stripe.AuthenticationError) as error:
             streak = self._unreachable_streak.get(key, 0) + 1
             self._unreachable_streak[key] = streak
-            self._not_before[key] = self._clock() + _backoff(self._unreachable_backoff_s,
-                                                             streak)
+            self._retry_after(key, _backoff(self._unreachable_backoff_s, streak))
             log.warning("auto-refill %s #%d: Stripe unavailable (%s); retrying later",
                         intent.user_id, intent.number, type(error).__name__)
             outcome = "stripe_unavailable"
         except BillingError as error:  # the account closed meanwhile, the engine stopped, …
             log.warning("auto-refill %s #%d not recorded: %s", intent.user_id, intent.number,
                         error.message)
-            self._not_before[key] = self._clock() + self._decline_backoff_s
+            self._retry_after(key, self._decline_backoff_s)
             outcome = "not_recorded"
         except Exception:
             # Supervision: a surprise in one attempt (say, an odd Stripe answer) must not stop
             # refills, nor the server; this refill is tried again later.
             log.exception("auto-refill %s #%d failed", intent.user_id, intent.number)
-            self._not_before[key] = self._clock() + self._decline_backoff_s
+            self._retry_after(key, self._decline_backoff_s)
             outcome = "error"
         finally:
             self._running.discard(intent.user_id)
@@ -136,8 +143,8 @@ class RefillWorker:
         if status in ("requires_action", "requires_payment_method", "canceled"):
             return await self._declined(intent, f"payment {status}")
         # processing: the payment_intent.succeeded webhook will credit it.
-        self._not_before[(intent.user_id, intent.number, intent.declines)] = (
-            self._clock() + self._decline_backoff_s)
+        self._retry_after((intent.user_id, intent.number, intent.declines),
+                          self._decline_backoff_s)
         return "processing"
 
     async def _declined(self, intent: RefillIntent, reason: str) -> str:
@@ -147,8 +154,8 @@ class RefillWorker:
                  "; auto-refill switched off" if result.gave_up else "")
         if result.gave_up:
             return "gave_up"
-        self._not_before[(intent.user_id, intent.number, result.declines)] = (
-            self._clock() + _backoff(self._decline_backoff_s, result.declines))
+        self._retry_after((intent.user_id, intent.number, result.declines),
+                          _backoff(self._decline_backoff_s, result.declines))
         return "declined"
 
 
