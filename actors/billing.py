@@ -97,6 +97,11 @@ class Billing:
         """Group commits made so far (for benchmarks and diagnostics)."""
         return self._journal.commits
 
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints of the log into the indexes made so far."""
+        return self._journal.checkpoints
+
     def wall_clock_ms(self) -> int:
         return self._wall_clock_ms()
 

@@ -1,8 +1,9 @@
-"""Group commit: records from every account go to storage in one durable LMDB transaction.
+"""Group commit: records from every account become durable together, as one log append.
 
 Commands append to the open batch; the writer task commits it on a worker thread while the
 next batch fills (pipelining). Callers wait on their batch's `done` event and learn its fate
-only after the commit returned, so no reply ever shows state a crash could take back.
+only after the commit returned, so no reply ever shows state a crash could take back. The
+checkpoint task writes what the log holds into the indexed databases beside the commits.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from storage.store import CommitBatch, MapFull, Store, StoreError
 
 # Commands waiting for a commit before callers are told to back off.
 JOURNAL_PENDING_COMMANDS_MAX = 20_000
-# A batch that meets MapFull is retried after growing the map, at most this many times.
+# A checkpoint that meets MapFull is tried again after growing the map, at most this often.
 MAP_GROWTH_ATTEMPTS_MAX = 8
+# How often the checkpoint task asks the store whether a checkpoint is due (the store's
+# interval and write bound decide; this only bounds how late it notices).
+CHECKPOINT_CHECK_S = 0.05
 
 
 # Records looked up by key before their commit: idempotency keys and reservations.
@@ -99,6 +103,7 @@ class Journal:
         self.commits = 0
         # Shared with backups: nothing may copy the environment while the map is resized.
         self.exclusive = trio.Lock()
+        self.checkpoints = 0
 
     # --- the side the actors use (synchronous: no checkpoint between decide and submit) ----
 
@@ -177,8 +182,8 @@ class Journal:
         stored: list[StoredRecord] = [record for record in batch.records
                                       if not isinstance(record, OutboxOnly)]
         try:
-            async with self.exclusive:
-                await self._write(CommitBatch(list(batch.accounts.values()), stored, outbox))
+            await trio.to_thread.run_sync(
+                self._store.commit, CommitBatch(list(batch.accounts.values()), stored, outbox))
         except BaseException as failure:  # any failure: fail-stop, never guess
             error = failure
             self.failure = failure
@@ -199,13 +204,34 @@ class Journal:
             submitter.in_flight -= 1
         batch.done.set()
 
-    async def _write(self, work: CommitBatch) -> None:
+    # --- the checkpoint task ----------------------------------------------------------------
+
+    async def run_checkpoints(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while self.failure is None:
+            await trio.sleep(CHECKPOINT_CHECK_S)
+            if self._store.checkpoint_due():
+                await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Checkpoint now; a failure stops the engine like a failed commit."""
+        try:
+            async with self.exclusive:
+                await self._checkpoint_growing()
+        except BaseException as failure:
+            self.failure = self.failure or failure
+            raise
+        self.checkpoints += 1
+
+    async def _checkpoint_growing(self) -> None:
         for _ in range(MAP_GROWTH_ATTEMPTS_MAX):
             if self._store.needs_growth():
                 # On the trio thread between reads: no LMDB transaction is open in-process.
                 self._store.grow()
             try:
-                await trio.to_thread.run_sync(self._store.commit, work)
+                await trio.to_thread.run_sync(self._store.checkpoint)
                 return
             except MapFull:
                 self._store.grow()

@@ -19,7 +19,7 @@ from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
 from engine.plans import Plans
 from engine.pricing import PricingConfig
 from storage.datadir_lock import DataDirLock
-from storage.lmdb_store import MAP_SIZE_INITIAL_BYTES, LmdbStore
+from storage.lmdb_store import CHECKPOINT_INTERVAL_S, MAP_SIZE_INITIAL_BYTES, LmdbStore
 from storage.store import Store
 
 # Builds the outbox exporter once the store and journal exist (integrations/lago has one).
@@ -45,11 +45,13 @@ async def open_billing(
     registry: CollectorRegistry | None = None,
     wrap_store: Callable[[Store], Store] | None = None,
     exporter: ExporterFactory | None = None,
+    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
 ) -> AsyncIterator[Billing]:
     """Run the engine for the duration of the block; on exit, flush what was submitted."""
     lock = DataDirLock(data_dir)
     try:
-        lmdb_store = LmdbStore(data_dir, map_size_bytes)
+        lmdb_store = LmdbStore(data_dir, map_size_bytes,
+                               checkpoint_interval_s=checkpoint_interval_s)
         try:
             store: Store = wrap_store(lmdb_store) if wrap_store else lmdb_store
             metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
@@ -83,6 +85,7 @@ async def open_billing(
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)
+                await nursery.start(journal.run_checkpoints)
                 await nursery.start(system.run_passivation)
                 # A deadline that passed while we were down is acted on at once.
                 await nursery.start(deadlines.run)
@@ -94,6 +97,9 @@ async def open_billing(
                     with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT_S) as flush:
                         flush.shield = True
                         await journal.close()
+                        if journal.failure is None:
+                            # A clean stop leaves nothing to replay at the next start.
+                            await journal.checkpoint()
                     nursery.cancel_scope.cancel()
         finally:
             lmdb_store.close()

@@ -161,8 +161,8 @@ class ActorSystem:
         """`execute` for a command whose reply has a known type (checked: a transition that
         answers otherwise is a bug, and the caller would misread the reply)."""
         reply = await self.apply_now(command).settle()
-        require(isinstance(reply, reply_type),
-                f"{type(command).__name__} replied {type(reply).__name__}")
+        require(isinstance(reply, reply_type), "%s replied %s", type(command).__name__,
+                type(reply).__name__)
         return reply  # type: ignore[no-any-return]
 
     def apply_now(self, command: AnyCommand) -> Pending:

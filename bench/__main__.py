@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench import baseline, engine, export, http, profile, reservations, scale
+from bench import baseline, engine, export, http, profile, reservations, scale, wal
 from bench.common import DEFAULT_OUT, Options
 from bench.report import write_report
 
@@ -20,6 +20,7 @@ PARTS = {
     "http": http.run,
     "batch": http.run_batch,
     "profile": profile.run,
+    "wal": wal.run,
 }
 
 

@@ -95,3 +95,11 @@ def write_result(options: Options, part: str, parameters: dict[str, Any],
     path = options.out / f"{part}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def device_write_bytes() -> int:
+    """Bytes this process caused to be written to the storage device (/proc/self/io)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from actors.runtime import open_billing
-from bench.common import SEED, Options, percentile, write_result
+from bench.common import SEED, Options, device_write_bytes, percentile, write_result
 from engine.ids import UserId
 from engine.metering import UsageRequest
 from engine.usage import LlmTokens
@@ -87,6 +87,7 @@ async def debit_run(
                 await billing.report_usage(request)
                 latencies.append(time.perf_counter() - started)
 
+        written_before = device_write_bytes()
         started = time.perf_counter()
         with trio.move_on_after(RUN_TIME_MAX_S):
             async with trio.open_nursery() as nursery:
@@ -94,8 +95,13 @@ async def debit_run(
                     nursery.start_soon(produce, index)
         elapsed = time.perf_counter() - started
         commits = _commit_count(billing) - commits_before
+        checkpoints = billing.checkpoints
+    # The shutdown checkpoint counts too: those writes were owed by the debits.
+    written = device_write_bytes() - written_before
     latencies.sort()
     return {
+        "device_bytes_per_debit": written / len(latencies) if latencies else 0.0,
+        "checkpoints": checkpoints,
         "debits_per_s": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
@@ -119,6 +125,7 @@ def run(options: Options) -> Path:
         "debits_per_s": [], "hot_account_debits_per_s": [], "p50_ms": [], "p99_ms": [],
         "p50_ms_256": [], "p99_ms_256": [], "trio_roundtrip_per_s": [],
         "debits_per_commit": [], "hot_account_debits_per_commit": [],
+        "device_bytes_per_debit": [], "checkpoints_per_run": [],
     }
     for run_index in range(runs):
         seed = SEED + run_index
@@ -135,11 +142,14 @@ def run(options: Options) -> Path:
         figures["p50_ms_256"].append(many["p50_ms"])
         figures["p99_ms_256"].append(many["p99_ms"])
         figures["debits_per_commit"].append(many["debits_per_commit"])
+        figures["device_bytes_per_debit"].append(many["device_bytes_per_debit"])
+        figures["checkpoints_per_run"].append(many["checkpoints"])
         figures["hot_account_debits_per_s"].append(hot["debits_per_s"])
         figures["hot_account_debits_per_commit"].append(hot["debits_per_commit"])
         figures["p50_ms"].append(latency["p50_ms"])
         figures["p99_ms"].append(latency["p99_ms"])
-        print(f"run {run_index + 1}/{runs}: many {many['debits_per_s']:.0f}/s, "
+        print(f"run {run_index + 1}/{runs}: many {many['debits_per_s']:.0f}/s "
+              f"({many['device_bytes_per_debit']:.0f} device bytes/debit), "
               f"hot {hot['debits_per_s']:.0f}/s, p99@64 {latency['p99_ms']:.2f} ms, "
               f"trio round trip {figures['trio_roundtrip_per_s'][-1]:.0f}/s", flush=True)
     ratio = [d / t for d, t in zip(figures["debits_per_s"], figures["trio_roundtrip_per_s"],

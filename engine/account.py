@@ -88,11 +88,11 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     def check_invariants(self) -> None:
         """Stop rather than store a state no rule can produce."""
         require(0 <= self.unbilled_micros < MICROS_PER_CREDIT,
-                f"unbilled_micros {self.unbilled_micros} out of range")
-        require(self.held_cents >= 0, f"held {self.held_cents} is negative")
-        require(self.overdraft_limit_cents >= 0,
-                f"overdraft_limit {self.overdraft_limit_cents} < 0")
-        require(self.seq >= 0, f"seq {self.seq} < 0")
+                "unbilled_micros %d out of range", self.unbilled_micros)
+        require(self.held_cents >= 0, "held %d is negative", self.held_cents)
+        require(self.overdraft_limit_cents >= 0, "overdraft_limit %d < 0",
+                self.overdraft_limit_cents)
+        require(self.seq >= 0, "seq %d < 0", self.seq)
 
 
 def live_account(account: Account | None, user_id: UserId) -> Account:

@@ -5,8 +5,9 @@ The assertion rule, three kinds of check and nothing else:
 - `raise SomeBillingError(...)`: a refusal the caller can act on (bad input, not enough
   credits, a key used before). One check per fault, each with its own message and, for
   input, `details.field`, so the caller learns exactly what to fix.
-- `require(condition, message)`: guards anything whose failure would store a wrong balance or
-  a state no rule produces (an invariant). Always on; it stops the command, not the engine.
+- `require(condition, message, *arguments)`: guards anything whose failure would store a
+  wrong balance or a state no rule produces (an invariant). Always on; it stops the command,
+  not the engine.
 - bare `assert`: type narrowing only (telling the type checker what a `require` or the
   control flow already established). It is the only check `python -O` may strip.
 """
@@ -130,10 +131,11 @@ class InvariantViolation(Exception):
     would have produced it is refused rather than stored."""
 
 
-def require(condition: bool, message: str) -> None:
-    """An invariant check that, unlike `assert`, survives `python -O`."""
+def require(condition: bool, message: str, *arguments: object) -> None:
+    """An invariant check that, unlike `assert`, survives `python -O`. The message is
+    formatted (`message % arguments`) only when the check fails: these run on every debit."""
     if not condition:
-        raise InvariantViolation(message)
+        raise InvariantViolation(message % arguments if arguments else message)
 
 
 class NotConfigured(BillingError):

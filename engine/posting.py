@@ -48,13 +48,13 @@ def post_entry(
     )
     # The lifetime counters only grow (invariant 4 sums them with the other entry types).
     if entry_type is EntryType.USAGE:
-        require(amount_cents <= 0, f"usage entry of {amount_cents} credits")
+        require(amount_cents <= 0, "usage entry of %d credits", amount_cents)
         changes["lifetime_used_cents"] = account.lifetime_used_cents - amount_cents
     elif entry_type in PURCHASED_TYPES:
-        require(amount_cents >= 0, f"{entry_type.value} entry of {amount_cents} credits")
+        require(amount_cents >= 0, "%s entry of %d credits", entry_type.value, amount_cents)
         changes["lifetime_purchased_cents"] = account.lifetime_purchased_cents + amount_cents
     elif entry_type in GRANTED_TYPES:
-        require(amount_cents >= 0, f"{entry_type.value} entry of {amount_cents} credits")
+        require(amount_cents >= 0, "%s entry of %d credits", entry_type.value, amount_cents)
         changes["lifetime_granted_cents"] = account.lifetime_granted_cents + amount_cents
     updated = replace(account, balance_cents=balance, seq=account.seq + 1,
                       updated_at_ms=context.now_ms, **changes)

@@ -48,8 +48,9 @@ def apply(account: Account | None, command: AnyCommand, context: Context) -> Tra
     if transition.account is not None:
         transition.account.check_invariants()
     # Records looked up by key before their commit must be among those stored.
-    require(all(record in transition.records for record in transition.keyed),
-            f"{type(command).__name__} keyed a record it does not store")
+    for record in transition.keyed:
+        require(record in transition.records, "%s keyed a record it does not store",
+                type(command).__name__)
     return transition
 
 

@@ -1,9 +1,22 @@
-"""The LMDB implementation of Store: one environment per data directory, named databases."""
+"""The LMDB implementation of Store: a write-ahead log in front of indexed LMDB databases.
+
+A commit turns its records into writes `(database, key, value)` through one writer per record
+type, appends them to the log as one checksummed record (`storage/wal.py`), makes only that
+durable, and keeps them in the overlay (`storage/overlay.py`) that every read consults before
+LMDB. The checkpointer later writes whole generations of the overlay into LMDB in one
+transaction that also records the log position reached, then trims the log. Start-up replays
+the log after that position into LMDB. So a commit costs the bytes it appends; the B-tree
+pages it touches are written once per checkpoint, not once per commit.
+"""
 
 from __future__ import annotations
 
+import shutil
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 
@@ -20,16 +33,19 @@ from engine.payments import RefillIntent, RefillResolved
 from engine.records import StoredRecord
 from engine.reservations import OpenHold, Reservation
 from storage import codec, keys
+from storage.overlay import ABSENT, Generation, Overlay, Write
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
+from storage.wal import LogCorrupt, WriteAheadLog
 
 SCHEMA_VERSION = 1
+# Append only: a database's position is its number in the log's writes.
 DATABASE_NAMES = (
     "accounts",
     "transactions",
     "transactions_by_user",
     "usage_events",
     "reservations",
-    # reservation id -> (user id, expiry) of holds still open: start-up re-arms only these.
+    # reservation id -> (user id, expiry) of holds still open (metrics and verify).
     "open_holds",
     "idempotency",
     "outbox",
@@ -45,25 +61,66 @@ DATABASE_NAMES = (
     "deadlines_by_due",
     "meta",
 )
+_DATABASE_NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
+# Read by key range while the server runs (the transaction list, the exporter, the scheduler).
+RANGE_READ_DATABASES = ("transactions_by_user", "outbox", "deadlines_by_due", "dead_letters")
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
 MAP_SIZE_MAX_BYTES = 1 << 40
-# Grow before the map is this full, so a commit rarely meets MapFull at all.
+# Grow before the map is this full, so a checkpoint rarely meets MapFull at all.
 MAP_FILL_RATIO_MAX = 0.75
 READERS_MAX = 256
+# A checkpoint is due this long after the last one, or sooner once this many writes wait.
+CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_WRITES_MAX = 200_000
+# Writes replayed into LMDB per transaction at start-up.
+REPLAY_WRITES_PER_TRANSACTION = 500_000
+# A read-only open beside a running server retries when a checkpoint trimmed the log under it.
+READONLY_OPEN_ATTEMPTS = 5
 _META_SCHEMA_KEY = b"schema_version"
 _META_EXPORT_CURSOR_KEY = b"exporter_cursor"
 _META_DEADLINES_KEY = b"deadlines_indexed"
+_META_LOG_POSITION_KEY = b"log_position"
 _TOP_KEY = b"\xff" * keys.TRANSACTION_ID_BYTES
-# Outbox rows are Lago events as msgpack (README "Architecture").
+# Outbox rows are Lago events as msgpack; log records are lists of [database, key, value].
 _packer = msgspec.msgpack.Encoder()
 _unpacker = msgspec.msgpack.Decoder()
+_log_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes, bytes | None]])
+
+
+class _Writes:
+    """The writes of one commit, in order. Reads through it see them first (a record may
+    read what an earlier record of the same commit wrote)."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self._store = store
+        self.list: list[Write] = []
+        self._own: dict[tuple[str, bytes], bytes | None] = {}
+
+    def put(self, database: str, key: bytes, value: bytes) -> None:
+        self.list.append((database, key, value))
+        self._own[database, key] = value
+
+    def delete(self, database: str, key: bytes) -> None:
+        self.list.append((database, key, None))
+        self._own[database, key] = None
+
+    def get(self, database: str, key: bytes) -> bytes | None:
+        found = self._own.get((database, key), ABSENT)
+        return self._store._get(database, key) if found is ABSENT else found  # type: ignore[return-value]
+
+    def scan(self, database: str, low: bytes, high: bytes | None) -> list[tuple[bytes, bytes]]:
+        rows: dict[bytes, bytes | None] = dict(self._store._scan(database, low, high))
+        rows.update({key: value for (name, key), value in self._own.items()
+                     if name == database and key >= low and (high is None or key < high)})
+        return sorted((key, value) for key, value in rows.items() if value is not None)
 
 
 class LmdbStore:
-    """Reads may run on any thread; writes come from one journal thread at a time.
+    """Reads may run on any thread; commits come from one journal thread at a time and
+    checkpoints from one other.
 
-    `readonly` opens a data directory beside a running server (verify, backup): LMDB lets
-    other processes read a consistent snapshot while one process writes.
+    `readonly` opens a data directory beside a running server (verify, backup, the CLI): one
+    LMDB snapshot plus the log after its position, read once, so every read sees one moment.
     """
 
     def __init__(
@@ -73,10 +130,13 @@ class LmdbStore:
         *,
         sync: bool = True,
         readonly: bool = False,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         if readonly and not (path / "data.mdb").exists():
             raise StoreError(f"no data directory at {path}")
         path.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._readonly = readonly
         try:
             self._env = lmdb.open(
                 str(path),
@@ -97,13 +157,24 @@ class LmdbStore:
             }
         except lmdb.Error as error:
             raise StoreError(f"cannot open LMDB at {path}: {error}") from error
+        self._snapshot: lmdb.Transaction | None = None
+        self._overlay = Overlay(RANGE_READ_DATABASES)
+        self._wal = WriteAheadLog(path / "wal", sync=sync, readonly=readonly)
+        # Held by a commit from its first write to its log append; a checkpoint takes it
+        # only to seal the overlay, so it never waits longer than one append.
+        self._writing = threading.Lock()
         self._check_schema(readonly)
-        if not readonly:
+        if readonly:
+            self._open_snapshot()
+        else:
+            self._replay()
             self._index_deadlines()
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self._last_checkpoint_s = time.monotonic()
         # Outbox sequence numbers are assigned here, by the one writer, at commit time.
         self._outbox_next = self._last_key_number("outbox") + 1
-        # The next sequence within the commit being written (kept only if it commits).
         self._outbox_pending = self._outbox_next
+        self._outbox_depth = self._count("outbox")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -119,6 +190,43 @@ class LmdbStore:
                     f"data directory has schema version {int(found)}, "
                     f"this build reads version {SCHEMA_VERSION}"
                 )
+
+    def _log_position(self, txn: lmdb.Transaction) -> int:
+        data = txn.get(_META_LOG_POSITION_KEY, db=self._db["meta"])
+        return int.from_bytes(data, "big") if data is not None else 0
+
+    def _replay(self) -> None:
+        """Write the log after the checkpointed position into LMDB (a crash left it there),
+        then trim the log: the overlay starts empty."""
+        with self._env.begin() as txn:
+            position = self._log_position(txn)
+        pending: list[Write] = []
+        last = position
+        for sequence, payload in self._wal.recover(position):
+            pending.extend(self._decode_writes(payload))
+            last = sequence
+            if len(pending) >= REPLAY_WRITES_PER_TRANSACTION:
+                self._write_lmdb(pending, last)
+                pending = []
+        if pending or last != position:
+            self._write_lmdb(pending, last)
+        self._wal.trim(last)
+
+    def _open_snapshot(self) -> None:
+        """One LMDB snapshot and the log after its position (a checkpoint beside us may trim
+        the log between the two reads: then take both again)."""
+        for _ in range(READONLY_OPEN_ATTEMPTS):
+            snapshot = self._env.begin()
+            try:
+                for sequence, payload in self._wal.recover(self._log_position(snapshot)):
+                    self._overlay.apply(self._decode_writes(payload), sequence)
+            except (LogCorrupt, FileNotFoundError):
+                snapshot.abort()
+                self._overlay = Overlay(RANGE_READ_DATABASES)
+                continue
+            self._snapshot = snapshot
+            return
+        raise StoreError("the log kept moving under a read-only open; try again")
 
     def _index_deadlines(self) -> None:
         """A data directory written before the deadlines index kept its time-driven work in
@@ -141,11 +249,18 @@ class LmdbStore:
                                         int.from_bytes(data, "big"))
                           for key, data in txn.cursor(db=old)]
                 txn.drop(old, delete=True)
-            for deadline in found:
-                self._put_deadline(txn, deadline)
-            txn.put(_META_DEADLINES_KEY, b"1", db=self._db["meta"])
+        writes = _Writes(self)
+        for deadline in found:
+            self._put_deadline(writes, deadline)
+        writes.put("meta", _META_DEADLINES_KEY, b"1")
+        with self._env.begin() as txn:
+            position = self._log_position(txn)
+        self._write_lmdb(writes.list, position)
 
     def close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.abort()
+        self._wal.close()
         self._env.close()
 
     def map_size_bytes(self) -> int:
@@ -156,203 +271,332 @@ class LmdbStore:
         return used > self.map_size_bytes() * MAP_FILL_RATIO_MAX
 
     def grow(self) -> None:
+        """Double the map. LMDB allows it only with no transaction open in this process: the
+        caller runs no read or checkpoint meanwhile, and a commit's reads wait here."""
         size = self.map_size_bytes()
         if size >= MAP_SIZE_MAX_BYTES:
             raise StoreError(f"LMDB map reached its limit of {MAP_SIZE_MAX_BYTES} bytes")
-        self._env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
+        with self._writing:
+            self._env.set_mapsize(min(size * 2, MAP_SIZE_MAX_BYTES))
 
     def backup(self, destination: Path) -> None:
-        """A consistent, compacted copy taken inside one read transaction."""
+        """A consistent copy that starts by itself: the log first, then a compacted LMDB
+        snapshot. The snapshot's position is at or past the copied log's start (the log is
+        only trimmed below a checkpointed position), so replay fills exactly the gap."""
         destination.mkdir(parents=True, exist_ok=False)
+        (destination / "wal").mkdir()
+        for _, segment in self._wal.segments():
+            try:
+                shutil.copy2(segment, destination / "wal" / segment.name)
+            except FileNotFoundError:
+                continue  # trimmed meanwhile: checkpointed, so in the snapshot below
         self._env.copy(str(destination), compact=True)
 
-    # --- writes ------------------------------------------------------------------------------
+    # --- commits -----------------------------------------------------------------------------
 
     def _last_key_number(self, name: str) -> int:
-        with self._env.begin(db=self._db[name]) as txn:
-            cursor = txn.cursor()
-            return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+        last = next(self._scan(name, b"", None, reverse=True), None)
+        return int.from_bytes(last[0], "big") if last is not None else 0
 
     def commit(self, batch: CommitBatch) -> None:
-        db = self._db
-        self._outbox_pending = self._outbox_next
-        try:
-            with self._env.begin(write=True) as txn:
+        """Make the batch durable as one log record; visible to every read on return."""
+        with self._writing:
+            writes = _Writes(self)
+            self._outbox_pending = self._outbox_next
+            depth = self._outbox_depth
+            try:
                 for event in batch.outbox:
-                    self._append_outbox(txn, _packer.encode(event))
+                    self._append_outbox(writes, _packer.encode(event))
                 for account in batch.accounts:
-                    txn.put(keys.user_key(account.user_id), codec.encode_account(account),
-                            db=db["accounts"])
+                    writes.put("accounts", keys.user_key(account.user_id),
+                               codec.encode_account(account))
                 for record in batch.records:
                     writer = _WRITERS.get(type(record))
                     if writer is None:
                         # Fail-stop: a record without a writer would be lost or mis-stored.
-                        raise StoreError(f"no writer for record type {type(record).__name__}")
-                    writer(self, txn, record)
-        except lmdb.MapFullError as error:
-            raise MapFull(str(error)) from error
-        except lmdb.Error as error:
-            raise StoreError(f"commit failed: {error}") from error
-        self._outbox_next = self._outbox_pending
+                        raise StoreError(
+                            f"no writer for record type {type(record).__name__}")
+                    writer(self, writes, record)
+                payload = _packer.encode([(_DATABASE_NUMBER[database], key, value)
+                                          for database, key, value in writes.list])
+                sequence = self._wal.append(payload)
+            except OSError as error:
+                self._outbox_depth = depth
+                raise StoreError(f"log append failed: {error}") from error
+            except BaseException:
+                self._outbox_depth = depth
+                raise
+            self._overlay.apply(writes.list, sequence)
+            self._outbox_next = self._outbox_pending
 
-    def _append_outbox(self, txn: lmdb.Transaction, row: bytes) -> None:
-        txn.put(keys.sequence_key(self._outbox_pending), row, db=self._db["outbox"],
-                append=True)
+    def _append_outbox(self, writes: _Writes, row: bytes) -> None:
+        writes.put("outbox", keys.sequence_key(self._outbox_pending), row)
         self._outbox_pending += 1
+        self._outbox_depth += 1
 
-    def _put_entry(self, txn: lmdb.Transaction, entry: LedgerEntry) -> None:
-        txn.put(keys.transaction_key(entry.transaction_id), codec.encode_entry(entry),
-                db=self._db["transactions"])
-        txn.put(keys.user_transaction_key(entry.user_id, entry.transaction_id), b"",
-                db=self._db["transactions_by_user"])
+    def _put_entry(self, writes: _Writes, entry: LedgerEntry) -> None:
+        writes.put("transactions", keys.transaction_key(entry.transaction_id),
+                   codec.encode_entry(entry))
+        writes.put("transactions_by_user",
+                   keys.user_transaction_key(entry.user_id, entry.transaction_id), b"")
 
-    def _put_usage_event(self, txn: lmdb.Transaction, event: UsageEventRecord) -> None:
-        txn.put(keys.text_key(event.event_id), codec.encode_usage_event(event),
-                db=self._db["usage_events"])
+    def _put_usage_event(self, writes: _Writes, event: UsageEventRecord) -> None:
+        writes.put("usage_events", keys.text_key(event.event_id),
+                   codec.encode_usage_event(event))
 
-    def _put_key(self, txn: lmdb.Transaction, record: KeyRecord) -> None:
-        txn.put(keys.idempotency_key(record.scope, record.key), codec.encode_key_record(record),
-                db=self._db["idempotency"])
+    def _put_key(self, writes: _Writes, record: KeyRecord) -> None:
+        writes.put("idempotency", keys.idempotency_key(record.scope, record.key),
+                   codec.encode_key_record(record))
 
-    def _put_reservation(self, txn: lmdb.Transaction, reservation: Reservation) -> None:
+    def _put_reservation(self, writes: _Writes, reservation: Reservation) -> None:
         key = keys.text_key(reservation.reservation_id)
-        txn.put(key, codec.encode_reservation(reservation), db=self._db["reservations"])
+        writes.put("reservations", key, codec.encode_reservation(reservation))
         if reservation.is_open:
-            txn.put(key, codec.encode_open_hold(reservation), db=self._db["open_holds"])
+            writes.put("open_holds", key, codec.encode_open_hold(reservation))
         else:
-            txn.delete(key, db=self._db["open_holds"])
+            writes.delete("open_holds", key)
 
-    def _put_webhook(self, txn: lmdb.Transaction, marker: WebhookMarker) -> None:
-        txn.put(keys.idempotency_key(marker.provider, marker.event_id),
-                codec.encode_webhook(marker), db=self._db["webhooks"])
+    def _put_webhook(self, writes: _Writes, marker: WebhookMarker) -> None:
+        writes.put("webhooks", keys.idempotency_key(marker.provider, marker.event_id),
+                   codec.encode_webhook(marker))
 
-    def _put_refill(self, txn: lmdb.Transaction, intent: RefillIntent) -> None:
-        txn.put(keys.user_key(intent.user_id), codec.encode_refill(intent), db=self._db["refills"])
+    def _put_refill(self, writes: _Writes, intent: RefillIntent) -> None:
+        writes.put("refills", keys.user_key(intent.user_id), codec.encode_refill(intent))
 
-    def _drop_refill(self, txn: lmdb.Transaction, resolved: RefillResolved) -> None:
-        txn.delete(keys.user_key(resolved.user_id), db=self._db["refills"])
+    def _drop_refill(self, writes: _Writes, resolved: RefillResolved) -> None:
+        writes.delete("refills", keys.user_key(resolved.user_id))
 
-    def _put_deadline(self, txn: lmdb.Transaction, deadline: Deadline) -> None:
+    def _put_deadline(self, writes: _Writes, deadline: Deadline) -> None:
         name = keys.idempotency_key(deadline.kind.value, deadline.key)
-        earlier = txn.get(name, db=self._db["deadlines"])
+        earlier = writes.get("deadlines", name)
         if earlier is not None:
-            txn.delete(keys.due_key(int.from_bytes(earlier[:8], "big"), name),
-                       db=self._db["deadlines_by_due"])
+            writes.delete("deadlines_by_due",
+                          keys.due_key(int.from_bytes(earlier[:8], "big"), name))
         if deadline.due_ms is None:
-            txn.delete(name, db=self._db["deadlines"])
+            writes.delete("deadlines", name)
             return
         user = keys.user_key(deadline.user_id)
-        txn.put(name, keys.sequence_key(deadline.due_ms) + user, db=self._db["deadlines"])
-        txn.put(keys.due_key(deadline.due_ms, name), user, db=self._db["deadlines_by_due"])
+        writes.put("deadlines", name, keys.sequence_key(deadline.due_ms) + user)
+        writes.put("deadlines_by_due", keys.due_key(deadline.due_ms, name), user)
 
-    def _acknowledge(self, txn: lmdb.Transaction, ack: OutboxAck) -> None:
-        outbox = txn.cursor(db=self._db["outbox"])
-        limit = keys.sequence_key(ack.sequence)
-        positioned = outbox.first()
-        while positioned and outbox.key() <= limit:
-            positioned = outbox.delete()
+    def _acknowledge(self, writes: _Writes, ack: OutboxAck) -> None:
+        for key, _ in list(writes.scan("outbox", b"", keys.sequence_key(ack.sequence + 1))):
+            writes.delete("outbox", key)
+            self._outbox_depth -= 1
         for parked in ack.parked:
-            txn.put(keys.sequence_key(parked.sequence), codec.encode_parked(parked),
-                    db=self._db["dead_letters"])
-        txn.put(_META_EXPORT_CURSOR_KEY, keys.sequence_key(ack.sequence), db=self._db["meta"])
+            writes.put("dead_letters", keys.sequence_key(parked.sequence),
+                       codec.encode_parked(parked))
+        writes.put("meta", _META_EXPORT_CURSOR_KEY, keys.sequence_key(ack.sequence))
 
-    def _requeue(self, txn: lmdb.Transaction, requeue: RequeueParked) -> None:
+    def _requeue(self, writes: _Writes, requeue: RequeueParked) -> None:
         for sequence in requeue.sequences:
             key = keys.sequence_key(sequence)
-            data = txn.get(key, db=self._db["dead_letters"])
+            data = writes.get("dead_letters", key)
             if data is None:
                 continue
             parked = codec.decode_parked(data)
-            self._append_outbox(txn, _packer.encode(parked.event))
-            txn.delete(key, db=self._db["dead_letters"])
+            self._append_outbox(writes, _packer.encode(parked.event))
+            writes.delete("dead_letters", key)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint_due(self) -> bool:
+        waiting = self._overlay.writes
+        return waiting >= CHECKPOINT_WRITES_MAX or (
+            waiting > 0
+            and time.monotonic() - self._last_checkpoint_s >= self._checkpoint_interval_s)
+
+    def checkpoint(self) -> int:
+        """Write every sealed generation of the overlay into LMDB, oldest first, each in one
+        transaction with the log position it reaches; then forget it and trim the log.
+        Returns the writes checkpointed. Raises MapFull (grow, then call again)."""
+        with self._writing:
+            self._overlay.seal()
+            self._wal.rotate()
+        done = 0
+        for generation in self._overlay.sealed():
+            if generation.writes:
+                self._write_generation(generation)
+                done += generation.writes
+            self._overlay.drop(generation)
+            self._wal.trim(generation.last_sequence)
+        self._last_checkpoint_s = time.monotonic()
+        return done
+
+    def _write_generation(self, generation: Generation) -> None:
+        writes = [(database, key, value) for database, table in generation.tables.items()
+                  for key, value in table.items()]
+        self._write_lmdb(writes, generation.last_sequence)
+
+    def _write_lmdb(self, writes: list[Write], position: int) -> None:
+        db = self._db
+        try:
+            with self._env.begin(write=True) as txn:
+                for database, key, value in writes:
+                    if value is None:
+                        txn.delete(key, db=db[database])
+                    else:
+                        txn.put(key, value, db=db[database])
+                txn.put(_META_LOG_POSITION_KEY, position.to_bytes(8, "big"), db=db["meta"])
+        except lmdb.MapFullError as error:
+            raise MapFull(str(error)) from error
+        except lmdb.Error as error:
+            raise StoreError(f"checkpoint failed: {error}") from error
+
+    @staticmethod
+    def _decode_writes(payload: bytes) -> list[Write]:
+        return [(DATABASE_NAMES[number], key, value)
+                for number, key, value in _log_decoder.decode(payload)]
+
+    def log_report(self) -> tuple[int, int, int]:
+        """(checkpointed position, last logged sequence, writes waiting) for verify."""
+        with self._read() as txn:
+            position = self._log_position(txn)
+        return position, self._wal.next_sequence - 1, self._overlay.writes
+
+    # --- the one read path: the overlay, then LMDB ----------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        if self._snapshot is not None:
+            yield self._snapshot
+            return
+        with self._env.begin() as txn:
+            yield txn
+
+    def _get(self, database: str, key: bytes) -> bytes | None:
+        found = self._overlay.get(database, key)
+        if found is not ABSENT:
+            return found  # type: ignore[return-value]
+        with self._read() as txn:
+            data: bytes | None = txn.get(key, db=self._db[database])
+        return data
+
+    def _scan(self, database: str, low: bytes, high: bytes | None, *,
+              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in [low, high) with their values, in key order (or reversed), the overlay's
+        writes merged over LMDB's rows (its deletes hide them)."""
+        waiting = self._overlay.range(database, low, high)
+        order = sorted(waiting, reverse=reverse)
+        index = 0
+        with self._read() as txn:
+            for key, value in self._lmdb_range(txn, database, low, high, reverse):
+                # Overlay keys that come first, then the overlay's version of this key.
+                while index < len(order) and (order[index] > key if reverse
+                                              else order[index] < key):
+                    newer = waiting[order[index]]
+                    if newer is not None:
+                        yield order[index], newer
+                    index += 1
+                if index < len(order) and order[index] == key:
+                    newer = waiting[key]
+                    index += 1
+                    if newer is not None:
+                        yield key, newer
+                    continue
+                yield key, value
+        for key in order[index:]:
+            newer = waiting[key]
+            if newer is not None:
+                yield key, newer
+
+    def _lmdb_range(self, txn: lmdb.Transaction, database: str, low: bytes,
+                    high: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        cursor = txn.cursor(db=self._db[database])
+        if not reverse:
+            positioned = cursor.set_range(low)
+            while positioned:
+                key = cursor.key()
+                if high is not None and key >= high:
+                    return
+                yield key, cursor.value()
+                positioned = cursor.next()
+            return
+        if high is None:
+            positioned = cursor.last()
+        else:
+            positioned = cursor.set_range(high)
+            positioned = cursor.prev() if positioned else cursor.last()
+        while positioned:
+            key = cursor.key()
+            if key < low:
+                return
+            yield key, cursor.value()
+            positioned = cursor.prev()
 
     # --- the outbox, for the Lago exporter ---------------------------------------------------
 
     def read_outbox(self, after_sequence: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
         """Up to `limit` rows after `after_sequence`, oldest first."""
         rows: list[tuple[int, dict[str, Any]]] = []
-        with self._env.begin(db=self._db["outbox"]) as txn:
-            cursor = txn.cursor()
-            positioned = cursor.set_range(keys.sequence_key(after_sequence + 1))
-            while positioned and len(rows) < limit:
-                rows.append((int.from_bytes(cursor.key(), "big"),
-                             _unpacker.decode(cursor.value())))
-                positioned = cursor.next()
+        for key, value in self._scan("outbox", keys.sequence_key(after_sequence + 1), None):
+            if len(rows) == limit:
+                break
+            rows.append((int.from_bytes(key, "big"), _unpacker.decode(value)))
         return rows
 
     def outbox_depth(self) -> int:
-        with self._env.begin() as txn:
-            return int(txn.stat(self._db["outbox"])["entries"])
+        return self._outbox_depth
 
     def export_cursor(self) -> int:
-        with self._env.begin(db=self._db["meta"]) as txn:
-            data = txn.get(_META_EXPORT_CURSOR_KEY)
+        data = self._get("meta", _META_EXPORT_CURSOR_KEY)
         return int.from_bytes(data, "big") if data is not None else 0
 
     def dead_letters(self) -> list[ParkedEvent]:
-        with self._env.begin(db=self._db["dead_letters"]) as txn:
-            return [codec.decode_parked(data) for _, data in txn.cursor()]
+        return [codec.decode_parked(data) for _, data in self._scan("dead_letters", b"", None)]
 
     # --- reads -------------------------------------------------------------------------------
 
     def get_account(self, user_id: UserId) -> Account | None:
-        with self._env.begin(db=self._db["accounts"]) as txn:
-            data = txn.get(keys.user_key(user_id))
+        data = self._get("accounts", keys.user_key(user_id))
         return codec.decode_account(data) if data is not None else None
 
     def get_outcome(self, scope: str, key: str) -> PriorOutcome | None:
         if scope == SCOPE_USAGE:
-            with self._env.begin(db=self._db["usage_events"]) as txn:
-                data = txn.get(keys.text_key(key))
+            data = self._get("usage_events", keys.text_key(key))
             return codec.decode_usage_event(key, data) if data is not None else None
-        with self._env.begin(db=self._db["idempotency"]) as txn:
-            data = txn.get(keys.idempotency_key(scope, key))
+        data = self._get("idempotency", keys.idempotency_key(scope, key))
         return codec.decode_key_record(scope, key, data) if data is not None else None
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
-        with self._env.begin(db=self._db["reservations"]) as txn:
-            data = txn.get(keys.text_key(reservation_id))
+        data = self._get("reservations", keys.text_key(reservation_id))
         return codec.decode_reservation(reservation_id, data) if data is not None else None
 
     def iter_open_holds(self) -> Iterator[OpenHold]:
-        with self._env.begin(db=self._db["open_holds"]) as txn:
-            for key, data in txn.cursor():
-                yield codec.decode_open_hold(key.decode(), data)
+        for key, data in self._scan("open_holds", b"", None):
+            yield codec.decode_open_hold(key.decode(), data)
 
     def get_webhook(self, provider: str, event_id: str) -> WebhookMarker | None:
-        with self._env.begin(db=self._db["webhooks"]) as txn:
-            data = txn.get(keys.idempotency_key(provider, event_id))
+        data = self._get("webhooks", keys.idempotency_key(provider, event_id))
         return codec.decode_webhook(provider, event_id, data) if data is not None else None
 
     def get_refill(self, user_id: UserId) -> RefillIntent | None:
-        with self._env.begin(db=self._db["refills"]) as txn:
-            data = txn.get(keys.user_key(user_id))
+        data = self._get("refills", keys.user_key(user_id))
         return codec.decode_refill(user_id, data) if data is not None else None
 
     def iter_refills(self) -> Iterator[RefillIntent]:
-        with self._env.begin(db=self._db["refills"]) as txn:
-            for key, data in txn.cursor():
-                yield codec.decode_refill(UserId(uuid.UUID(bytes=key)), data)
+        for key, data in self._scan("refills", b"", None):
+            yield codec.decode_refill(UserId(uuid.UUID(bytes=key)), data)
 
     def iter_deadlines(self, due_before_ms: int) -> Iterator[Deadline]:
-        with self._env.begin(db=self._db["deadlines_by_due"]) as txn:
-            for key, user in txn.cursor():
-                due_ms = int.from_bytes(key[:8], "big")
-                if due_ms >= due_before_ms:
-                    return
-                kind, _, name = key[8:].partition(b"\x00")
-                yield Deadline(DeadlineKind(kind.decode()), name.decode(),
-                               UserId(uuid.UUID(bytes=user)), due_ms)
+        for key, user in self._scan("deadlines_by_due", b"", keys.sequence_key(due_before_ms)):
+            kind, _, name = key[8:].partition(b"\x00")
+            yield Deadline(DeadlineKind(kind.decode()), name.decode(),
+                           UserId(uuid.UUID(bytes=user)), int.from_bytes(key[:8], "big"))
 
     def iter_reservations(self) -> Iterator[Reservation]:
-        with self._env.begin(db=self._db["reservations"]) as txn:
-            for key, data in txn.cursor():
-                yield codec.decode_reservation(key.decode(), data)
+        for key, data in self._scan("reservations", b"", None):
+            yield codec.decode_reservation(key.decode(), data)
 
     def get_entry(self, transaction_id: TransactionId) -> LedgerEntry | None:
-        with self._env.begin(db=self._db["transactions"]) as txn:
-            data = txn.get(keys.transaction_key(transaction_id))
+        data = self._get("transactions", keys.transaction_key(transaction_id))
         return codec.decode_entry(transaction_id, data) if data is not None else None
+
+    def _entry(self, transaction_id: TransactionId) -> LedgerEntry:
+        entry = self.get_entry(transaction_id)
+        if entry is None:
+            raise StoreError(f"index row without entry {transaction_id}")
+        return entry
 
     def list_entries(
         self,
@@ -362,78 +606,57 @@ class LmdbStore:
         before: TransactionId | None = None,
     ) -> EntryPage:
         prefix = keys.user_key(user_id)
-        start = prefix + (keys.transaction_key(before) if before is not None else _TOP_KEY)
+        high = prefix + (keys.transaction_key(before) if before is not None else _TOP_KEY)
         found: list[LedgerEntry] = []
         has_more = False
-        with self._env.begin() as txn:
-            index = txn.cursor(db=self._db["transactions_by_user"])
-            transactions = self._db["transactions"]
-            # Position on the last key below `start` (the newest entry older than the cursor).
-            positioned = index.set_range(start)
-            positioned = index.prev() if positioned else index.last()
-            skipped = 0
-            while positioned:
-                key = index.key()
-                if not key.startswith(prefix):
-                    break
-                if before is not None and key >= start:
-                    positioned = index.prev()
-                    continue
-                if skipped < offset:
-                    skipped += 1
-                elif len(found) == limit:
-                    has_more = True
-                    break
-                else:
-                    transaction_id = keys.transaction_id_from_key(key)
-                    data = txn.get(keys.transaction_key(transaction_id), db=transactions)
-                    if data is None:
-                        raise StoreError(f"index row without entry {transaction_id}")
-                    found.append(codec.decode_entry(transaction_id, data))
-                positioned = index.prev()
+        for skipped, (key, _) in enumerate(self._scan("transactions_by_user", prefix, high,
+                                                      reverse=True)):
+            if skipped < offset:
+                continue
+            if len(found) == limit:
+                has_more = True
+                break
+            found.append(self._entry(TransactionId(keys.transaction_id_from_key(key))))
         return EntryPage(found, has_more)
 
     def iter_accounts(self) -> Iterator[Account]:
-        with self._env.begin(db=self._db["accounts"]) as txn:
-            for _, data in txn.cursor():
-                yield codec.decode_account(data)
+        for _, data in self._scan("accounts", b"", None):
+            yield codec.decode_account(data)
 
     def iter_user_entries(self, user_id: UserId) -> Iterator[LedgerEntry]:
         prefix = keys.user_key(user_id)
-        with self._env.begin() as txn:
-            index = txn.cursor(db=self._db["transactions_by_user"])
-            transactions = self._db["transactions"]
-            if not index.set_range(prefix):
-                return
-            for key in index.iternext(keys=True, values=False):
-                if not key.startswith(prefix):
-                    break
-                transaction_id = keys.transaction_id_from_key(key)
-                data = txn.get(keys.transaction_key(transaction_id), db=transactions)
-                if data is None:
-                    raise StoreError(f"index row without entry {transaction_id}")
-                yield codec.decode_entry(transaction_id, data)
+        for key, _ in self._scan("transactions_by_user", prefix, prefix + _TOP_KEY + b"\xff"):
+            yield self._entry(TransactionId(keys.transaction_id_from_key(key)))
 
     def iter_outcomes(self) -> Iterator[PriorOutcome]:
-        with self._env.begin() as txn:
-            for key, data in txn.cursor(db=self._db["usage_events"]):
-                yield codec.decode_usage_event(key.decode(), data)
-            for key, data in txn.cursor(db=self._db["idempotency"]):
-                scope, _, name = key.partition(b"\x00")
-                yield codec.decode_key_record(scope.decode(), name.decode(), data)
+        for key, data in self._scan("usage_events", b"", None):
+            yield codec.decode_usage_event(key.decode(), data)
+        for key, data in self._scan("idempotency", b"", None):
+            scope, _, name = key.partition(b"\x00")
+            yield codec.decode_key_record(scope.decode(), name.decode(), data)
 
     def last_transaction_id(self) -> int:
-        with self._env.begin(db=self._db["transactions"]) as txn:
-            cursor = txn.cursor()
-            return keys.transaction_id_from_key(cursor.key()) if cursor.last() else 0
+        last = next(self._scan("transactions", b"", None, reverse=True), None)
+        return keys.transaction_id_from_key(last[0]) if last is not None else 0
 
     def count_entries(self) -> int:
-        with self._env.begin() as txn:
-            return int(txn.stat(self._db["transactions"])["entries"])
+        return self._count("transactions")
+
+    def _count(self, database: str) -> int:
+        """Rows of a database: LMDB's count, corrected by the overlay's puts of new keys and
+        deletes of stored ones."""
+        waiting = self._overlay.range(database, b"", None)
+        handle = self._db[database]
+        with self._read() as txn:
+            count = int(txn.stat(handle)["entries"])
+            for key, value in waiting.items():
+                stored = txn.get(key, db=handle) is not None
+                count += (value is not None and not stored) - (value is None and stored)
+        return count
 
 
 # The one writer of each stored record type; a type missing here is refused at commit.
-_WRITERS: dict[type, Callable[[LmdbStore, lmdb.Transaction, Any], None]] = {
+_WRITERS: dict[type, Callable[[LmdbStore, _Writes, Any], None]] = {
     LedgerEntry: LmdbStore._put_entry,
     UsageEventRecord: LmdbStore._put_usage_event,
     KeyRecord: LmdbStore._put_key,
@@ -446,3 +669,4 @@ _WRITERS: dict[type, Callable[[LmdbStore, lmdb.Transaction, Any], None]] = {
     RequeueParked: LmdbStore._requeue,
 }
 assert set(_WRITERS) == set(get_args(StoredRecord)), "a stored record type has no writer"
+assert set(RANGE_READ_DATABASES) <= set(DATABASE_NAMES)

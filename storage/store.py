@@ -105,6 +105,20 @@ class Store(Protocol):
         index ordered by due time)."""
         ...
 
+    def checkpoint_due(self) -> bool:
+        """Writes are waiting and the checkpoint interval passed, or too many are waiting."""
+        ...
+
+    def checkpoint(self) -> int:
+        """Write what the log holds beyond the indexes into them; return how many writes.
+        Raises MapFull: grow, then call again. Runs beside commits, never blocking one for
+        longer than one log append."""
+        ...
+
+    def log_report(self) -> tuple[int, int, int]:
+        """(checkpointed log position, last logged sequence, writes not yet checkpointed)."""
+        ...
+
     def grow(self) -> None:
         """Make room after MapFull; called with no transaction open in this process."""
         ...

@@ -3,6 +3,7 @@ included) and a plain reference model; the ledger invariants hold after every st
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import uuid
@@ -123,6 +124,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.now_ms = 1_700_000_000_000
         self.engine = EngineThread(self.data_dir, self.clock)
         self.model = Model()
+        self.crashes = 0
 
     def clock(self) -> int:
         return self.now_ms
@@ -368,6 +370,29 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         self.engine.stop()
+        self.engine = EngineThread(self.data_dir, self.clock)
+
+    @rule(torn=st.booleans())
+    def crash(self, torn: bool) -> None:
+        """A crash at this step: the disk as the last acknowledged commit left it (some of it
+        checkpointed, the rest only in the log), maybe with a torn append after it. The
+        engine starts from that image and replays the log."""
+        self.crashes += 1
+        image = Path(self._tmp.name) / f"crash-{self.crashes}"
+
+        async def copy_disk() -> None:
+            # No checkpoint writes LMDB while the files are copied (they take this lock).
+            async with self.engine.billing._journal.exclusive:
+                shutil.copytree(self.data_dir, image)
+
+        self.engine.call(copy_disk)
+        if torn:
+            segments = sorted((image / "wal").glob("*.wal"))
+            if segments:
+                with segments[-1].open("ab") as segment:
+                    segment.write(b"ZBWL\x00\x00\x00\x00\x00\x00\x00\x09" + bytes(7))
+        self.engine.stop()
+        self.data_dir = image
         self.engine = EngineThread(self.data_dir, self.clock)
 
     @invariant()

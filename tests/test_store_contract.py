@@ -33,7 +33,18 @@ from storage.lmdb_store import _WRITERS, LmdbStore
 from storage.store import CommitBatch, Store, StoreError
 from tests.conftest import new_user
 
-IMPLEMENTATIONS: dict[str, Callable[[Path], Store]] = {"lmdb": LmdbStore}
+
+class CheckpointedLmdbStore(LmdbStore):
+    """Every commit checkpointed at once, so reads come from LMDB rather than the overlay."""
+
+    def commit(self, batch: CommitBatch) -> None:
+        super().commit(batch)
+        self.checkpoint()
+
+
+# The log-backed store is checked with its writes waiting in the overlay and checkpointed.
+IMPLEMENTATIONS: dict[str, Callable[[Path], Store]] = {
+    "lmdb-log": LmdbStore, "lmdb-checkpointed": CheckpointedLmdbStore}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
@@ -148,6 +159,9 @@ def test_readonly_open_reads_beside_a_live_writer(tmp_path):
     try:
         writer.commit(CommitBatch([Account(user_id=user, created_at_ms=1, updated_at_ms=1)],
                                   [entry(user, 1, 3, 3)]))
+        writer.checkpoint()
+        # In the log only, not yet checkpointed: the reader sees it all the same.
+        writer.commit(CommitBatch([], [entry(user, 2, 4, 7)]))
         reader = subprocess.run(
             [sys.executable, "-c",
              "import sys, uuid; from pathlib import Path; "
@@ -157,7 +171,7 @@ def test_readonly_open_reads_beside_a_live_writer(tmp_path):
              str(tmp_path / "live"), str(user)],
             capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
         )
-        assert reader.stdout.split() == ["1", "0"]
+        assert reader.stdout.split() == ["2", "0"]
     finally:
         writer.close()
 

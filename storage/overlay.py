@@ -1,0 +1,109 @@
+"""Writes that are durable in the log but not yet checkpointed into the LMDB databases.
+
+Every read of the store looks here first, then in LMDB (`LmdbStore._get` and `_scan`), so an
+acknowledged write is visible at once whether checkpointed or not, through this one path.
+Writes are kept in generations: the open one takes each commit's writes; a checkpoint seals
+it, writes it into LMDB and then drops it whole, so forgetting costs nothing per key.
+
+Threads: one writer (the journal's commit thread) applies; the checkpointer seals and drops;
+any thread reads. A lock guards the generation list and the sorted key lists; point reads of
+a generation's dict need none.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from sortedcontainers import SortedList
+
+# A write: (database, key, value), value None for a delete.
+Write = tuple[str, bytes, bytes | None]
+ABSENT = object()
+
+
+class Generation:
+    __slots__ = ("last_sequence", "sorted_keys", "tables", "writes")
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[bytes, bytes | None]] = {}
+        self.sorted_keys: dict[str, SortedList] = {}
+        self.writes = 0
+        self.last_sequence = 0
+
+
+class Overlay:
+    def __init__(self, sorted_databases: Iterable[str]) -> None:
+        # Databases read by key range while the server runs keep their keys sorted as they
+        # come; the others are sorted on the rare range read (start-up, verify, the CLI).
+        self._sorted_databases = frozenset(sorted_databases)
+        self._lock = threading.Lock()
+        self._generations: list[Generation] = [Generation()]
+
+    @property
+    def writes(self) -> int:
+        """Writes waiting for a checkpoint (all generations)."""
+        return sum(generation.writes for generation in self._generations)
+
+    def apply(self, writes: Iterable[Write], sequence: int) -> None:
+        with self._lock:
+            generation = self._generations[-1]
+            sorted_keys = generation.sorted_keys
+            count = 0
+            for database, key, value in writes:
+                table = generation.tables.get(database)
+                if table is None:
+                    table = generation.tables[database] = {}
+                if database in self._sorted_databases and key not in table:
+                    keys = sorted_keys.get(database)
+                    if keys is None:
+                        keys = sorted_keys[database] = SortedList()
+                    keys.add(key)
+                table[key] = value
+                count += 1
+            generation.writes += count
+            generation.last_sequence = sequence
+
+    def seal(self) -> Generation:
+        """Close the open generation (for a checkpoint) and open a new one."""
+        with self._lock:
+            sealed = self._generations[-1]
+            self._generations = [*self._generations, Generation()]
+        return sealed
+
+    def sealed(self) -> list[Generation]:
+        """Generations closed for a checkpoint, oldest first."""
+        return self._generations[:-1]
+
+    def drop(self, generation: Generation) -> None:
+        """Forget a generation now in LMDB (call only after its checkpoint committed)."""
+        with self._lock:
+            self._generations = [kept for kept in self._generations if kept is not generation]
+
+    def get(self, database: str, key: bytes) -> object:
+        """The newest write of `key` (None: deleted), or ABSENT when none is waiting."""
+        for generation in reversed(self._generations):
+            table = generation.tables.get(database)
+            if table is not None:
+                found = table.get(key, ABSENT)
+                if found is not ABSENT:
+                    return found
+        return ABSENT
+
+    def range(self, database: str, low: bytes, high: bytes | None) -> dict[bytes, bytes | None]:
+        """The newest write of every key in [low, high) (high None: no upper bound)."""
+        found: dict[bytes, bytes | None] = {}
+        with self._lock:
+            for generation in self._generations:  # oldest first: newer writes overwrite
+                table = generation.tables.get(database)
+                if not table:
+                    continue
+                keys = generation.sorted_keys.get(database)
+                if keys is not None:
+                    chosen: Iterable[bytes] = keys.irange(low, high, inclusive=(True, False))
+                else:
+                    chosen = (key for key in table
+                              if key >= low and (high is None or key < high))
+                for key in chosen:
+                    found[key] = table[key]
+        return found
