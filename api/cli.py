@@ -122,6 +122,8 @@ def verify(data_dir: Path) -> None:
         store.close()
     click.echo(f"{report.accounts} accounts, {report.entries} entries, "
                f"{report.outcomes} idempotency keys checked")
+    click.echo(f"log: checkpointed through record {report.log_position} of "
+               f"{report.log_last}, {report.log_writes_waiting} writes replayed in the check")
     for violation in report.violations:
         click.echo(f"VIOLATION {violation.subject}: {violation.problem}")
     if not report.ok:

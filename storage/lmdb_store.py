@@ -26,6 +26,7 @@ import msgspec
 from engine.account import Account
 from engine.commands import SCOPE_USAGE, KeyRecord, PriorOutcome, UsageEventRecord, WebhookMarker
 from engine.deadlines import Deadline, DeadlineKind, user_deadline
+from engine.errors import require
 from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
@@ -61,9 +62,11 @@ DATABASE_NAMES = (
     "deadlines_by_due",
     "meta",
 )
-_DATABASE_NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
+_NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
 # Read by key range while the server runs (the transaction list, the exporter, the scheduler).
 RANGE_READ_DATABASES = ("transactions_by_user", "outbox", "deadlines_by_due", "dead_letters")
+# Read back by writers within a commit (a deadline's earlier due time, acks, re-queues).
+_READ_BACK = frozenset(_NUMBER[name] for name in ("deadlines", "dead_letters", "outbox"))
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
 MAP_SIZE_MAX_BYTES = 1 << 40
 # Grow before the map is this full, so a checkpoint rarely meets MapFull at all.
@@ -88,30 +91,35 @@ _log_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes, bytes | None]])
 
 
 class _Writes:
-    """The writes of one commit, in order. Reads through it see them first (a record may
-    read what an earlier record of the same commit wrote)."""
+    """The writes of one commit, in order: what the log record holds. Reads through it see
+    them first (a record may read what an earlier one of the same commit wrote)."""
 
     def __init__(self, store: LmdbStore) -> None:
         self._store = store
         self.list: list[Write] = []
-        self._own: dict[tuple[str, bytes], bytes | None] = {}
+        self._own: dict[tuple[int, bytes], bytes | None] = {}
 
-    def put(self, database: str, key: bytes, value: bytes) -> None:
-        self.list.append((database, key, value))
-        self._own[database, key] = value
+    def put(self, database: str, key: bytes, value: bytes | None) -> None:
+        number = _NUMBER[database]
+        self.list.append((number, key, value))
+        if number in _READ_BACK:
+            self._own[number, key] = value
 
     def delete(self, database: str, key: bytes) -> None:
-        self.list.append((database, key, None))
-        self._own[database, key] = None
+        self.put(database, key, None)
 
     def get(self, database: str, key: bytes) -> bytes | None:
-        found = self._own.get((database, key), ABSENT)
+        number = _NUMBER[database]
+        require(number in _READ_BACK, "%s is not read back within a commit", database)
+        found = self._own.get((number, key), ABSENT)
         return self._store._get(database, key) if found is ABSENT else found  # type: ignore[return-value]
 
     def scan(self, database: str, low: bytes, high: bytes | None) -> list[tuple[bytes, bytes]]:
+        number = _NUMBER[database]
+        require(number in _READ_BACK, "%s is not read back within a commit", database)
         rows: dict[bytes, bytes | None] = dict(self._store._scan(database, low, high))
-        rows.update({key: value for (name, key), value in self._own.items()
-                     if name == database and key >= low and (high is None or key < high)})
+        rows.update({key: value for (owner, key), value in self._own.items()
+                     if owner == number and key >= low and (high is None or key < high)})
         return sorted((key, value) for key, value in rows.items() if value is not None)
 
 
@@ -158,7 +166,8 @@ class LmdbStore:
         except lmdb.Error as error:
             raise StoreError(f"cannot open LMDB at {path}: {error}") from error
         self._snapshot: lmdb.Transaction | None = None
-        self._overlay = Overlay(RANGE_READ_DATABASES)
+        self._by_number = [self._db[name] for name in DATABASE_NAMES]
+        self._overlay = Overlay(_NUMBER[name] for name in RANGE_READ_DATABASES)
         self._wal = WriteAheadLog(path / "wal", sync=sync, readonly=readonly)
         # Held by a commit from its first write to its log append; a checkpoint takes it
         # only to seal the overlay, so it never waits longer than one append.
@@ -222,7 +231,7 @@ class LmdbStore:
                     self._overlay.apply(self._decode_writes(payload), sequence)
             except (LogCorrupt, FileNotFoundError):
                 snapshot.abort()
-                self._overlay = Overlay(RANGE_READ_DATABASES)
+                self._overlay = Overlay(_NUMBER[name] for name in RANGE_READ_DATABASES)
                 continue
             self._snapshot = snapshot
             return
@@ -317,8 +326,7 @@ class LmdbStore:
                         raise StoreError(
                             f"no writer for record type {type(record).__name__}")
                     writer(self, writes, record)
-                payload = _packer.encode([(_DATABASE_NUMBER[database], key, value)
-                                          for database, key, value in writes.list])
+                payload = _packer.encode(writes.list)
                 sequence = self._wal.append(payload)
             except OSError as error:
                 self._outbox_depth = depth
@@ -429,15 +437,16 @@ class LmdbStore:
         self._write_lmdb(writes, generation.last_sequence)
 
     def _write_lmdb(self, writes: list[Write], position: int) -> None:
-        db = self._db
+        handles = self._by_number
         try:
             with self._env.begin(write=True) as txn:
-                for database, key, value in writes:
+                for number, key, value in writes:
                     if value is None:
-                        txn.delete(key, db=db[database])
+                        txn.delete(key, db=handles[number])
                     else:
-                        txn.put(key, value, db=db[database])
-                txn.put(_META_LOG_POSITION_KEY, position.to_bytes(8, "big"), db=db["meta"])
+                        txn.put(key, value, db=handles[number])
+                txn.put(_META_LOG_POSITION_KEY, position.to_bytes(8, "big"),
+                        db=self._db["meta"])
         except lmdb.MapFullError as error:
             raise MapFull(str(error)) from error
         except lmdb.Error as error:
@@ -445,8 +454,7 @@ class LmdbStore:
 
     @staticmethod
     def _decode_writes(payload: bytes) -> list[Write]:
-        return [(DATABASE_NAMES[number], key, value)
-                for number, key, value in _log_decoder.decode(payload)]
+        return _log_decoder.decode(payload)
 
     def log_report(self) -> tuple[int, int, int]:
         """(checkpointed position, last logged sequence, writes waiting) for verify."""
@@ -465,7 +473,7 @@ class LmdbStore:
             yield txn
 
     def _get(self, database: str, key: bytes) -> bytes | None:
-        found = self._overlay.get(database, key)
+        found = self._overlay.get(_NUMBER[database], key)
         if found is not ABSENT:
             return found  # type: ignore[return-value]
         with self._read() as txn:
@@ -476,7 +484,7 @@ class LmdbStore:
               reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Keys in [low, high) with their values, in key order (or reversed), the overlay's
         writes merged over LMDB's rows (its deletes hide them)."""
-        waiting = self._overlay.range(database, low, high)
+        waiting = self._overlay.range(_NUMBER[database], low, high)
         order = sorted(waiting, reverse=reverse)
         index = 0
         with self._read() as txn:
@@ -645,7 +653,7 @@ class LmdbStore:
     def _count(self, database: str) -> int:
         """Rows of a database: LMDB's count, corrected by the overlay's puts of new keys and
         deletes of stored ones."""
-        waiting = self._overlay.range(database, b"", None)
+        waiting = self._overlay.range(_NUMBER[database], b"", None)
         handle = self._db[database]
         with self._read() as txn:
             count = int(txn.stat(handle)["entries"])

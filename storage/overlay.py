@@ -17,8 +17,8 @@ from collections.abc import Iterable
 
 from sortedcontainers import SortedList
 
-# A write: (database, key, value), value None for a delete.
-Write = tuple[str, bytes, bytes | None]
+# A write: (database number, key, value), value None for a delete.
+Write = tuple[int, bytes, bytes | None]
 ABSENT = object()
 
 
@@ -26,14 +26,14 @@ class Generation:
     __slots__ = ("last_sequence", "sorted_keys", "tables", "writes")
 
     def __init__(self) -> None:
-        self.tables: dict[str, dict[bytes, bytes | None]] = {}
-        self.sorted_keys: dict[str, SortedList] = {}
+        self.tables: dict[int, dict[bytes, bytes | None]] = {}
+        self.sorted_keys: dict[int, SortedList] = {}
         self.writes = 0
         self.last_sequence = 0
 
 
 class Overlay:
-    def __init__(self, sorted_databases: Iterable[str]) -> None:
+    def __init__(self, sorted_databases: Iterable[int]) -> None:
         # Databases read by key range while the server runs keep their keys sorted as they
         # come; the others are sorted on the rare range read (start-up, verify, the CLI).
         self._sorted_databases = frozenset(sorted_databases)
@@ -45,23 +45,22 @@ class Overlay:
         """Writes waiting for a checkpoint (all generations)."""
         return sum(generation.writes for generation in self._generations)
 
-    def apply(self, writes: Iterable[Write], sequence: int) -> None:
+    def apply(self, writes: list[Write], sequence: int) -> None:
         with self._lock:
             generation = self._generations[-1]
-            sorted_keys = generation.sorted_keys
-            count = 0
+            tables = generation.tables
+            sorted_databases = self._sorted_databases
             for database, key, value in writes:
-                table = generation.tables.get(database)
+                table = tables.get(database)
                 if table is None:
-                    table = generation.tables[database] = {}
-                if database in self._sorted_databases and key not in table:
-                    keys = sorted_keys.get(database)
+                    table = tables[database] = {}
+                if database in sorted_databases and key not in table:
+                    keys = generation.sorted_keys.get(database)
                     if keys is None:
-                        keys = sorted_keys[database] = SortedList()
+                        keys = generation.sorted_keys[database] = SortedList()
                     keys.add(key)
                 table[key] = value
-                count += 1
-            generation.writes += count
+            generation.writes += len(writes)
             generation.last_sequence = sequence
 
     def seal(self) -> Generation:
@@ -80,7 +79,7 @@ class Overlay:
         with self._lock:
             self._generations = [kept for kept in self._generations if kept is not generation]
 
-    def get(self, database: str, key: bytes) -> object:
+    def get(self, database: int, key: bytes) -> object:
         """The newest write of `key` (None: deleted), or ABSENT when none is waiting."""
         for generation in reversed(self._generations):
             table = generation.tables.get(database)
@@ -90,7 +89,7 @@ class Overlay:
                     return found
         return ABSENT
 
-    def range(self, database: str, low: bytes, high: bytes | None) -> dict[bytes, bytes | None]:
+    def range(self, database: int, low: bytes, high: bytes | None) -> dict[bytes, bytes | None]:
         """The newest write of every key in [low, high) (high None: no upper bound)."""
         found: dict[bytes, bytes | None] = {}
         with self._lock:
