@@ -104,6 +104,8 @@ class Journal:
         # Shared with backups: nothing may copy the environment while the map is resized.
         self.exclusive = trio.Lock()
         self.checkpoints = 0
+        # Told the duration in seconds of every checkpoint.
+        self.checkpoint_listeners: list[Callable[[float], None]] = []
 
     # --- the side the actors use (synchronous: no checkpoint between decide and submit) ----
 
@@ -145,6 +147,11 @@ class Journal:
     def inflight_outcome(self, scope: str, key: str) -> Keyed | None:
         """A key applied in memory but not yet committed (so not yet visible in storage)."""
         return self._inflight.get((scope, key))
+
+    @property
+    def log_writes_waiting(self) -> int:
+        """Writes durable in the log and not yet checkpointed into the indexes."""
+        return self._store.log_report()[2]
 
     @property
     def pending_commands(self) -> int:
@@ -217,6 +224,7 @@ class Journal:
 
     async def checkpoint(self) -> None:
         """Checkpoint now; a failure stops the engine like a failed commit."""
+        started = time.perf_counter()
         try:
             async with self.exclusive:
                 await self._checkpoint_growing()
@@ -224,6 +232,8 @@ class Journal:
             self.failure = self.failure or failure
             raise
         self.checkpoints += 1
+        for listener in self.checkpoint_listeners:
+            listener(time.perf_counter() - started)
 
     async def _checkpoint_growing(self) -> None:
         for _ in range(MAP_GROWTH_ATTEMPTS_MAX):

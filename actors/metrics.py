@@ -20,6 +20,7 @@ from storage.store import Store
 
 BATCH_COMMANDS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+CHECKPOINT_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class EngineMetrics:
@@ -35,6 +36,12 @@ class EngineMetrics:
             "zbilling_journal_commit_seconds",
             "Duration of one group commit (encode, write, fsync)",
             buckets=COMMIT_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "zbilling_checkpoint_seconds",
+            "Duration of one checkpoint of the log into the indexed databases",
+            buckets=CHECKPOINT_SECONDS_BUCKETS,
             registry=registry,
         )
         self.entries = Counter(
@@ -119,6 +126,21 @@ class _RuntimeCollector(Collector):
         )
         pending.add_metric([], self._journal.pending_commands)
         yield pending
+        waiting = GaugeMetricFamily(
+            "zbilling_log_writes_waiting",
+            "Writes durable in the log, not yet checkpointed into the indexed databases")
+        waiting.add_metric([], self._journal.log_writes_waiting)
+        yield waiting
+        armed = GaugeMetricFamily("zbilling_deadlines_armed",
+                                  "Deadlines due within the scheduler's horizon, in memory")
+        armed.add_metric([], self._deadlines.armed)
+        yield armed
+        fired = CounterMetricFamily("zbilling_deadlines_fired",
+                                    "Deadlines that came due and were acted on, by kind",
+                                    labels=["kind"])
+        for kind, count in sorted(self._deadlines.fired.items()):
+            fired.add_metric([kind], count)
+        yield fired
         stopped = GaugeMetricFamily(
             "zbilling_engine_stopped", "1 when a storage fault stopped the engine (fail-stop)"
         )

@@ -65,6 +65,7 @@ async def open_billing(
             )
             deadlines = Deadlines(system, store, wall_clock_ms)
             journal.listeners += [metrics.observe_commit, deadlines.committed]
+            journal.checkpoint_listeners.append(metrics.checkpoint_seconds.observe)
             for hold in store.iter_open_holds():
                 system.counters.held_cents += hold.amount_cents
                 system.counters.open_holds += 1

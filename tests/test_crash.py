@@ -108,3 +108,29 @@ async def test_repeated_sigkills_during_appends_and_checkpoints_lose_and_double_
         assert store.log_report()[2] == 0  # start-up replayed the log into the indexes
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_engine_before_any_unlogged_acknowledgement(tmp_path):
+    """The log append fails for real (the file size limit, as a full disk): the debit that
+    met it is refused, the engine takes no more writes, and after a restart every
+    acknowledged debit is there and the refused one is not."""
+    data_dir = tmp_path / "data"
+    user = new_user()
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.disk_full_child", str(data_dir), str(user), "400000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_WAIT_S, check=False)
+    lines = child.stdout.splitlines()
+    acked = [line.split()[1] for line in lines if line.startswith("ACK ")]
+    stopped = [line.split() for line in lines if line.startswith("STOPPED ")]
+    assert acked, child.stderr
+    assert stopped == [["STOPPED", f"full-{len(acked)}", "False"]], child.stdout[-500:]
+    assert lines[-1] == "REFUSED"
+    store = LmdbStore(data_dir)
+    try:
+        assert all(store.get_outcome("usage", event_id) is not None for event_id in acked)
+        assert store.get_outcome("usage", f"full-{len(acked)}") is None
+        assert store.get_account(user).balance_cents == 10**9 - len(acked)
+        assert verify_store(store).ok
+    finally:
+        store.close()
