@@ -20,7 +20,7 @@ from bench.engine import debit_run
 from engine.account import Account
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
-from storage.lmdb_store import LmdbStore
+from storage.lmdb_store import CHECKPOINT_WRITES_MAX, LmdbStore
 from storage.store import CommitBatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +68,35 @@ def generate(path: Path, accounts: int, entries: int) -> None:
             store.commit(CommitBatch(batch_accounts, records))
             while store.needs_growth():
                 store.grow()
+            store.checkpoint()
     finally:
         store.close()
+
+
+def leave_crash_tail(path: Path, accounts: int, seed: int) -> int:
+    """Commit debits' worth of writes to the log and stop without a checkpoint, as a
+    SIGKILL at the checkpoint's write bound would: the next start replays all of them."""
+    store = LmdbStore(path, MAP_SIZE_LARGE_BYTES)
+    transaction_id = (1 << 100) + seed * 10**7
+    debits = 0
+    try:
+        while store.log_report()[2] < CHECKPOINT_WRITES_MAX:
+            records = []
+            touched = []
+            for _ in range(256):
+                transaction_id += 1
+                debits += 1
+                owner = user((transaction_id * 7919) % accounts)
+                records.append(LedgerEntry(
+                    transaction_id=TransactionId(transaction_id), user_id=owner,
+                    entry_type=EntryType.USAGE, amount=-1, balance_after=0,
+                    created_at_ms=1_700_000_000_000))
+                touched.append(Account(user_id=owner, created_at_ms=1, updated_at_ms=2,
+                                       balance_cents=10**6, seq=debits))
+            store.commit(CommitBatch(touched, records))
+    finally:
+        store.close()  # no checkpoint: the writes stay in the log only
+    return debits
 
 
 async def memory_per_active_account(data_dir: Path) -> float:
@@ -129,6 +156,10 @@ def run(options: Options) -> Path:
         for run_index in range(runs):
             startup_s, first_debit_s = startup_probe(root / "large")
             figures.setdefault("startup_s_1m_accounts", []).append(startup_s)
+            leave_crash_tail(root / "large", large_accounts, run_index)
+            crash_startup_s, _ = startup_probe(root / "large")
+            figures.setdefault("startup_s_1m_accounts_after_crash_at_max_lag", []).append(
+                crash_startup_s)
             figures.setdefault("first_debit_ms_1m_accounts", []).append(first_debit_s * 1000)
             figures.setdefault("bytes_per_active_account", []).append(
                 trio.run(memory_per_active_account, root / f"mem{run_index}"))
@@ -138,7 +169,9 @@ def run(options: Options) -> Path:
                                   SEED + run_index)
                 figures.setdefault(f"debits_per_s_{accounts}_accounts", []).append(
                     result["debits_per_s"])
-            print(f"run {run_index + 1}/{runs}: start-up {startup_s:.3f} s, first debit "
+            print(f"run {run_index + 1}/{runs}: start-up {startup_s:.3f} s "
+                  f"({crash_startup_s:.3f} s replaying {CHECKPOINT_WRITES_MAX:,} writes), "
+                  f"first debit "
                   f"{first_debit_s * 1000:.1f} ms, "
                   f"{figures['bytes_per_active_account'][-1]:.0f} B/active account", flush=True)
     return write_result(
