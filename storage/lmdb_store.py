@@ -473,11 +473,16 @@ class LmdbStore:
             yield txn
 
     def _get(self, database: str, key: bytes) -> bytes | None:
-        found = self._overlay.get(_NUMBER[database], key)
+        number = _NUMBER[database]
+        found = self._overlay.get(number, key)
         if found is not ABSENT:
             return found  # type: ignore[return-value]
-        with self._read() as txn:
-            data: bytes | None = txn.get(key, db=self._db[database])
+        # On every debit (its event id's outcome): no context-manager generator here.
+        if self._snapshot is not None:
+            data: bytes | None = self._snapshot.get(key, db=self._by_number[number])
+            return data
+        with self._env.begin(db=self._by_number[number]) as txn:
+            data = txn.get(key)
         return data
 
     def _scan(self, database: str, low: bytes, high: bytes | None, *,
