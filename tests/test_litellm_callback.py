@@ -9,19 +9,19 @@ import uuid
 # Before LiteLLM is imported: otherwise its import fetches a price map from the internet.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import pytest  # noqa: E402
-from litellm.proxy._types import ProxyException, UserAPIKeyAuth  # noqa: E402
-from litellm.types.utils import Usage  # noqa: E402
-from prometheus_client import CollectorRegistry  # noqa: E402
+import pytest
+from litellm.proxy._types import ProxyException, UserAPIKeyAuth
+from litellm.types.utils import Usage
+from prometheus_client import CollectorRegistry
 
-from integrations.litellm.callback import ZBillingCallback  # noqa: E402
-from integrations.litellm.settings import (  # noqa: E402
+from integrations.litellm.callback import ZBillingCallback
+from integrations.litellm.settings import (
     BillingSettings,
     OtherCalls,
     SettingsError,
     UserSource,
 )
-from integrations.litellm.usage import Tokens, split_model, tokens_from_usage  # noqa: E402
+from integrations.litellm.usage import Tokens, split_model, tokens_from_usage
 
 ENV = {"ZBILLING_URL": "http://127.0.0.1:8080/", "ZBILLING_SERVICE_KEY": "svc-key-0123456789"}
 
