@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,11 +25,10 @@ from api.client import BillingClient, DuplicateEvent, InsufficientCredits
 from engine.pricing import PricingConfig
 from tests.fake_lago import FakeLago
 from tests.fake_stripe import API_KEY, PM_DECLINED, WEBHOOK_SECRET, FakeStripe
-from tests.http_support import ADMIN_KEY, ROOT, SERVICE_KEY, Server, free_port
+from tests.http_support import ADMIN_KEY, ROOT, SERVICE_KEY, Server
+from tests.prometheus_support import DASHBOARD, PROMETHEUS, PROMTOOL, RULES, Prometheus
 from tests.test_stripe import REFILL, purchase, spend
 
-PROMETHEUS = shutil.which("prometheus")
-PROMTOOL = shutil.which("promtool")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(PROMETHEUS is None or PROMTOOL is None,
@@ -40,10 +36,7 @@ pytestmark = [
                               "installed here; .ci/run installs it"),
 ]
 
-RULES = ROOT / "integrations" / "prometheus" / "alerts.yml"
-DASHBOARD = ROOT / "integrations" / "prometheus" / "grafana-dashboard.json"
 PRICING = ROOT / "engine" / "pricing.toml"
-START_TIMEOUT_S = 60
 SERIES_TIMEOUT_S = 60
 # Grafana fills $__rate_interval in; with a 1 s scrape 30 s holds plenty of samples.
 RATE_INTERVAL = "30s"
@@ -73,60 +66,6 @@ def alert_quantities() -> dict[str, str]:
         assert match, f"{rule['alert']}: write the rule as <quantity> <comparison> <threshold>"
         quantities[rule["alert"]] = match["quantity"]
     return quantities
-
-
-class Prometheus:
-    """A `prometheus` process on 127.0.0.1 scraping `target` every second, stopped by PID."""
-
-    def __init__(self, workdir: Path, target: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [{"job_name": "zbilling", "metrics_path": "/metrics",
-                                "static_configs": [{"targets": [target]}]}],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (workdir / "prometheus.log").open("w")
-        self.process = subprocess.Popen(
-            [str(PROMETHEUS), f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (workdir / "prometheus.log").read_text()
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("prometheus did not become ready")
-
-    def query(self, expression: str) -> list[dict[str, Any]]:
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expression}, timeout=10)
-        body = answer.json()
-        assert answer.status_code == 200 and body["status"] == "success", (expression, body)
-        assert body["data"]["resultType"] == "vector", (expression, body["data"])
-        return body["data"]["result"]
-
-    def value(self, expression: str) -> float:
-        [sample] = self.query(expression)
-        return float(sample["value"][1])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        self.log.close()
 
 
 class Scenario:
@@ -258,6 +197,18 @@ def test_the_metrics_follow_prometheus_naming(stack) -> None:
     allowed = {f"{provider}/{model}" for provider, model in table.models} | {"other", "none"}
     models = set(re.findall(r'model="([^"]*)"', exposition))
     assert models and models <= allowed, models - allowed
+
+
+def test_the_readme_names_only_exported_metrics(stack) -> None:
+    server, _, _ = stack
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Prometheus and Grafana"):text.index("## Architecture")]
+    named = set(re.findall(r"`(zbilling_[a-z_]+)(?=[`{])", section))
+    exposition = httpx.get(f"{server.url}/metrics").text
+    families = {line.split()[2] for line in exposition.splitlines()
+                if line.startswith("# TYPE ")}
+    assert len(named) > 20
+    assert named <= families, named - families
 
 
 def test_counters_read_back_through_prometheus(stack) -> None:
