@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def _config(upstream: FakeOpenAI, billing_url: str) -> dict[str, Any]:
             {"model_name": "slow", "litellm_params": {
                 "model": "openai/gpt-4o-mini", "api_key": "sk-unused",
                 "api_base": upstream.url}},
+            {"model_name": "breaks", "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_key": "sk-unused",
+                "api_base": upstream.url, "extra_headers": {"x-fake-cut-after": "7"}}},
         ],
         "general_settings": {"master_key": MASTER_KEY},
     }
@@ -350,6 +354,24 @@ def test_a_cut_stream_is_charged_for_what_was_produced(stack: Stack) -> None:
     assert sent[-1] < CHUNKS  # the upstream was cut off too
 
 
+def test_a_stream_the_upstream_breaks_is_charged_for_what_it_sent(stack: Stack) -> None:
+    user = stack.funded_user(1_000)
+    call_id = f"breaks-{uuid.uuid4()}"
+    response = stack.closed.chat("breaks", user, call_id=call_id, stream=True)
+    received = response.text.count('"content":" token"')
+    assert received == 7, response.text[-1000:]  # the chunks before the break reached us
+    with stack.service() as billing:
+        reservation = wait_for(lambda: (r if (r := billing.get_reservation(
+            f"litellm-{call_id}")).status != "held" else None), "the broken stream's commit")
+        assert reservation.status == "committed"
+        [entry] = stack.usage_entries(user)
+        assert entry.metadata["output_tokens"] == received  # one token a chunk
+        produced = {key: entry.metadata[key] for key in (
+            "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens")}
+        assert entry.metadata["cost_micros"] == quoted_micros(billing, "openai", "gpt-4o-mini",
+                                                              produced)
+
+
 def test_zbilling_down_fail_closed_refuses_fail_open_serves_and_bills_later(
         stack: Stack) -> None:
     user = stack.funded_user(1_000)
@@ -378,3 +400,16 @@ def test_zbilling_down_fail_closed_refuses_fail_open_serves_and_bills_later(
             billing, "anthropic", "claude-3-haiku-20240307", usage_tokens(HAIKU_USAGE))
     wait_for(lambda: stack.open.counter("zbilling_litellm_settlements_total", action="report",
                                         outcome="ok") or None, "the report's metric")
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool (Debian's prometheus package) is not installed here; "
+                           ".ci/run installs it")
+def test_the_callbacks_metrics_follow_prometheus_naming(stack: Stack) -> None:
+    exposition = httpx.get(f"http://127.0.0.1:{stack.closed.metrics_port}/metrics",
+                           timeout=5).text
+    ours = "\n".join(line for line in exposition.splitlines() if "zbilling_litellm_" in line)
+    assert "zbilling_litellm_calls_total" in ours
+    linted = subprocess.run(["promtool", "check", "metrics"], input=ours + "\n", check=False,
+                            capture_output=True, text=True, timeout=60)
+    assert linted.returncode == 0, linted.stdout + linted.stderr

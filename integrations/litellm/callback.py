@@ -226,11 +226,15 @@ class ZBillingCallback(CustomLogger):
         from litellm.proxy import proxy_server  # noqa: PLC0415
 
         router = getattr(proxy_server, "llm_router", None)
-        if router is not None:
-            for deployment in router.get_model_list(model_name=model_group) or ():
-                params = deployment.get("litellm_params") or {}
-                if isinstance(params.get("model"), str):
-                    return params["model"]
+        try:
+            deployments = router.get_model_list(model_name=model_group) if router else None
+        except Exception:  # the router's internals are LiteLLM's: price by the group's name
+            log.warning("no deployment found for %r; priced by its name", model_group)
+            deployments = None
+        for deployment in deployments or ():
+            params = deployment.get("litellm_params") or {}
+            if isinstance(params.get("model"), str):
+                return params["model"]
         return model_group
 
     def _remember(self, call_id: str, call: OpenCall) -> None:
@@ -282,6 +286,8 @@ class ZBillingCallback(CustomLogger):
             return None
         if call.produced:
             # A stream broke after sending output: the caller got that much.
+            log.warning("call %s failed after streaming %d chunks (%r); charging them",
+                        call_id, len(call.produced), original_exception)
             self._spawn(self._charge(call, _produced_tokens(call), call.provider, call.model,
                                      call_id))
         elif call.reservation_id is not None:
