@@ -363,11 +363,6 @@ class ZBillingCallback(CustomLogger):
             self._clients[loop] = client
         return client
 
-    async def settled(self) -> None:
-        """Wait for the settlements under way (tests, and an orderly shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
 
 def _prompt_tokens(litellm_model: str, data: dict[str, Any]) -> int:
     messages = data.get("messages")
