@@ -15,17 +15,31 @@ from prometheus_client.registry import Collector
 from actors.deadlines import Deadlines
 from actors.journal import Batch, Journal
 from actors.system import ActorSystem, WallClock
+from engine.commands import UsageEventRecord
 from engine.ledger import LedgerEntry
+from engine.pricing import PricingConfig
+from engine.usage import LlmTokens
+from engine.usage import Metric as UsageMetric
 from storage.store import Store
 
 BATCH_COMMANDS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 CHECKPOINT_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The `model` label of usage metrics: a model of the price table as "provider/model" (aliases
+# resolved), every other model "other", a metric without a model "none". Callers choose model
+# names, so only the table may bound the label's values.
+MODEL_OTHER = "other"
+MODEL_NONE = "none"
+# Label lookups remembered per (provider, model) as sent; unknown names beyond it are resolved
+# again each time instead of growing the cache without bound.
+MODEL_LABELS_CACHED_MAX = 10_000
 
 
 class EngineMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, pricing: PricingConfig | None = None) -> None:
         self.registry = registry
+        self._pricing = pricing if pricing is not None else PricingConfig()
+        self._model_labels: dict[tuple[str, str], str] = {}
         self.batch_commands = Histogram(
             "zbilling_journal_batch_commands",
             "Commands made durable by one group commit",
@@ -56,19 +70,55 @@ class EngineMetrics:
             ["type"],
             registry=registry,
         )
+        self.usage_events = Counter(
+            "zbilling_usage_events",
+            "Usage events debited (reservation commits included), by metric type and model",
+            ["type", "model"],
+            registry=registry,
+        )
+        self.usage_credits = Counter(
+            "zbilling_usage_credits",
+            "Credits debited by usage events (reservation commits included), by metric type "
+            "and model",
+            ["type", "model"],
+            registry=registry,
+        )
 
     def observe_commit(self, batch: Batch, duration_s: float) -> None:
         self.batch_commands.observe(batch.commands)
         self.commit_seconds.observe(duration_s)
         counts: Tally[str] = Tally()
         amounts: Tally[str] = Tally()
+        usage_counts: Tally[tuple[str, str]] = Tally()
+        usage_amounts: Tally[tuple[str, str]] = Tally()
         for record in batch.records:
             if isinstance(record, LedgerEntry):
                 counts[record.entry_type.value] += 1
                 amounts[record.entry_type.value] += abs(record.amount)
+            elif isinstance(record, UsageEventRecord):
+                labels = self._usage_labels(record.metric)
+                usage_counts[labels] += 1
+                usage_amounts[labels] += record.result.cost_cents
         for entry_type, count in counts.items():
             self.entries.labels(entry_type).inc(count)
             self.credits.labels(entry_type).inc(amounts[entry_type])
+        for labels, count in usage_counts.items():
+            self.usage_events.labels(*labels).inc(count)
+            self.usage_credits.labels(*labels).inc(usage_amounts[labels])
+
+    def _usage_labels(self, metric: UsageMetric | None) -> tuple[str, str]:
+        if metric is None:
+            return "cost", MODEL_NONE  # a precomputed cost, no metric
+        if not isinstance(metric, LlmTokens):
+            return metric.type, MODEL_NONE
+        key = (metric.provider, metric.model)
+        label = self._model_labels.get(key)
+        if label is None:
+            (provider, model), price = self._pricing.resolve(*key)
+            label = f"{provider}/{model}" if price is not None else MODEL_OTHER
+            if len(self._model_labels) < MODEL_LABELS_CACHED_MAX:
+                self._model_labels[key] = label
+        return metric.type, label
 
     def watch(self, system: ActorSystem, journal: Journal, deadlines: Deadlines) -> None:
         self.registry.register(_RuntimeCollector(system, journal, deadlines))
@@ -171,7 +221,7 @@ class _ExportCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         exporter = self._exporter
-        depth = GaugeMetricFamily("zbilling_lago_outbox_depth", "Lago events not yet exported")
+        depth = GaugeMetricFamily("zbilling_lago_outbox_events", "Lago events not yet exported")
         depth.add_metric([], self._store.outbox_depth())
         yield depth
         lag = GaugeMetricFamily("zbilling_lago_export_lag_seconds",

@@ -54,7 +54,10 @@ async def open_billing(
                                checkpoint_interval_s=checkpoint_interval_s)
         try:
             store: Store = wrap_store(lmdb_store) if wrap_store else lmdb_store
-            metrics = EngineMetrics(registry if registry is not None else CollectorRegistry())
+            pricing = pricing if pricing is not None else load_pricing()
+            # The price table bounds the metrics' model label.
+            metrics = EngineMetrics(registry if registry is not None else CollectorRegistry(),
+                                    pricing)
             journal = Journal(store, export=exporter is not None)
             system = ActorSystem(
                 store,
@@ -77,7 +80,7 @@ async def open_billing(
                 store=store,
                 journal=journal,
                 system=system,
-                pricing=pricing if pricing is not None else load_pricing(),
+                pricing=pricing,
                 plans=plans if plans is not None else Plans.from_config(None),
                 wall_clock_ms=wall_clock_ms,
                 metrics=metrics,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench import baseline, engine, export, http, profile, reservations, scale, wal
+from bench import baseline, dashboard, engine, export, http, profile, reservations, scale, wal
 from bench.common import DEFAULT_OUT, Options
 from bench.report import write_report
 
@@ -22,11 +22,13 @@ PARTS = {
     "profile": profile.run,
     "wal": wal.run,
 }
+# Parts run only when named (not by "all"): the dashboard picture needs Debian's prometheus.
+NAMED_PARTS = {"dashboard": dashboard.run}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("part", choices=[*PARTS, "all"])
+    parser.add_argument("part", choices=[*PARTS, *NAMED_PARTS, "all"])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
     arguments = parser.parse_args()
@@ -37,7 +39,7 @@ def main() -> None:
         overall = progress.add_task("benchmarks", total=len(parts))
         for part in parts:
             progress.update(overall, description=f"running {part}")
-            path = PARTS[part](options)
+            path = {**PARTS, **NAMED_PARTS}[part](options)
             progress.console.print(f"{part}: wrote {path}" if path is not None
                                    else f"{part}: skipped")
             progress.advance(overall)
