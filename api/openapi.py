@@ -9,9 +9,7 @@ from typing import Any
 
 import msgspec
 
-from actors.billing import TRANSACTIONS_PAGE_MAX
-from api.payment_routes import PAYMENTS_PAGE_DEFAULT, PAYMENTS_PAGE_MAX
-from api.routes import Caller, Route
+from api.routes import Caller, Header, Route
 from api.schemas import ErrorReply, UsageFailure, UsageReply
 from engine.ids import KEY_LENGTH_MAX
 
@@ -46,25 +44,6 @@ SECURITY_SCHEMES = {
     "MetricsToken": {"type": "http", "scheme": "bearer",
                      "description": "Needed only when METRICS_TOKEN is set"},
 }
-
-# By the id a Route names; "name" when the parameter's name differs from the id.
-QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 1, "maximum": TRANSACTIONS_PAGE_MAX,
-              "default": 50},
-    "offset": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
-    "before": {"type": "string", "minLength": 26, "maxLength": 26,
-               "description": "a transaction id (ULID): entries older than it"},
-    "payments_limit": {"name": "limit", "type": "integer", "minimum": 1,
-                       "maximum": PAYMENTS_PAGE_MAX, "default": PAYMENTS_PAGE_DEFAULT},
-    "starting_after": {"type": "string", "maxLength": 255,
-                       "description": "a payment id: the page after it"},
-}
-
-HEADER_PARAMETERS: dict[str, dict[str, Any]] = {
-    "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX},
-    "X-Service-Name": {"type": "string", "maxLength": 64},
-}
-
 
 def _widen_decimals(node: Any) -> Any:
     """msgspec documents Decimal as a string; the API also takes JSON numbers (exactly)."""
@@ -110,12 +89,9 @@ def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
          "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX}}
         for name in _path_names(route.path)
     ]
-    for parameter in route.parameters:
-        schema = dict(QUERY_PARAMETERS[parameter])
-        parameters.append({"name": schema.pop("name", parameter), "in": "query",
-                           "required": False, "schema": schema})
-    parameters += [{"name": name, "in": "header", "required": False,
-                    "schema": HEADER_PARAMETERS[name]} for name in route.headers]
+    if route.parameters is not None:
+        parameters += _query_parameters(route.parameters)
+    parameters += [_header_parameter(header) for header in route.headers]
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
@@ -124,6 +100,23 @@ def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
         operation["description"] = f"Provided by the {route.owner} capability; until it is " \
                                    "configured the route answers 503 `not_configured`."
     return operation
+
+
+def _query_parameters(kind: type[msgspec.Struct]) -> list[dict[str, Any]]:
+    """One parameter per field of the route's query Struct, with that field's schema."""
+    _, components = msgspec.json.schema_components([kind])
+    schema = components[kind.__name__]
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "schema": field}
+            for name, field in schema["properties"].items()]
+
+
+def _header_parameter(header: Header) -> dict[str, Any]:
+    parameter = {"name": header.name, "in": "header", "required": header.required,
+                 "schema": dict(header.schema)}
+    if header.description is not None:
+        parameter["description"] = header.description
+    return parameter
 
 
 def _path_names(path: str) -> list[str]:

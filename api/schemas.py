@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from actors.billing import DESCRIPTION_LENGTH_MAX, USAGE_BATCH_EVENTS_MAX
+from actors.billing import DESCRIPTION_LENGTH_MAX, TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from api.routes import Header
 from engine.account import (
     AUTO_REFILL_AMOUNT_CENTS_DEFAULT,
     AUTO_REFILL_AMOUNT_CENTS_MAX,
@@ -56,6 +57,10 @@ class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Reply(msgspec.Struct, frozen=True):
     """Response bodies."""
+
+
+class Query(msgspec.Struct, frozen=True):
+    """Query parameters; unknown ones are ignored, as HTTP clients and proxies add some."""
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -134,6 +139,33 @@ class CommitBody(Body):
     cost_micros: CostMicros | None = None
     agent_id: AgentIdText | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
+
+
+# --- query parameters and headers ----------------------------------------------------------
+
+OFFSET_MAX = 10**9
+PAYMENTS_PAGE_MAX = 100
+PAYMENTS_PAGE_DEFAULT = 10
+
+
+class TransactionsQuery(Query):
+    limit: Annotated[int, Meta(ge=1, le=TRANSACTIONS_PAGE_MAX)] = 50
+    offset: Annotated[int, Meta(ge=0, le=OFFSET_MAX)] = 0
+    before: Annotated[str, Meta(
+        max_length=26, description="a transaction id (ULID): entries older than it; "
+                                   "empty or absent: from the newest")] = ""
+
+
+class PaymentsQuery(Query):
+    limit: Annotated[int, Meta(ge=1, le=PAYMENTS_PAGE_MAX)] = PAYMENTS_PAGE_DEFAULT
+    starting_after: Annotated[str, Meta(
+        max_length=255, description="a payment id: the page after it; empty or absent: "
+                                    "the first page")] = ""
+
+
+IDEMPOTENCY_KEY = Header("Idempotency-Key",
+                         {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX})
+SERVICE_NAME = Header("X-Service-Name", {"type": "string", "maxLength": 64})
 
 
 # --- responses ------------------------------------------------------------------------------

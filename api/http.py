@@ -1,0 +1,220 @@
+"""The plumbing every route shares: body and query decoding, reply encoding, caller checks,
+request metrics and the error handlers that keep every answer in the one error format.
+
+A route group declares each route once, `@endpoint(Route(...))`, on the handler that does the
+work; `Endpoints` registers it with Quart behind this plumbing and keeps the declarations that
+`/openapi.json` is generated from.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException
+
+from api.auth import Authenticator
+from api.errors import ApiError, error_body, render
+from api.routes import Caller, Route
+from api.settings import KeyScope
+from engine.errors import BillingError, InvalidInput
+from engine.ids import UserId
+from engine.usage import invalid_input
+
+log = logging.getLogger("zbilling.api")
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+SERVICE_LABELS_MAX = 50
+SERVICE_NAME_LENGTH_MAX = 64
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+Handler = Callable[..., Awaitable[Any]]
+Register = Callable[[Route], Callable[[Handler], Handler]]
+Q = TypeVar("Q", bound=msgspec.Struct)
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+class BodyDecoder:
+    """Typed JSON and msgpack decoders for one body type, built once per route."""
+
+    def __init__(self, body_type: type[msgspec.Struct]) -> None:
+        self.json = msgspec.json.Decoder(body_type)
+        self.msgpack = msgspec.msgpack.Decoder(body_type)
+
+    def decode(self, raw: bytes, content_type: str) -> Any:
+        decoder: Any = self.msgpack if content_type == MSGPACK else self.json
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as error:
+            raise invalid_input(error) from None
+        except msgspec.DecodeError:
+            kind = "msgpack" if content_type == MSGPACK else "JSON"
+            raise InvalidInput(f"malformed {kind} body") from None
+
+
+def read_query(kind: type[Q], args: MultiDict[str, str]) -> Q:
+    """The query parameters as their declared Struct: text converted the way a query string
+    is read (`"10"` is 10), bounds checked, anything wrong a 400 naming the parameter."""
+    try:
+        return msgspec.convert(args.to_dict(), kind, strict=False)
+    except msgspec.ValidationError as error:
+        raise invalid_input(error) from None
+
+
+def reply(payload: Any, status: int = 200, *, msgpack_ok: bool = False) -> Response:
+    if msgpack_ok and MSGPACK in request.headers.get("Accept", ""):
+        return Response(_msgpack_encoder.encode(payload), status, content_type=MSGPACK)
+    return Response(_json_encoder.encode(payload), status, content_type=JSON)
+
+
+async def read_body(route: Route, decoder: BodyDecoder) -> Any:
+    content_type = request.mimetype or JSON
+    if content_type != JSON and not (route.msgpack and content_type == MSGPACK):
+        raise ApiError("unsupported_media_type", f"send {JSON}" +
+                       (f" or {MSGPACK}" if route.msgpack else ""))
+    # No body at all reads as `{}`: routes whose body has no required field take none.
+    return decoder.decode(await request.get_data() or b"{}", content_type)
+
+
+class Endpoints:
+    """`endpoint(route)(handler)` registers `handler` for `route` and keeps the declaration.
+
+    The handler is called with the authenticated user (USER routes), then the decoded body
+    (routes with one), then the decoded query parameters (routes that declare them), then
+    the path parameters by name, and answers with a reply Struct (or a ready Response).
+    """
+
+    def __init__(self, app: QuartTrio, auth: Authenticator, metrics_token: str | None,
+                 registry: CollectorRegistry) -> None:
+        self.routes: list[Route] = []
+        self._app = app
+        self._auth = auth
+        self._metrics_token = metrics_token
+        by_service = Counter("zbilling_usage_requests_by_service",
+                             "Usage requests by X-Service-Name (bounded)", ["service"],
+                             registry=registry)
+        # `labels()` takes a lock and builds a key on every call; there are at most
+        # SERVICE_LABELS_MAX + 1 services, so keep the children.
+        self._by_service = functools.cache(by_service.labels)
+        self._services_seen: set[str] = set()
+
+    def __call__(self, route: Route) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            decoder = BodyDecoder(route.body) if route.body is not None else None
+
+            async def view(**path: str) -> Response:
+                arguments: list[Any] = []
+                user = await self._check_caller(route.caller)
+                if user is not None:
+                    arguments.append(user)
+                if decoder is not None:
+                    arguments.append(await read_body(route, decoder))
+                if route.parameters is not None:
+                    arguments.append(read_query(route.parameters, request.args))
+                result = await handler(*arguments, **path)
+                if isinstance(result, Response):
+                    return result
+                return reply(result, route.status, msgpack_ok=route.msgpack)
+
+            self._app.add_url_rule(route.rule, f"{route.method} {route.path}", view,
+                                   methods=[route.method])
+            self.routes.append(route)
+            return handler
+
+        return register
+
+    async def _check_caller(self, caller: Caller) -> UserId | None:
+        """The user for USER routes; for the others, raises unless the caller may call."""
+        if caller is Caller.USER:
+            return await self._auth.user(request.headers)
+        if caller is Caller.SERVICE:
+            self._check_service()
+        elif caller is Caller.ADMIN:
+            self._auth.admin(request.headers)
+        elif caller is Caller.METRICS:
+            self._check_metrics_token()
+        return None
+
+    def _check_service(self) -> None:
+        key = self._auth.service(request.headers)
+        if KeyScope.USAGE not in key.scopes:
+            raise ApiError("forbidden", "this key has no usage scope")
+        name = request.headers.get("X-Service-Name", key.name)[:SERVICE_NAME_LENGTH_MAX]
+        if name not in self._services_seen and len(self._services_seen) >= SERVICE_LABELS_MAX:
+            name = "other"
+        self._services_seen.add(name)
+        self._by_service(name).inc()
+
+    def _check_metrics_token(self) -> None:
+        if self._metrics_token is not None:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), self._metrics_token.encode()):
+                raise ApiError("unauthorized", "metrics need the bearer token")
+
+
+def not_configured(endpoint: Register, method: str, path: str, what: str) -> None:
+    """A stand-in for a route whose integration is off: 503 `not_configured`, documented."""
+
+    async def stand_in() -> Response:
+        raise ApiError("not_configured", f"{what} are not configured on this server")
+
+    endpoint(Route(method, path, f"{what}: not configured on this server", Caller.PUBLIC,
+                   errors=(503,), owner=what))(stand_in)
+
+
+def install_request_metrics(app: QuartTrio, registry: CollectorRegistry) -> None:
+    """Requests by route, method and status, and latency by route."""
+    requests_total = Counter("zbilling_http_requests", "HTTP requests by route and status",
+                             ["route", "method", "status"], registry=registry)
+    latency = Histogram("zbilling_http_request_seconds", "HTTP request latency by route",
+                        ["route"], registry=registry, buckets=LATENCY_BUCKETS_S)
+    # The label sets are bounded (routes, methods, statuses): keep the children.
+    requests_child = functools.cache(requests_total.labels)
+    latency_child = functools.cache(latency.labels)
+
+    @app.before_request
+    async def started() -> None:
+        request.started_at = time.perf_counter()  # type: ignore[attr-defined]
+
+    @app.after_request
+    async def measured(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        requests_child(rule, request.method, response.status_code).inc()
+        latency_child(rule).observe(time.perf_counter() - request.started_at)  # type: ignore[attr-defined]
+        return response
+
+
+def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
+    """Every failure answers in the one error format; a bug answers 500 without details."""
+
+    @app.errorhandler(BillingError)
+    async def billing_error(error: BillingError) -> Response:
+        payload, status, headers = render(error)
+        response = reply(payload, status, msgpack_ok=request.path.startswith("/v1/usage"))
+        response.headers.update(headers)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                415: "unsupported_media_type"}.get(error.code or 500, "bad_request")
+        message = {413: f"the body is larger than {max_body_bytes} bytes"}.get(
+            error.code or 500, error.name)
+        return reply(error_body(code, message), error.code or 400)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return reply(error_body("internal_error", "internal error"), 500)
