@@ -13,7 +13,7 @@ from quart_trio import QuartTrio
 from actors.billing import Billing
 from api.account_routes import register_account_routes
 from api.auth import Authenticator
-from api.http import Endpoints, install_error_handlers, install_request_metrics
+from api.http import Endpoints, install_error_handlers, install_request_hooks
 from api.payment_routes import register_payment_routes
 from api.reservation_routes import register_reservation_routes
 from api.settings import Settings
@@ -32,7 +32,7 @@ def create_app(
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     registry = billing.metrics.registry
-    install_request_metrics(app, registry)
+    install_request_hooks(app, registry)
     install_error_handlers(app, settings.max_body_bytes)
     endpoint = Endpoints(app, auth, settings.metrics_token, registry)
     register_account_routes(endpoint, billing)

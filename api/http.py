@@ -8,11 +8,13 @@ work; `Endpoints` registers it with Quart behind this plumbing and keeps the dec
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import msgspec
@@ -20,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from api.auth import Authenticator
 from api.errors import ApiError, error_body, render
@@ -174,8 +176,9 @@ def not_configured(endpoint: Register, method: str, path: str, what: str) -> Non
                    errors=(503,), owner=what))(stand_in)
 
 
-def install_request_metrics(app: QuartTrio, registry: CollectorRegistry) -> None:
-    """Requests by route, method and status, and latency by route."""
+def install_request_hooks(app: QuartTrio, registry: CollectorRegistry) -> None:
+    """Requests by route, method and status, and latency by route; and every request body
+    read to its end."""
     requests_total = Counter("zbilling_http_requests", "HTTP requests by route and status",
                              ["route", "method", "status"], registry=registry)
     latency = Histogram("zbilling_http_request_seconds", "HTTP request latency by route",
@@ -195,6 +198,16 @@ def install_request_metrics(app: QuartTrio, registry: CollectorRegistry) -> None
         latency_child(rule).observe(time.perf_counter() - request.started_at)  # type: ignore[attr-defined]
         return response
 
+    @app.after_request
+    async def drained(response: Response) -> Response:
+        # hypercorn starts a connection's next request only once this one's body is read: a
+        # body left unread (the request refused before, with 401, 405 or 415) can stall the
+        # client's next request on that kept-alive connection until it times out.
+        if response.status_code != HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+            with contextlib.suppress(HTTPException):
+                await request.get_data()
+        return response
+
 
 def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
     """Every failure answers in the one error format; a bug answers 500 without details."""
@@ -212,7 +225,10 @@ def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:
                 415: "unsupported_media_type"}.get(error.code or 500, "bad_request")
         message = {413: f"the body is larger than {max_body_bytes} bytes"}.get(
             error.code or 500, error.name)
-        return reply(error_body(code, message), error.code or 400)
+        response = reply(error_body(code, message), error.code or 400)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(error.valid_methods))  # RFC 9110
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

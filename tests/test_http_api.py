@@ -168,6 +168,16 @@ def test_bad_input_is_a_clear_400_and_changes_nothing(server, body, field):
     assert balance["balance_cents"] == 10
 
 
+def test_a_refused_body_does_not_stall_the_next_request_on_the_connection(server):
+    with httpx.Client(timeout=5) as client:  # one kept-alive connection
+        for _ in range(20):
+            refused = client.post(f"{server.url}/v1/usage", content=b'{"event_id": "x"}',
+                                  headers={"Content-Type": "application/json"})
+            assert refused.status_code == 401
+            wrong_method = client.put(f"{server.url}/v1/usage", content=b"{}")
+            assert wrong_method.status_code == 405
+
+
 def test_protocol_errors_use_the_one_error_format(server):
     malformed = httpx.post(f"{server.url}/v1/usage", headers=service_headers(),
                            content=b"{not json", )
@@ -187,6 +197,7 @@ def test_protocol_errors_use_the_one_error_format(server):
     wrong_method = httpx.put(f"{server.url}/v1/usage", headers=service_headers())
     assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (
         405, "method_not_allowed")
+    assert wrong_method.headers["Allow"] == "OPTIONS, POST"
     later = httpx.post(f"{server.url}/v1/credits/purchase", headers=user_headers(new_user()))
     assert (later.status_code, later.json()["error"]["code"]) == (503, "not_configured")
 
