@@ -35,7 +35,7 @@ def register_payment_routes(endpoint: Register, billing: Billing,
 
     @endpoint(Route(*PAYMENTS, "The caller's Stripe payments, newest first",
                     Caller.USER, reply=schemas.PaymentsPageReply,
-                    errors=(400, 401, 409, 502, 503), parameters=schemas.PaymentsQuery))
+                    errors=(400, 401, 404, 409, 502, 503), parameters=schemas.PaymentsQuery))
     async def payments(user: UserId, query: schemas.PaymentsQuery
                        ) -> schemas.PaymentsPageReply:
         account = await billing.open_account(user)

@@ -214,6 +214,10 @@ def test_the_payment_history_comes_from_stripe(server, stripe_fake):
     assert [p["credits"] for p in full["payments"]] == [600, 500]
     assert httpx.get(f"{server.url}/v1/payments?limit=101",
                      headers=user_headers(user)).status_code == 400
+    unknown = httpx.get(f"{server.url}/v1/payments?starting_after=pi_nope",
+                        headers=user_headers(user))
+    assert (unknown.status_code, unknown.json()["error"]["details"]) == (
+        404, {"starting_after": "pi_nope"})
 
 
 def refilling_user(server: Server, fake: FakeStripe, method: str) -> tuple[object, str]:

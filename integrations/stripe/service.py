@@ -21,7 +21,7 @@ from actors.metrics import TallyCollector
 from actors.payments import Payments
 from actors.subscriptions import Subscriptions
 from engine.account import Account
-from engine.errors import ExternalServiceError, InvalidInput, NotConfigured
+from engine.errors import ExternalServiceError, InvalidInput, NotConfigured, NotFound
 from engine.payments import purchase_credits
 from engine.plans import Plans
 from integrations.stripe.gateway import Checkout, PaymentsPage, StripeGateway
@@ -78,8 +78,14 @@ class StripeService:
                               starting_after: str | None) -> PaymentsPage:
         if account.stripe_customer_id is None:
             return PaymentsPage([], False)
-        return await _call(self.gateway.list_payments(account.stripe_customer_id, limit,
-                                                      starting_after))
+        try:
+            return await _call(self.gateway.list_payments(account.stripe_customer_id, limit,
+                                                          starting_after))
+        except _Missing as missing:
+            if missing.param != "starting_after":
+                raise
+            raise NotFound(f"no payment {starting_after!r}",
+                           {"starting_after": starting_after}) from None
 
     async def handle_webhook(self, payload: bytes, signature: str | None) -> str:
         if self.gateway.webhook_secret is None:
@@ -101,12 +107,24 @@ def _fresh_key() -> str:
     return uuid.uuid4().hex
 
 
+class _Missing(InvalidInput):
+    """Stripe has no object the request names (`param`): a 400, unless the use case can
+    tell it is the caller's reference to something that does not exist (a 404)."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 async def _call(call: Awaitable[T]) -> T:
     """Stripe's own failures as ours: a declined request is the caller's, the rest a 502."""
     try:
         return await call
     except stripe.InvalidRequestError as error:
-        raise InvalidInput(error.user_message or "Stripe refused the request") from None
+        message = error.user_message or "Stripe refused the request"
+        if error.code == "resource_missing":
+            raise _Missing(message, error.param) from None
+        raise InvalidInput(message) from None
     except stripe.StripeError as error:
         raise ExternalServiceError(f"Stripe: {type(error).__name__}") from None
 
