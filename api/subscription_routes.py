@@ -10,6 +10,7 @@ from quart import request
 from actors.billing import Billing
 from actors.system import WallClock
 from api import schemas
+from api.errors import ApiError
 from api.http import Register, not_configured
 from api.replies import checkout_reply, subscription_reply
 from api.routes import Caller, Route
@@ -56,7 +57,11 @@ def register_subscription_routes(endpoint: Register, billing: Billing,
     async def cancel_subscription(user: UserId, _: schemas.EmptyBody
                                   ) -> schemas.SubscriptionReply:
         subscription = (await billing.open_account(user)).subscription
-        if subscription is not None and subscription.managed_by is Manager.STRIPE:
+        if subscription is None:
+            # A state, not a malformed request: 409 (the engine refuses it as bad input).
+            raise ApiError("conflict", "there is no subscription to cancel",
+                           {"reason": "no_subscription"})
+        if subscription.managed_by is Manager.STRIPE:
             await need_stripe().cancel_at_period_end(subscription.subscription_id)
         return subscription_reply(plans, await billing.subscriptions.cancel(user))
 

@@ -178,6 +178,13 @@ def test_a_refused_body_does_not_stall_the_next_request_on_the_connection(server
             assert wrong_method.status_code == 405
 
 
+def test_cancelling_without_a_subscription_is_a_conflict(server):
+    answer = httpx.post(f"{server.url}/v1/subscriptions/cancel",
+                        headers=user_headers(new_user()))
+    assert (answer.status_code, answer.json()["error"]["details"]) == (
+        409, {"reason": "no_subscription"})
+
+
 def test_protocol_errors_use_the_one_error_format(server):
     malformed = httpx.post(f"{server.url}/v1/usage", headers=service_headers(),
                            content=b"{not json", )
