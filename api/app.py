@@ -17,7 +17,7 @@ from api.http import Endpoints, install_error_handlers, install_request_hooks
 from api.payment_routes import register_payment_routes
 from api.reservation_routes import register_reservation_routes
 from api.settings import Settings
-from api.subscription_routes import register_subscription_routes
+from api.subscription_routes import register_lago_routes, register_subscription_routes
 from api.system_routes import register_system_routes
 from api.usage_routes import register_usage_routes
 from integrations.lago.webhooks import LagoWebhooks
@@ -39,7 +39,7 @@ def create_app(
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
     register_payment_routes(endpoint, billing, stripe)
-    register_subscription_routes(endpoint, billing, stripe, lago_webhooks,
-                                 billing.wall_clock_ms)
+    register_subscription_routes(endpoint, billing, stripe)
+    register_lago_routes(endpoint, lago_webhooks, settings)
     register_system_routes(endpoint, billing, registry)
     return app

@@ -13,7 +13,9 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import typing
+from collections.abc import Awaitable, Callable, Iterator
+from decimal import Decimal
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -27,6 +29,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from api.auth import Authenticator
 from api.errors import ApiError, error_body, render
 from api.routes import Caller, Route
+from api.schemas import DECIMAL_RULES, DecimalRule
 from api.settings import KeyScope
 from engine.errors import BillingError, InvalidInput
 from engine.ids import UserId
@@ -44,26 +47,116 @@ Handler = Callable[..., Awaitable[Any]]
 Register = Callable[[Route], Callable[[Handler], Handler]]
 Q = TypeVar("Q", bound=msgspec.Struct)
 
+# msgspec reads no longer integer literal (Python's default int_max_str_digits).
+INTEGER_DIGITS_MAX = 4300
+
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
+_numbers_json_encoder = msgspec.json.Encoder(decimal_format="number")
+# Untyped, with JSON numbers read exactly (never through a binary float).
+_exact_json = msgspec.json.Decoder(float_hook=Decimal)
+_generic_msgpack = msgspec.msgpack.Decoder()
 
 
 class BodyDecoder:
-    """Typed JSON and msgpack decoders for one body type, built once per route."""
+    """Typed JSON and msgpack decoders for one body type, built once per route.
+
+    JSON Schema compares numbers by value: `1.0` is the integer 1 and `2.50` has one
+    decimal. The typed decoders read them by spelling (`1.0` is a float to msgspec), so a body
+    they refuse is read again by value, exactly; 1.5 stays refused where an integer belongs,
+    as do booleans and strings. Decimals sent as strings must also be spelled as the
+    document says (`schemas.DECIMAL_RULES`): Python's `Decimal()` reads far more.
+    """
 
     def __init__(self, body_type: type[msgspec.Struct]) -> None:
         self.json = msgspec.json.Decoder(body_type)
         self.msgpack = msgspec.msgpack.Decoder(body_type)
 
     def decode(self, raw: bytes, content_type: str) -> Any:
-        decoder: Any = self.msgpack if content_type == MSGPACK else self.json
+        msgpack = content_type == MSGPACK
         try:
-            return decoder.decode(raw)
+            try:
+                body = (self.msgpack if msgpack else self.json).decode(raw)
+            except msgspec.ValidationError:
+                body = self._decode_by_value(raw, msgpack)
         except msgspec.ValidationError as error:
             raise invalid_input(error) from None
         except msgspec.DecodeError:
-            kind = "msgpack" if content_type == MSGPACK else "JSON"
-            raise InvalidInput(f"malformed {kind} body") from None
+            raise InvalidInput(f"malformed {'msgpack' if msgpack else 'JSON'} body") from None
+        _check_decimal_spellings(body, raw, msgpack)
+        return body
+
+    def _decode_by_value(self, raw: bytes, msgpack: bool) -> Any:
+        """The body with every integral number written as an integer and every other one
+        without trailing zeros, decoded again (the first decoder's rules, the same errors)."""
+        numbers = _by_value(_untyped(raw, msgpack))
+        if msgpack:
+            return self.msgpack.decode(_msgpack_encoder.encode(numbers))
+        return self.json.decode(_numbers_json_encoder.encode(numbers))
+
+
+def _untyped(raw: bytes, msgpack: bool) -> Any:
+    return _generic_msgpack.decode(raw) if msgpack else _exact_json.decode(raw)
+
+
+def _by_value(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {name: _by_value(value) for name, value in node.items()}
+    if isinstance(node, list):
+        return [_by_value(item) for item in node]
+    if isinstance(node, Decimal):  # from JSON
+        if node != node.to_integral_value():
+            return node.normalize()
+        return int(node) if node.adjusted() < INTEGER_DIGITS_MAX else node
+    if isinstance(node, float) and node.is_integer():  # from msgpack
+        return int(node)
+    return node
+
+
+def _check_decimal_spellings(body: msgspec.Struct, raw: bytes, msgpack: bool) -> None:
+    found = list(_decimal_fields(body, ()))
+    if not found:
+        return
+    untyped = _untyped(raw, msgpack)
+    for path, rule in found:
+        sent = untyped
+        for name in path:
+            sent = sent.get(name) if isinstance(sent, dict) else None
+        if isinstance(sent, str) and rule.spellings.fullmatch(sent) is None:
+            field = ".".join(path)
+            raise InvalidInput(
+                f"{field} must be a decimal between {rule.minimum} and {rule.maximum} with at "
+                f"most {rule.decimals} decimals, as a JSON number or a string such as "
+                '"12.5"', {"field": field})
+
+
+def _decimal_fields(value: msgspec.Struct, path: tuple[str, ...]
+                    ) -> Iterator[tuple[tuple[str, ...], DecimalRule]]:
+    """The path and rule of every Decimal in `value` (a decoded body)."""
+    for name, rule in _fields_to_search(type(value)):
+        held = getattr(value, name)
+        if rule is not None and isinstance(held, Decimal):
+            yield (*path, name), rule
+        elif isinstance(held, msgspec.Struct):
+            yield from _decimal_fields(held, (*path, name))
+
+
+@functools.cache
+def _fields_to_search(kind: type[msgspec.Struct]) -> tuple[tuple[str, DecimalRule | None], ...]:
+    """The fields of `kind` that hold a Decimal (with its rule) or a Struct that may."""
+    found: list[tuple[str, DecimalRule | None]] = []
+    for field in msgspec.structs.fields(kind):
+        rule = next((rule for annotation, rule in DECIMAL_RULES.items()
+                     if field.type == annotation), None)
+        if rule is not None or _holds_struct(field.type):
+            found.append((field.name, rule))
+    return tuple(found)
+
+
+def _holds_struct(annotation: Any) -> bool:
+    if isinstance(annotation, type):
+        return issubclass(annotation, msgspec.Struct)
+    return any(_holds_struct(argument) for argument in typing.get_args(annotation))
 
 
 def read_query(kind: type[Q], args: MultiDict[str, str]) -> Q:

@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document, generated from the route declarations and their msgspec types."""
+"""The OpenAPI 3.1 document, generated from the route declarations and their msgspec types.
+
+It states every rule the server applies to a request: the types' constraints, the rules
+between fields (`Body.json_schema_rules`, `Route.body_rules`), decimals as numbers or strings
+(`schemas.DECIMAL_RULES`), keys as printable text, headers and query parameters.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,16 @@ from typing import Any
 import msgspec
 
 from api.routes import Caller, Header, Route
-from api.schemas import ErrorReply, UsageFailure, UsageReply
+from api.schemas import (
+    DECIMAL_RULES,
+    PATH_SEGMENT_REF,
+    PRINTABLE_REF,
+    EmptyBody,
+    ErrorReply,
+    UsageFailure,
+    UsageReply,
+    printable_pattern,
+)
 from engine.ids import KEY_LENGTH_MAX
 
 REF_TEMPLATE = "#/components/schemas/{name}"
@@ -45,23 +59,67 @@ SECURITY_SCHEMES = {
                      "description": "Needed only when METRICS_TOKEN is set"},
 }
 
-def _widen_decimals(node: Any) -> Any:
-    """msgspec documents Decimal as a string; the API also takes JSON numbers (exactly)."""
+# A path parameter is one segment: the router splits at "/", even when sent as %2F.
+PATH_PARAMETER = {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX,
+                  "allOf": [{"$ref": PATH_SEGMENT_REF}]}
+
+
+def _text_components() -> dict[str, dict[str, Any]]:
+    """The long patterns, once each (see `schemas.printable_pattern`)."""
+    return {
+        PRINTABLE_REF.rsplit("/", 1)[1]: {
+            "type": "string", "pattern": printable_pattern(),
+            "description": "printable characters (Python's str.isprintable)"},
+        PATH_SEGMENT_REF.rsplit("/", 1)[1]: {
+            "type": "string", "pattern": printable_pattern("/"),
+            "description": "printable characters but /"},
+    }
+
+
+def _decimal_schemas() -> dict[str, dict[str, Any]]:
+    """The schema of each Decimal annotation, by the schema msgspec writes for it (a string
+    of format decimal): a JSON number or a string, by its rule."""
+    schemas = {}
+    for annotation, rule in DECIMAL_RULES.items():
+        written = msgspec.json.schema(annotation)
+        schemas[_key(written)] = {"description": written["description"], **rule.schema()}
+    return schemas
+
+
+def _key(schema: dict[str, Any]) -> str:
+    return msgspec.json.encode(schema, order="sorted").decode()
+
+
+def _documented_decimals(node: Any, documented: dict[str, dict[str, Any]]) -> Any:
     if isinstance(node, dict):
-        if node.get("type") == "string" and node.get("format") == "decimal":
-            node = {key: value for key, value in node.items() if key != "format"}
-            node["type"] = ["string", "number"]
-            if "default" in node:
-                node["default"] = str(node["default"])
-        return {key: _widen_decimals(value) for key, value in node.items()}
+        if node.get("format") == "decimal":
+            default = node.get("default")
+            written = {name: value for name, value in node.items() if name != "default"}
+            schema = dict(documented[_key(written)])  # KeyError: a Decimal without a rule
+            if default is not None:
+                schema["default"] = default
+            return schema
+        return {name: _documented_decimals(value, documented) for name, value in node.items()}
     if isinstance(node, list):
-        return [_widen_decimals(item) for item in node]
+        return [_documented_decimals(item, documented) for item in node]
     return node
 
 
 def _content(schema: dict[str, Any], route: Route) -> dict[str, Any]:
     types = [route.media_type, MSGPACK] if route.msgpack else [route.media_type]
     return {media_type: {"schema": schema} for media_type in types}
+
+
+def _request_body(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any] | None:
+    if route.raw_body is not None:
+        return {"required": True, "content": {"application/json": {"schema": route.raw_body}}}
+    if route.body is None:
+        return None
+    schema = ref[route.body]
+    if route.body_rules is not None:
+        schema = {"allOf": [schema, dict(route.body_rules)]}
+    # A missing body reads as `{}`, which only EmptyBody takes.
+    return {"required": route.body is not EmptyBody, "content": _content(schema, route)}
 
 
 def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
@@ -84,21 +142,19 @@ def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
         "security": SECURITY[route.caller],
         "responses": responses,
     }
-    parameters = [
-        {"name": name, "in": "path", "required": True,
-         "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX}}
-        for name in _path_names(route.path)
-    ]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAMETER}
+                  for name in _path_names(route.path)]
     if route.parameters is not None:
         parameters += _query_parameters(route.parameters)
     parameters += [_header_parameter(header) for header in route.headers]
     if parameters:
         operation["parameters"] = parameters
-    if route.body is not None:
-        operation["requestBody"] = {"required": True, "content": _content(ref[route.body], route)}
+    body = _request_body(route, ref)
+    if body is not None:
+        operation["requestBody"] = body
     if route.owner is not None:
-        operation["description"] = f"Provided by the {route.owner} capability; until it is " \
-                                   "configured the route answers 503 `not_configured`."
+        operation["description"] = f"Provided by {route.owner}; until they are configured " \
+                                   "the route answers 503 `not_configured`."
     return operation
 
 
@@ -132,6 +188,11 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
                 types.append(kind)
     refs, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     ref = dict(zip(types, refs, strict=True))
+    components = _documented_decimals(components, _decimal_schemas())
+    for kind in types:
+        rules = getattr(kind, "json_schema_rules", None)
+        if rules:
+            components[kind.__name__].update(rules)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref)
@@ -144,6 +205,6 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
                            "(1 credit = US$0.01); every error has the body `ErrorReply`.",
         },
         "paths": paths,
-        "components": {"schemas": _widen_decimals(components),
+        "components": {"schemas": {**components, **_text_components()},
                        "securitySchemes": SECURITY_SCHEMES},
     }

@@ -45,8 +45,9 @@ def register_payment_routes(endpoint: Register, billing: Billing,
                                          page.has_more)
 
     @endpoint(Route(*STRIPE_WEBHOOK, "Stripe events (verified by Stripe-Signature)",
-                    Caller.PUBLIC, reply=schemas.WebhookReply, errors=(400, 409, 413, 503)))
+                    Caller.PUBLIC, raw_body=schemas.STRIPE_EVENT, reply=schemas.WebhookReply,
+                    errors=(400, 409, 413, 503), headers=(schemas.STRIPE_SIGNATURE,)))
     async def stripe_webhook() -> schemas.WebhookReply:
-        outcome = await service.handle_webhook(await request.get_data(),
-                                               request.headers.get("Stripe-Signature"))
+        outcome = await service.handle_webhook(
+            await request.get_data(), request.headers.get(schemas.STRIPE_SIGNATURE.name))
         return schemas.WebhookReply(True, outcome)

@@ -6,8 +6,11 @@ route answers and what `/openapi.json` says it answers come from the same type.
 
 from __future__ import annotations
 
+import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
+
+import msgspec
 
 from api import schemas
 from api.errors import render
@@ -15,7 +18,7 @@ from api.schemas import iso_ms
 from engine.account import Account
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
-from engine.ids import AgentId, UserId, parse_key, transaction_id_str
+from engine.ids import AgentId, UserId, parse_agent_id, parse_key, transaction_id_str
 from engine.ledger import LedgerEntry
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT, format_usd, micros_to_cents_ceil
@@ -34,9 +37,7 @@ U = TypeVar("U", bound=schemas.UsageReply)
 
 
 def usage_request(body: schemas.UsageBody) -> UsageRequest:
-    timestamp = body.timestamp
-    if timestamp is not None and timestamp.tzinfo is None:
-        raise InvalidInput("timestamp needs a time zone", {"field": "timestamp"})
+    timestamp = _moment(body.timestamp) if body.timestamp is not None else None
     return UsageRequest(
         event_id=parse_key("event_id", body.event_id),
         user_id=UserId(body.user_id),
@@ -49,8 +50,20 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
     )
 
 
+def _moment(text: str) -> datetime.datetime:
+    """The usage time (its syntax, with an offset, is the schema's; the calendar is checked
+    here)."""
+    try:
+        return msgspec.convert(text, datetime.datetime)
+    except msgspec.ValidationError:
+        raise InvalidInput(f"timestamp {text!r} is not a date and time", {"field": "timestamp"}
+                           ) from None
+
+
 def agent_id(text: str | None) -> AgentId | None:
-    return AgentId(text) if text is not None else None
+    # The engine's check, not only the schema's pattern: Python's `$` also matches before a
+    # final newline.
+    return parse_agent_id(text) if text is not None else None
 
 
 def optional_iso_ms(epoch_ms: int | None) -> str | None:

@@ -42,6 +42,11 @@ class Route:
     summary: str
     caller: Caller
     body: type[msgspec.Struct] | None = None
+    # Rules from the configuration the body must also meet (JSON Schema, for the document).
+    body_rules: Mapping[str, Any] | None = None
+    # The schema of a body the handler reads itself (a webhook verifies a signature over
+    # the exact bytes): documented, not decoded.
+    raw_body: Mapping[str, Any] | None = None
     reply: type[msgspec.Struct] | None = None
     status: int = 200
     errors: tuple[int, ...] = ()
