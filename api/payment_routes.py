@@ -31,7 +31,8 @@ def register_payment_routes(endpoint: Register, billing: Billing,
                     errors=(400, 401, 409, 413, 415, 502, 503)))
     async def purchase(user: UserId, body: schemas.PurchaseBody) -> schemas.PurchaseReply:
         account = await billing.open_account(user)
-        return purchase_reply(await service.purchase(account, body.amount_usd))
+        # The amount counts by value, as the document (JSON Schema) counts it: 10.500 is 10.5.
+        return purchase_reply(await service.purchase(account, body.amount_usd.normalize()))
 
     @endpoint(Route(*PAYMENTS, "The caller's Stripe payments, newest first",
                     Caller.USER, reply=schemas.PaymentsPageReply,
