@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import uuid
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
+from api.schemas import DECIMAL_RULES, UsdAmount, printable_pattern
+from engine.errors import InvalidInput
+from engine.payments import purchase_credits
+from engine.usage import Quantity, QuantityError, _check_quantity
 from tests.fake_stripe import API_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.http_support import ADMIN_KEY, ROOT, SERVICE_KEY, STOP_TIMEOUT_S, Server
 
@@ -135,6 +143,52 @@ def test_every_405_says_which_methods_are_allowed(server):
                        headers={"Authorization": f"Bearer test-token:{uuid.uuid4()}"})
     assert answer.status_code == 405
     assert set(answer.headers["Allow"].split(", ")) == {"GET", "HEAD", "DELETE", "OPTIONS"}
+
+
+def test_the_key_pattern_is_exactly_str_isprintable():
+    printable = re.compile(printable_pattern())
+    for code in range(sys.maxunicode + 1):
+        character = chr(code)
+        assert bool(printable.fullmatch(character)) == character.isprintable(), hex(code)
+    assert re.compile(printable_pattern("/")).fullmatch("a/b") is None
+
+
+def engine_takes_quantity(text: str) -> bool:
+    try:
+        _check_quantity("q", Decimal(text))
+    except (InvalidOperation, QuantityError):
+        return False
+    return True
+
+
+def engine_takes_usd(text: str) -> bool:
+    try:
+        purchase_credits(Decimal(text))
+    except (InvalidOperation, InvalidInput):
+        return False
+    return True
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False)
+       | st.integers(0, 9).flatmap(lambda places: st.decimals(0, 10**9, places=places))
+       | st.from_regex(r"\A[0-9]{1,12}(\.[0-9]{1,20})?([eE][+-]?0?[0-9]{1,2})?\Z"))
+def test_a_quantity_spelling_is_one_the_engine_takes(value):
+    """The pattern admits only strings the engine takes, and every value the engine takes
+    as `str(Decimal)` and plain notation write it (a sign excepted: "-0")."""
+    spellings = DECIMAL_RULES[Quantity].spellings
+    if spellings.fullmatch(str(value)):
+        assert engine_takes_quantity(str(value)), value
+    decimal = Decimal(value)
+    if engine_takes_quantity(str(decimal)) and not decimal.is_signed():
+        assert spellings.fullmatch(str(decimal)), decimal
+        assert spellings.fullmatch(format(decimal, "f")), decimal
+
+
+@given(st.from_regex(r"\A[0-9]{1,5}(\.[0-9]{1,3})?\Z"))
+def test_a_usd_spelling_is_exactly_what_the_engine_takes(text):
+    spellings = DECIMAL_RULES[UsdAmount].spellings
+    leading_zero = len(text.split(".")[0]) > 1 and text.startswith("0")
+    assert bool(spellings.fullmatch(text)) == (engine_takes_usd(text) and not leading_zero)
 
 
 def served_requests(server) -> int:
