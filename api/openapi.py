@@ -202,7 +202,9 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
             "title": "z-billing",
             "version": metadata.version("z-billing"),
             "description": "Credit-based billing and metering. Credits are integers "
-                           "(1 credit = US$0.01); every error has the body `ErrorReply`.",
+                           "(1 credit = US$0.01); every error has the body `ErrorReply`. "
+                           "Numbers are read by value, as JSON Schema reads them: 1.0 is "
+                           "the integer 1.",
         },
         "paths": paths,
         "components": {"schemas": {**components, **_text_components()},
