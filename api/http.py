@@ -14,7 +14,7 @@ import hmac
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -114,8 +114,9 @@ def _by_value(node: Any) -> Any:
 
 
 def _check_decimal_spellings(body: msgspec.Struct, raw: bytes, msgpack: bool) -> None:
-    found = list(_decimal_fields(body, ()))
-    if not found:
+    found: list[tuple[tuple[str, ...], DecimalRule]] = []
+    _find_decimals(body, (), found)
+    if not found:  # the usual case: no decimal in the body
         return
     untyped = _untyped(raw, msgpack)
     for path, rule in found:
@@ -130,15 +131,15 @@ def _check_decimal_spellings(body: msgspec.Struct, raw: bytes, msgpack: bool) ->
                 '"12.5"', {"field": field})
 
 
-def _decimal_fields(value: msgspec.Struct, path: tuple[str, ...]
-                    ) -> Iterator[tuple[tuple[str, ...], DecimalRule]]:
-    """The path and rule of every Decimal in `value` (a decoded body)."""
+def _find_decimals(value: msgspec.Struct, path: tuple[str, ...],
+                   found: list[tuple[tuple[str, ...], DecimalRule]]) -> None:
+    """Adds the path and rule of every Decimal in `value` (a decoded body) to `found`."""
     for name, rule in _fields_to_search(type(value)):
         held = getattr(value, name)
         if rule is not None and isinstance(held, Decimal):
-            yield (*path, name), rule
+            found.append(((*path, name), rule))
         elif isinstance(held, msgspec.Struct):
-            yield from _decimal_fields(held, (*path, name))
+            _find_decimals(held, (*path, name), found)
 
 
 @functools.cache
@@ -179,7 +180,7 @@ async def read_body(route: Route, decoder: BodyDecoder) -> Any:
     if content_type != JSON and not (route.msgpack and content_type == MSGPACK):
         raise ApiError("unsupported_media_type", f"send {JSON}" +
                        (f" or {MSGPACK}" if route.msgpack else ""))
-    # No body at all reads as `{}`: routes whose body has no required field take none.
+    # No body at all reads as `{}` (so the EmptyBody routes take none).
     return decoder.decode(await request.get_data() or b"{}", content_type)
 
 
