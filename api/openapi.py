@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 document, generated from the route declarations and their msgspec types."""
+"""The OpenAPI 3.1 document, generated from the route declarations and their msgspec types.
+
+It states every rule the server applies to a request: the types' constraints, the rules
+between fields (`Body.json_schema_rules`, `Route.body_rules`), decimals as numbers or strings
+(`schemas.DECIMAL_RULES`), keys as printable text, headers and query parameters.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,17 @@ from typing import Any
 
 import msgspec
 
-from actors.billing import TRANSACTIONS_PAGE_MAX
-from api.payment_routes import PAYMENTS_PAGE_DEFAULT, PAYMENTS_PAGE_MAX
-from api.routes import Caller, Route
-from api.schemas import ErrorReply, UsageFailure, UsageReply
+from api.routes import Caller, Header, Route
+from api.schemas import (
+    DECIMAL_RULES,
+    PATH_SEGMENT_REF,
+    PRINTABLE_REF,
+    EmptyBody,
+    ErrorReply,
+    UsageFailure,
+    UsageReply,
+    printable_pattern,
+)
 from engine.ids import KEY_LENGTH_MAX
 
 REF_TEMPLATE = "#/components/schemas/{name}"
@@ -47,42 +59,67 @@ SECURITY_SCHEMES = {
                      "description": "Needed only when METRICS_TOKEN is set"},
 }
 
-# By the id a Route names; "name" when the parameter's name differs from the id.
-QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 1, "maximum": TRANSACTIONS_PAGE_MAX,
-              "default": 50},
-    "offset": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0},
-    "before": {"type": "string", "minLength": 26, "maxLength": 26,
-               "description": "a transaction id (ULID): entries older than it"},
-    "payments_limit": {"name": "limit", "type": "integer", "minimum": 1,
-                       "maximum": PAYMENTS_PAGE_MAX, "default": PAYMENTS_PAGE_DEFAULT},
-    "starting_after": {"type": "string", "maxLength": 255,
-                       "description": "a payment id: the page after it"},
-}
-
-HEADER_PARAMETERS: dict[str, dict[str, Any]] = {
-    "Idempotency-Key": {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX},
-    "X-Service-Name": {"type": "string", "maxLength": 64},
-}
+# A path parameter is one segment: the router splits at "/", even when sent as %2F.
+PATH_PARAMETER = {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX,
+                  "allOf": [{"$ref": PATH_SEGMENT_REF}]}
 
 
-def _widen_decimals(node: Any) -> Any:
-    """msgspec documents Decimal as a string; the API also takes JSON numbers (exactly)."""
+def _text_components() -> dict[str, dict[str, Any]]:
+    """The long patterns, once each (see `schemas.printable_pattern`)."""
+    return {
+        PRINTABLE_REF.rsplit("/", 1)[1]: {
+            "type": "string", "pattern": printable_pattern(),
+            "description": "printable characters (Python's str.isprintable)"},
+        PATH_SEGMENT_REF.rsplit("/", 1)[1]: {
+            "type": "string", "pattern": printable_pattern("/"),
+            "description": "printable characters but /"},
+    }
+
+
+def _decimal_schemas() -> dict[str, dict[str, Any]]:
+    """The schema of each Decimal annotation, by the schema msgspec writes for it (a string
+    of format decimal): a JSON number or a string, by its rule."""
+    schemas = {}
+    for annotation, rule in DECIMAL_RULES.items():
+        written = msgspec.json.schema(annotation)
+        schemas[_key(written)] = {"description": written["description"], **rule.schema()}
+    return schemas
+
+
+def _key(schema: dict[str, Any]) -> str:
+    return msgspec.json.encode(schema, order="sorted").decode()
+
+
+def _documented_decimals(node: Any, documented: dict[str, dict[str, Any]]) -> Any:
     if isinstance(node, dict):
-        if node.get("type") == "string" and node.get("format") == "decimal":
-            node = {key: value for key, value in node.items() if key != "format"}
-            node["type"] = ["string", "number"]
-            if "default" in node:
-                node["default"] = str(node["default"])
-        return {key: _widen_decimals(value) for key, value in node.items()}
+        if node.get("format") == "decimal":
+            default = node.get("default")
+            written = {name: value for name, value in node.items() if name != "default"}
+            schema = dict(documented[_key(written)])  # KeyError: a Decimal without a rule
+            if default is not None:
+                schema["default"] = default
+            return schema
+        return {name: _documented_decimals(value, documented) for name, value in node.items()}
     if isinstance(node, list):
-        return [_widen_decimals(item) for item in node]
+        return [_documented_decimals(item, documented) for item in node]
     return node
 
 
 def _content(schema: dict[str, Any], route: Route) -> dict[str, Any]:
     types = [route.media_type, MSGPACK] if route.msgpack else [route.media_type]
     return {media_type: {"schema": schema} for media_type in types}
+
+
+def _request_body(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any] | None:
+    if route.raw_body is not None:
+        return {"required": True, "content": {"application/json": {"schema": route.raw_body}}}
+    if route.body is None:
+        return None
+    schema = ref[route.body]
+    if route.body_rules is not None:
+        schema = {"allOf": [schema, dict(route.body_rules)]}
+    # A missing body reads as `{}`, which only EmptyBody takes.
+    return {"required": route.body is not EmptyBody, "content": _content(schema, route)}
 
 
 def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
@@ -105,25 +142,37 @@ def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
         "security": SECURITY[route.caller],
         "responses": responses,
     }
-    parameters = [
-        {"name": name, "in": "path", "required": True,
-         "schema": {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX}}
-        for name in _path_names(route.path)
-    ]
-    for parameter in route.parameters:
-        schema = dict(QUERY_PARAMETERS[parameter])
-        parameters.append({"name": schema.pop("name", parameter), "in": "query",
-                           "required": False, "schema": schema})
-    parameters += [{"name": name, "in": "header", "required": False,
-                    "schema": HEADER_PARAMETERS[name]} for name in route.headers]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAMETER}
+                  for name in _path_names(route.path)]
+    if route.parameters is not None:
+        parameters += _query_parameters(route.parameters)
+    parameters += [_header_parameter(header) for header in route.headers]
     if parameters:
         operation["parameters"] = parameters
-    if route.body is not None:
-        operation["requestBody"] = {"required": True, "content": _content(ref[route.body], route)}
+    body = _request_body(route, ref)
+    if body is not None:
+        operation["requestBody"] = body
     if route.owner is not None:
-        operation["description"] = f"Provided by the {route.owner} capability; until it is " \
-                                   "configured the route answers 503 `not_configured`."
+        operation["description"] = f"Provided by {route.owner}; until they are configured " \
+                                   "the route answers 503 `not_configured`."
     return operation
+
+
+def _query_parameters(kind: type[msgspec.Struct]) -> list[dict[str, Any]]:
+    """One parameter per field of the route's query Struct, with that field's schema."""
+    _, components = msgspec.json.schema_components([kind])
+    schema = components[kind.__name__]
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "schema": field}
+            for name, field in schema["properties"].items()]
+
+
+def _header_parameter(header: Header) -> dict[str, Any]:
+    parameter = {"name": header.name, "in": "header", "required": header.required,
+                 "schema": dict(header.schema)}
+    if header.description is not None:
+        parameter["description"] = header.description
+    return parameter
 
 
 def _path_names(path: str) -> list[str]:
@@ -139,6 +188,11 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
                 types.append(kind)
     refs, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     ref = dict(zip(types, refs, strict=True))
+    components = _documented_decimals(components, _decimal_schemas())
+    for kind in types:
+        rules = getattr(kind, "json_schema_rules", None)
+        if rules:
+            components[kind.__name__].update(rules)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref)
@@ -148,9 +202,11 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
             "title": "z-billing",
             "version": metadata.version("z-billing"),
             "description": "Credit-based billing and metering. Credits are integers "
-                           "(1 credit = US$0.01); every error has the body `ErrorReply`.",
+                           "(1 credit = US$0.01); every error has the body `ErrorReply`. "
+                           "Numbers are read by value, as JSON Schema reads them: 1.0 is "
+                           "the integer 1.",
         },
         "paths": paths,
-        "components": {"schemas": _widen_decimals(components),
+        "components": {"schemas": {**components, **_text_components()},
                        "securitySchemes": SECURITY_SCHEMES},
     }

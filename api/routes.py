@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import msgspec
 
@@ -18,6 +20,21 @@ class Caller(StrEnum):
     ADMIN = "admin"  # X-Admin-Key, or a service key with the admin scope
 
 
+# The error statuses most routes of a caller kind can answer.
+ERRORS_USER = (400, 401, 404, 409, 503)
+ERRORS_SERVICE = (400, 401, 403, 413, 415, 503)
+
+
+@dataclass(frozen=True)
+class Header:
+    """A request header a route reads, documented with the rules the server applies to it."""
+
+    name: str
+    schema: Mapping[str, Any]
+    required: bool = False
+    description: str | None = None
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -25,14 +42,23 @@ class Route:
     summary: str
     caller: Caller
     body: type[msgspec.Struct] | None = None
+    # Rules from the configuration the body must also meet (JSON Schema, for the document).
+    body_rules: Mapping[str, Any] | None = None
+    # The schema of a body the handler reads itself (a webhook verifies a signature over
+    # the exact bytes): documented, not decoded.
+    raw_body: Mapping[str, Any] | None = None
     reply: type[msgspec.Struct] | None = None
     status: int = 200
     errors: tuple[int, ...] = ()
     msgpack: bool = False
-    parameters: tuple[str, ...] = ()  # query parameters, documented as they are parsed
+    # The query parameters as a Struct: the server decodes them into it, the document
+    # describes its fields.
+    parameters: type[msgspec.Struct] | None = None
     media_type: str = "application/json"
-    owner: str | None = None  # a later capability: answers 503 not_configured until then
-    headers: tuple[str, ...] = field(default=())
+    # The integration that provides the route; while it is off the route answers
+    # 503 not_configured.
+    owner: str | None = None
+    headers: tuple[Header, ...] = field(default=())
 
     @property
     def rule(self) -> str:

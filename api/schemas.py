@@ -8,14 +8,19 @@ come from the engine's constants; the engine still checks its own rules behind t
 from __future__ import annotations
 
 import datetime
+import functools
+import re
+import sys
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
-from actors.billing import DESCRIPTION_LENGTH_MAX, USAGE_BATCH_EVENTS_MAX
+from actors.billing import DESCRIPTION_LENGTH_MAX, TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from api.routes import Header
 from engine.account import (
     AUTO_REFILL_AMOUNT_CENTS_DEFAULT,
     AUTO_REFILL_AMOUNT_CENTS_MAX,
@@ -23,14 +28,114 @@ from engine.account import (
     AUTO_REFILL_TRIGGER_CENTS_DEFAULT,
     AUTO_REFILL_TRIGGER_CENTS_MIN,
 )
+from engine.errors import require
 from engine.ids import AGENT_ID_LENGTH_MAX, KEY_LENGTH_MAX
 from engine.metering import METADATA_ENTRIES_MAX, METADATA_VALUE_LENGTH_MAX
 from engine.money import AMOUNT_CENTS_MAX, AMOUNT_CENTS_MIN, COST_MICROS_MAX
+from engine.payments import PURCHASE_USD_MAX, PURCHASE_USD_MIN
 from engine.reservations import RESERVATION_TTL_S_DEFAULT, RESERVATION_TTL_S_MAX
-from engine.usage import Metric
+from engine.usage import QUANTITY_DECIMALS_MAX, QUANTITY_MAX, Metric, Quantity
+
+# --- text rules the document states by reference ----------------------------------------------
+
+# Components of the document (added by api/openapi.py): one copy of each long pattern.
+PRINTABLE_REF = "#/components/schemas/PrintableText"
+PATH_SEGMENT_REF = "#/components/schemas/PathSegment"
+
+
+@functools.cache
+def printable_pattern(excluded: str = "") -> str:
+    """A pattern for text of the characters `str.isprintable()` accepts (the rule of
+    `engine.ids.parse_key`), less `excluded`, built from this Python's Unicode tables so that
+    the document states exactly what the server checks. Non-ASCII range ends are written as
+    the characters themselves: ECMA-262 (with Unicode semantics) and Python's `re` read those
+    alike, where their escapes for characters beyond U+FFFF differ."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(sys.maxunicode + 1):
+        if chr(code).isprintable() and chr(code) not in excluded:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+
+    def spelled(code: int) -> str:
+        return f"\\x{code:02x}" if code < 0x80 else chr(code)
+
+    parts = (spelled(low) if low == high else f"{spelled(low)}-{spelled(high)}"
+             for low, high in ranges)
+    return f"^[{''.join(parts)}]*$"
+
+
+PRINTABLE = {"allOf": [{"$ref": PRINTABLE_REF}]}
+
+
+# --- decimals ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecimalRule:
+    """A decimal taken as a JSON number or as a string: its bounds, its decimals, and
+    `spellings`, the strings that name a value within them. The document states all of it;
+    the server checks a string's spelling against `spellings` (`api.http.BodyDecoder`) and
+    the engine checks the value."""
+
+    minimum: Decimal
+    maximum: Decimal
+    decimals: int
+    spellings: re.Pattern[str]
+
+    def schema(self) -> dict[str, Any]:
+        # `minimum` and friends bind numbers only, `pattern` strings only.
+        return {"type": ["string", "number"], "minimum": int(self.minimum),
+                "maximum": int(self.maximum), "multipleOf": 10.0 ** -self.decimals,
+                "pattern": f"^(?:{self.spellings.pattern})$"}
+
+
+def _exponent(power: int) -> str:
+    """`power` as an exponent the way Python (`str(Decimal)`, `repr(float)`) and JavaScript
+    write it: e or E, a sign (optional when positive), perhaps one leading zero."""
+    sign = "[+-]?" if power == 0 else "-" if power < 0 else r"\+?"
+    return f"[eE]{sign}0?{abs(power)}"
+
+
+def _quantity_spellings() -> re.Pattern[str]:
+    """Plain notation, or one digit, decimals and an exponent: every way the engine's
+    `Quantity` (0 … 10**top, at most `decimals` decimals) comes out of `str(Decimal)`
+    (which writes tiny values as `1E-7`) or `repr(float)`."""
+    top, decimals = len(str(int(QUANTITY_MAX))) - 1, QUANTITY_DECIMALS_MAX
+    require(10**top == QUANTITY_MAX, "the spellings below assume a power of ten")
+    plain = (rf"(?:0|[1-9][0-9]{{0,{top - 1}}})(?:\.[0-9]{{1,{decimals}}})?"
+             rf"|10{{{top}}}(?:\.0{{1,{decimals}}})?")
+    scientific = []
+    for power in range(-decimals, top + 1):
+        fraction = decimals + power  # digits after the point: value decimals stay in bounds
+        tail = rf"(?:\.[0-9]{{1,{fraction}}})?" if fraction else ""
+        zeros = rf"(?:\.0{{1,{fraction}}})?"
+        lead = f"(?:0{tail}|1{zeros})" if power == top else f"[0-9]{tail}"
+        scientific.append(lead + _exponent(power))
+    return re.compile("|".join([plain, *scientific]))
+
+
+def _usd_spellings() -> re.Pattern[str]:
+    """Plain notation between the purchase bounds, with at most two decimals."""
+    require((PURCHASE_USD_MIN, PURCHASE_USD_MAX) == (5, 1000), "the pattern spells 5 … 1000")
+    return re.compile(r"(?:[5-9]|[1-9][0-9]{1,2})(?:\.[0-9]{1,2})?|1000(?:\.0{1,2})?")
+
+
+UsdAmount = Annotated[Decimal, Meta(
+    description=f"US dollars to spend, {PURCHASE_USD_MIN} … {PURCHASE_USD_MAX}, at most 2 "
+                "decimals (1 credit = $0.01), as a JSON number or a string")]
+
+# Every Decimal a body holds, by its annotation: the document and the decoder read it here.
+DECIMAL_RULES: dict[Any, DecimalRule] = {
+    Quantity: DecimalRule(Decimal(0), QUANTITY_MAX, QUANTITY_DECIMALS_MAX,
+                          _quantity_spellings()),
+    UsdAmount: DecimalRule(PURCHASE_USD_MIN, PURCHASE_USD_MAX, 2, _usd_spellings()),
+}
 
 Key = Annotated[str, Meta(min_length=1, max_length=KEY_LENGTH_MAX,
-                          description="an idempotency key: printable characters")]
+                          description="an idempotency key: printable characters",
+                          extra_json_schema=PRINTABLE)]
 AmountCents = Annotated[int, Meta(ge=AMOUNT_CENTS_MIN, le=AMOUNT_CENTS_MAX)]
 CostCents = Annotated[int, Meta(ge=0, le=AMOUNT_CENTS_MAX)]
 CostMicros = Annotated[int, Meta(ge=0, le=COST_MICROS_MAX)]
@@ -42,6 +147,14 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(
     max_length=METADATA_ENTRIES_MAX, description="a small flat map stored with the entry")]
 Timestamp = Annotated[str, Meta(description="RFC 3339 date-time, UTC, milliseconds",
                                 extra_json_schema={"format": "date-time"})]
+# An RFC 3339 date-time as msgspec reads it: the pattern states the syntax (which `format`,
+# an annotation in JSON Schema 2020-12, does not), msgspec then checks the calendar. No leap
+# second and no year 0: Python's datetime has neither.
+DateTimeText = Annotated[str, Meta(
+    pattern=r"^(?!0000)[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+            r"(?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$",
+    description="when the usage happened: RFC 3339 with a time zone offset",
+    extra_json_schema={"format": "date-time"})]
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -51,11 +164,38 @@ def iso_ms(epoch_ms: int) -> str:
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Request bodies: unknown fields are refused, not ignored (a typo must not pass)."""
+    """Request bodies: unknown fields are refused, not ignored (a typo must not pass).
+
+    `json_schema_rules` states rules between fields that the engine checks (and msgspec
+    cannot), in JSON Schema; the document adds them to the body's schema.
+    """
+
+    json_schema_rules: ClassVar[dict[str, Any]] = {}
+
+
+def present(name: str) -> dict[str, Any]:
+    """JSON Schema for "`name` is present and not null"."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+def absent(name: str) -> dict[str, Any]:
+    """JSON Schema for "`name` is absent or null" (the engine reads null as absent)."""
+    return {"properties": {name: {"type": "null"}}}
+
+
+# `engine.metering.usage_command`: a metric or a cost prices the event, and at most one cost.
+PRICED_ONCE = {"allOf": [
+    {"anyOf": [present("metric"), present("cost_cents"), present("cost_micros")]},
+    {"anyOf": [absent("cost_cents"), absent("cost_micros")]},
+]}
 
 
 class Reply(msgspec.Struct, frozen=True):
     """Response bodies."""
+
+
+class Query(msgspec.Struct, frozen=True):
+    """Query parameters; unknown ones are ignored, as HTTP clients and proxies add some."""
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -83,8 +223,7 @@ class CreditsAddBody(Body):
 
 
 class PurchaseBody(Body):
-    amount_usd: Annotated[Decimal, Meta(
-        description="US dollars to spend, 5 … 1000, at most 2 decimals (1 credit = $0.01)")]
+    amount_usd: UsdAmount
 
 
 class UsageBody(Body):
@@ -96,8 +235,10 @@ class UsageBody(Body):
     cost_cents: CostCents | None = None
     cost_micros: CostMicros | None = None
     agent_id: AgentIdText | None = None
-    timestamp: datetime.datetime | None = None
+    timestamp: DateTimeText | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
+
+    json_schema_rules: ClassVar[dict[str, Any]] = PRICED_ONCE
 
 
 class UsageBatchBody(Body):
@@ -126,6 +267,10 @@ class ReserveBody(Body):
     ttl_seconds: Annotated[int, Meta(ge=1, le=RESERVATION_TTL_S_MAX)] = RESERVATION_TTL_S_DEFAULT
     metadata: Metadata = msgspec.field(default_factory=dict)
 
+    # `Billing.reserve`: exactly one of the two sizes the hold.
+    json_schema_rules: ClassVar[dict[str, Any]] = {
+        "oneOf": [present("amount_cents"), present("metric")]}
+
 
 class CommitBody(Body):
     event_id: Key | None = None
@@ -134,6 +279,67 @@ class CommitBody(Body):
     cost_micros: CostMicros | None = None
     agent_id: AgentIdText | None = None
     metadata: Metadata = msgspec.field(default_factory=dict)
+
+    json_schema_rules: ClassVar[dict[str, Any]] = PRICED_ONCE
+
+
+# --- query parameters and headers ----------------------------------------------------------
+
+OFFSET_MAX = 10**9
+# What `engine.ids.parse_transaction_id` reads: 26 Crockford base32 digits of 128 bits.
+ULID_TEXT = "[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
+PAYMENTS_PAGE_MAX = 100
+PAYMENTS_PAGE_DEFAULT = 10
+
+
+class TransactionsQuery(Query):
+    limit: Annotated[int, Meta(ge=1, le=TRANSACTIONS_PAGE_MAX)] = 50
+    offset: Annotated[int, Meta(ge=0, le=OFFSET_MAX)] = 0
+    before: Annotated[str, Meta(
+        pattern=f"^(?:{ULID_TEXT})?$",
+        description="a transaction id (ULID): entries older than it; empty or absent: from "
+                    "the newest")] = ""
+
+
+class PaymentsQuery(Query):
+    limit: Annotated[int, Meta(ge=1, le=PAYMENTS_PAGE_MAX)] = PAYMENTS_PAGE_DEFAULT
+    starting_after: Annotated[str, Meta(
+        max_length=255, description="a payment id: the page after it; empty or absent: "
+                                    "the first page")] = ""
+
+
+IDEMPOTENCY_KEY = Header(
+    "Idempotency-Key", {"type": "string", "maxLength": KEY_LENGTH_MAX, **PRINTABLE},
+    description="makes the grant idempotent; empty or absent: not idempotent")
+SERVICE_NAME = Header(
+    "X-Service-Name", {"type": "string"},
+    description="the calling service, for metrics (its first 64 characters; at most 50 "
+                "names are counted apart)")
+
+# Webhooks: verified over the exact bytes, so their bodies are documented, not decoded.
+STRIPE_SIGNATURE = Header(
+    "Stripe-Signature", {"type": "string", "minLength": 1}, required=True,
+    description="Stripe's signature of the body with STRIPE_WEBHOOK_SECRET; a delivery it "
+                "does not verify is refused (400)")
+# What `StripeWebhooks` reads of every event: `id` and `type` (as text) and `data.object`.
+STRIPE_EVENT = {"type": "object", "required": ["id", "type", "data"],
+                "properties": {"data": {"type": "object", "required": ["object"]}}}
+LAGO_SIGNATURE = Header(
+    "X-Lago-Signature", {"type": "string", "minLength": 1}, required=True,
+    description="Lago's HMAC (base64) or JWT of the body; a delivery it does not verify is "
+                "refused (400)")
+LAGO_UNIQUE_KEY = Header(
+    "X-Lago-Unique-Key", {"type": "string", "minLength": 1, "maxLength": 256}, required=True,
+    description="the delivery: a repeated one is acknowledged and not applied again")
+LAGO_WEBHOOK = {"type": "object", "required": ["webhook_type"]}
+
+
+def lago_signature_algorithm(algorithms: tuple[str, ...]) -> Header:
+    """The algorithms this server verifies (`jwt` when absent, so then the header may be)."""
+    schema: dict[str, Any] = {"enum": list(algorithms)}
+    if "jwt" in algorithms:
+        schema["default"] = "jwt"
+    return Header("X-Lago-Signature-Algorithm", schema, required="jwt" not in algorithms)
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -152,6 +152,17 @@ def test_check_quote_and_decimal_quantities(server):
         ({"event_id": "e", "user_id": "U", "metric": {"type": "nope"}}, "metric.type"),
         ({"event_id": "e", "user_id": "U",
           "metric": {"type": "compute", "cpu_hours": "1e999"}}, "metric.cpu_hours"),
+        ({"event_id": "e", "user_id": "U", "cost_cents": "1"}, "cost_cents"),
+        ({"event_id": "e", "user_id": "U", "cost_cents": 1, "cost_micros": 1}, "cost_cents"),
+        ({"event_id": "e", "user_id": "U",
+          "metric": {"type": "compute", "cpu_hours": " 2"}}, "metric.cpu_hours"),
+        ({"event_id": "e", "user_id": "U",
+          "metric": {"type": "compute", "cpu_hours": "1_000"}}, "metric.cpu_hours"),
+        ({"event_id": "e", "user_id": "U", "cost_cents": 1, "agent_id": "a\n"}, "agent_id"),
+        ({"event_id": "e", "user_id": "U", "cost_cents": 1,
+          "timestamp": "2026-01-01T00:00:00"}, "timestamp"),
+        ({"event_id": "e", "user_id": "U", "cost_cents": 1,
+          "timestamp": "2026-02-30T00:00:00Z"}, "timestamp"),
     ],
 )
 def test_bad_input_is_a_clear_400_and_changes_nothing(server, body, field):
@@ -166,6 +177,44 @@ def test_bad_input_is_a_clear_400_and_changes_nothing(server, body, field):
     assert "Traceback" not in answer.text
     balance = httpx.get(f"{server.url}/v1/credits/balance", headers=user_headers(user)).json()
     assert balance["balance_cents"] == 10
+
+
+def test_numbers_count_by_value_as_json_schema_reads_them(server):
+    """1.0 is the integer 1 and 2.0000000000 has no decimals: JSON Schema, and so the
+    document, compares numbers by value; decimal strings keep their documented spellings."""
+    user = new_user()
+    httpx.get(f"{server.url}/v1/accounts/me", headers=user_headers(user))
+    fund(server, user, 100)
+    assert usage(server, user, "whole", cost_cents=2.0).json()["cost_cents"] == 2
+    zeros = httpx.post(f"{server.url}/v1/usage", headers=service_headers(), content=(
+        b'{"event_id": "zeros", "user_id": "%s", "metric": {"type": "compute", '
+        b'"cpu_hours": 2.0000000000}}' % str(user).encode()))
+    plain = usage(server, user, "plain", metric={"type": "compute", "cpu_hours": 2})
+    assert zeros.json()["cost_micros"] == plain.json()["cost_micros"] > 0
+    for event_id, hours in (("text", "2"), ("tiny", "1E-7"), ("float", "1e-07")):
+        answer = usage(server, user, event_id, metric={"type": "compute", "cpu_hours": hours})
+        assert answer.status_code == 200, answer.text
+    held = httpx.post(f"{server.url}/v1/reservations", headers=service_headers(),
+                      json={"reservation_id": "r-float", "user_id": str(user),
+                            "amount_cents": 5.0, "ttl_seconds": 60.0})
+    assert held.json()["held_cents"] == 5
+
+
+def test_a_refused_body_does_not_stall_the_next_request_on_the_connection(server):
+    with httpx.Client(timeout=5) as client:  # one kept-alive connection
+        for _ in range(20):
+            refused = client.post(f"{server.url}/v1/usage", content=b'{"event_id": "x"}',
+                                  headers={"Content-Type": "application/json"})
+            assert refused.status_code == 401
+            wrong_method = client.put(f"{server.url}/v1/usage", content=b"{}")
+            assert wrong_method.status_code == 405
+
+
+def test_cancelling_without_a_subscription_is_a_conflict(server):
+    answer = httpx.post(f"{server.url}/v1/subscriptions/cancel",
+                        headers=user_headers(new_user()))
+    assert (answer.status_code, answer.json()["error"]["details"]) == (
+        409, {"reason": "no_subscription"})
 
 
 def test_protocol_errors_use_the_one_error_format(server):
@@ -187,6 +236,7 @@ def test_protocol_errors_use_the_one_error_format(server):
     wrong_method = httpx.put(f"{server.url}/v1/usage", headers=service_headers())
     assert (wrong_method.status_code, wrong_method.json()["error"]["code"]) == (
         405, "method_not_allowed")
+    assert wrong_method.headers["Allow"] == "OPTIONS, POST"
     later = httpx.post(f"{server.url}/v1/credits/purchase", headers=user_headers(new_user()))
     assert (later.status_code, later.json()["error"]["code"]) == (503, "not_configured")
 

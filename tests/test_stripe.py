@@ -132,6 +132,12 @@ def test_purchase_amounts_are_validated(server, usd):
     assert answer.json()["error"]["details"]["field"] == "amount_usd"
 
 
+def test_an_amount_counts_by_value_not_by_its_spelling(server):
+    answer = httpx.post(f"{server.url}/v1/credits/purchase", headers=user_headers(new_user()),
+                        content=b'{"amount_usd": 10.500}')
+    assert (answer.status_code, answer.json()["credits"]) == (200, 1_050)
+
+
 def test_one_webhook_delivered_five_times_concurrently_and_after_a_restart_credits_once(
     stripe_fake, tmp_path
 ):
@@ -214,6 +220,10 @@ def test_the_payment_history_comes_from_stripe(server, stripe_fake):
     assert [p["credits"] for p in full["payments"]] == [600, 500]
     assert httpx.get(f"{server.url}/v1/payments?limit=101",
                      headers=user_headers(user)).status_code == 400
+    unknown = httpx.get(f"{server.url}/v1/payments?starting_after=pi_nope",
+                        headers=user_headers(user))
+    assert (unknown.status_code, unknown.json()["error"]["details"]) == (
+        404, {"starting_after": "pi_nope"})
 
 
 def refilling_user(server: Server, fake: FakeStripe, method: str) -> tuple[object, str]:

@@ -1,0 +1,271 @@
+"""Engine values as reply Structs (and a usage body as the engine's request), in one place.
+
+Each function maps one value straight to the wire type `api/schemas.py` declares, so what a
+route answers and what `/openapi.json` says it answers come from the same type.
+"""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+
+from api import schemas
+from api.errors import render
+from api.schemas import iso_ms
+from engine.account import Account
+from engine.commands import CreditResult, UsageResult
+from engine.errors import BillingError, InvalidInput
+from engine.ids import AgentId, UserId, parse_agent_id, parse_key, transaction_id_str
+from engine.ledger import LedgerEntry
+from engine.metering import UsageRequest
+from engine.money import MICROS_PER_CREDIT, format_usd, micros_to_cents_ceil
+from engine.plans import Plans
+from engine.pricing import Quote
+from engine.reservations import (
+    Reservation,
+    ReservationCommitted,
+    ReservationHeld,
+    ReservationReleased,
+)
+from integrations.stripe.gateway import Checkout
+from integrations.stripe.service import Purchase
+
+U = TypeVar("U", bound=schemas.UsageReply)
+
+
+def usage_request(body: schemas.UsageBody) -> UsageRequest:
+    timestamp = _moment(body.timestamp) if body.timestamp is not None else None
+    return UsageRequest(
+        event_id=parse_key("event_id", body.event_id),
+        user_id=UserId(body.user_id),
+        metric=body.metric,
+        cost_cents=body.cost_cents,
+        cost_micros=body.cost_micros,
+        agent_id=agent_id(body.agent_id),
+        occurred_at_ms=int(timestamp.timestamp() * 1000) if timestamp is not None else None,
+        metadata=body.metadata,
+    )
+
+
+def _moment(text: str) -> datetime.datetime:
+    """The usage time (its syntax, with an offset, is the schema's; the calendar is checked
+    here)."""
+    try:
+        return msgspec.convert(text, datetime.datetime)
+    except msgspec.ValidationError:
+        raise InvalidInput(f"timestamp {text!r} is not a date and time", {"field": "timestamp"}
+                           ) from None
+
+
+def agent_id(text: str | None) -> AgentId | None:
+    # The engine's check, not only the schema's pattern: Python's `$` also matches before a
+    # final newline.
+    return parse_agent_id(text) if text is not None else None
+
+
+def optional_iso_ms(epoch_ms: int | None) -> str | None:
+    return None if epoch_ms is None else iso_ms(epoch_ms)
+
+
+def account_reply(account: Account) -> schemas.AccountReply:
+    return schemas.AccountReply(
+        user_id=account.user_id,
+        balance_cents=account.balance_cents,
+        balance_formatted=format_usd(account.balance_cents),
+        held_cents=account.held_cents,
+        available_cents=account.available,
+        unbilled_micros=account.unbilled_micros,
+        lifetime_purchased_cents=account.lifetime_purchased_cents,
+        lifetime_granted_cents=account.lifetime_granted_cents,
+        lifetime_used_cents=account.lifetime_used_cents,
+        plan=account.plan,
+        status=account.status.value,  # type: ignore[arg-type]
+        overdraft_limit_cents=account.overdraft_limit_cents,
+        auto_refill=auto_refill_reply(account),
+        stripe_customer_id=account.stripe_customer_id,
+        created_at=iso_ms(account.created_at_ms),
+        updated_at=iso_ms(account.updated_at_ms),
+    )
+
+
+def balance_reply(account: Account) -> schemas.BalanceReply:
+    return schemas.BalanceReply(
+        user_id=account.user_id,
+        balance_cents=account.balance_cents,
+        balance_formatted=format_usd(account.balance_cents),
+        held_cents=account.held_cents,
+        available_cents=account.available,
+        plan=account.plan,
+    )
+
+
+def auto_refill_reply(account: Account) -> schemas.AutoRefillReply:
+    settings = account.auto_refill
+    return schemas.AutoRefillReply(settings.enabled, settings.trigger_below_cents,
+                                   settings.refill_amount_cents, account.refill_pending,
+                                   account.auto_refill_error)
+
+
+def transaction_reply(entry: LedgerEntry) -> schemas.TransactionReply:
+    return schemas.TransactionReply(
+        id=transaction_id_str(entry.transaction_id),
+        type=entry.entry_type.value,
+        amount_cents=entry.amount,
+        balance_after_cents=entry.balance_after,
+        description=entry.description,
+        metadata=dict(entry.metadata),
+        event_id=entry.source_key,
+        created_at=iso_ms(entry.created_at_ms),
+    )
+
+
+def credit_reply(result: CreditResult) -> schemas.CreditReply:
+    return schemas.CreditReply(
+        success=True,
+        user_id=result.user_id,
+        transaction_id=transaction_id_str(result.transaction_id),
+        type=result.entry_type.value,
+        amount_cents=result.amount_cents,
+        balance_cents=result.balance_cents,
+        balance_formatted=format_usd(result.balance_cents),
+    )
+
+
+def usage_reply(result: UsageResult) -> schemas.UsageReply:
+    return _usage(schemas.UsageReply, result)
+
+
+def _usage(kind: type[U], result: UsageResult, **extra: Any) -> U:
+    """A usage result as `kind`: UsageReply, or a reply that extends it."""
+    return kind(
+        success=True,
+        event_id=result.event_id,
+        user_id=result.user_id,
+        transaction_id=transaction_id_str(result.transaction_id),
+        cost_cents=result.cost_cents,
+        cost_micros=result.cost_micros,
+        balance_cents=result.balance_cents,
+        held_cents=result.held_cents,
+        available_cents=result.balance_cents - result.held_cents,
+        **extra,
+    )
+
+
+def error_detail(error: BillingError) -> schemas.ErrorDetail:
+    """The `error` member of the error body, for a batch's failed events."""
+    body, _, _ = render(error)
+    return schemas.ErrorDetail(**body["error"])
+
+
+def quote_reply(quoted: Quote) -> schemas.QuoteReply:
+    return schemas.QuoteReply(
+        cost_micros=quoted.cost_micros,
+        cost_cents=micros_to_cents_ceil(quoted.cost_micros),
+        cost_cents_exact=_credits_text(quoted.cost_micros),
+        provider=quoted.provider,
+        model=quoted.model,
+        default_price=quoted.default_price,
+        long_context=quoted.long_context,
+        min_charge_applied=quoted.min_charge_applied,
+    )
+
+
+def _credits_text(micros: int) -> str:
+    """Micro-credits as exact credits in plain notation: 10_500_000 -> "10.5", 250_000_000
+    -> "250" (Decimal division by 10**6 is exact at these sizes)."""
+    return format((Decimal(micros) / MICROS_PER_CREDIT).normalize(), "f")
+
+
+def reservation_held_reply(held: ReservationHeld) -> schemas.ReservationHeldReply:
+    reservation = held.reservation
+    return schemas.ReservationHeldReply(
+        reservation_id=reservation.reservation_id,
+        user_id=reservation.user_id,
+        status=reservation.status.value,  # type: ignore[arg-type]
+        held_cents=reservation.amount_cents,
+        balance_cents=held.balance_cents,
+        available_cents=held.balance_cents - held.held_cents,
+        expires_at=iso_ms(reservation.expires_at_ms),
+    )
+
+
+def reservation_reply(reservation: Reservation) -> schemas.ReservationReply:
+    commit = reservation.commit
+    return schemas.ReservationReply(
+        reservation_id=reservation.reservation_id,
+        user_id=reservation.user_id,
+        status=reservation.status.value,  # type: ignore[arg-type]
+        held_cents=reservation.amount_cents if reservation.is_open else 0,
+        amount_cents=reservation.amount_cents,
+        released_cents=reservation.released_cents,
+        created_at=iso_ms(reservation.created_at_ms),
+        expires_at=iso_ms(reservation.expires_at_ms),
+        closed_at=optional_iso_ms(reservation.closed_at_ms),
+        transaction_id=transaction_id_str(commit.transaction_id) if commit else None,
+        cost_cents=commit.cost_cents if commit else None,
+        cost_micros=commit.cost_micros if commit else None,
+        metadata=dict(reservation.metadata),
+    )
+
+
+def commit_reply(committed: ReservationCommitted) -> schemas.CommitReply:
+    return _usage(schemas.CommitReply, committed.usage,
+                  reservation_id=committed.reservation_id,
+                  released_cents=committed.released_cents)
+
+
+def release_reply(released: ReservationReleased) -> schemas.ReleaseReply:
+    return schemas.ReleaseReply(
+        reservation_id=released.reservation_id,
+        user_id=released.user_id,
+        status=released.status.value,  # type: ignore[arg-type]
+        released_cents=released.released_cents,
+        balance_cents=released.balance_cents,
+        available_cents=released.balance_cents - released.held_cents,
+    )
+
+
+def purchase_reply(purchase: Purchase) -> schemas.PurchaseReply:
+    return schemas.PurchaseReply(purchase.checkout.url, purchase.checkout.session_id,
+                                 purchase.credits, purchase.price_usd_cents)
+
+
+def checkout_reply(checkout: Checkout) -> schemas.CheckoutReply:
+    return schemas.CheckoutReply(checkout.url, checkout.session_id)
+
+
+def payment_reply(payment: dict[str, Any]) -> schemas.PaymentReply:
+    """One of Stripe's PaymentIntents, with the credits our metadata put on it."""
+    metadata = payment.get("metadata") or {}
+    credits = str(metadata.get("credits", ""))
+    return schemas.PaymentReply(
+        id=str(payment["id"]),
+        amount_cents=int(payment.get("amount") or 0),
+        currency=str(payment.get("currency") or ""),
+        status=str(payment.get("status") or ""),
+        kind=metadata.get("kind"),
+        credits=int(credits) if credits.isdigit() else None,
+        description=payment.get("description"),
+        created_at=iso_ms(int(payment.get("created") or 0) * 1000),
+    )
+
+
+def subscription_reply(plans: Plans, account: Account) -> schemas.SubscriptionReply:
+    subscription = account.subscription
+    plan = plans.get(account.plan) if account.plan in plans.codes else None
+    if subscription is None:
+        return schemas.SubscriptionReply(account.plan, plan.name if plan else account.plan,
+                                         "none", None, None, 0, None, None)
+    return schemas.SubscriptionReply(
+        plan=subscription.plan,
+        plan_name=plan.name if plan else subscription.plan,
+        status=subscription.status.value,  # type: ignore[arg-type]
+        subscription_id=subscription.subscription_id,
+        managed_by=subscription.managed_by.value,  # type: ignore[arg-type]
+        monthly_credits=subscription.monthly_credits,
+        current_period_start=iso_ms(subscription.period_start_ms),
+        current_period_end=iso_ms(subscription.period_end_ms),
+    )

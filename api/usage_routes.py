@@ -1,0 +1,83 @@
+"""The usage routes (services): debit one event or a batch, check a balance, price a metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from quart import request
+
+from actors.billing import Billing
+from api import schemas
+from api.http import JSON, MSGPACK, BodyDecoder, Register
+from api.replies import error_detail, quote_reply, usage_reply, usage_request
+from api.routes import ERRORS_SERVICE, Caller, Route
+from engine.commands import UsageResult
+from engine.errors import BillingError
+from engine.ids import UserId
+from engine.metering import UsageRequest
+
+_usage_decoder = BodyDecoder(schemas.UsageBody)
+_generic_json = msgspec.json.Decoder()
+_generic_msgpack = msgspec.msgpack.Decoder()
+
+
+def register_usage_routes(endpoint: Register, billing: Billing) -> None:
+    @endpoint(Route("POST", "/v1/usage", "Debit one usage event", Caller.SERVICE,
+                    body=schemas.UsageBody, reply=schemas.UsageReply, msgpack=True,
+                    errors=(*ERRORS_SERVICE, 402, 404, 409), headers=(schemas.SERVICE_NAME,)))
+    async def usage(body: schemas.UsageBody) -> schemas.UsageReply:
+        return usage_reply(await billing.report_usage(usage_request(body)))
+
+    @endpoint(Route("POST", "/v1/usage/batch",
+                    "Debit up to 1000 events; per-event results, in request order",
+                    Caller.SERVICE, body=schemas.UsageBatchBody,
+                    reply=schemas.UsageBatchReply, msgpack=True, errors=ERRORS_SERVICE,
+                    headers=(schemas.SERVICE_NAME,)))
+    async def usage_batch(body: schemas.UsageBatchBody) -> schemas.UsageBatchReply:
+        content_type = request.mimetype or JSON
+        parsed: list[UsageRequest | BillingError] = []
+        for raw in body.events:
+            try:
+                parsed.append(usage_request(_usage_decoder.decode(raw, content_type)))
+            except BillingError as error:
+                parsed.append(error)
+        valid = [item for item in parsed if isinstance(item, UsageRequest)]
+        outcomes = iter(await billing.report_usage_many(valid))
+        results: list[Any] = []
+        processed = 0
+        for raw, item in zip(body.events, parsed, strict=True):
+            outcome = next(outcomes) if isinstance(item, UsageRequest) else item
+            if isinstance(outcome, UsageResult):
+                results.append(usage_reply(outcome))
+                processed += 1
+            else:
+                event_id = (item.event_id if isinstance(item, UsageRequest)
+                            else _event_id_of(raw, content_type))
+                results.append(schemas.UsageFailure(False, event_id, error_detail(outcome)))
+        return schemas.UsageBatchReply(results, processed, len(results) - processed)
+
+    @endpoint(Route("POST", "/v1/usage/check", "Would this much be available?",
+                    Caller.SERVICE, body=schemas.UsageCheckBody,
+                    reply=schemas.UsageCheckReply, msgpack=True,
+                    errors=(*ERRORS_SERVICE, 404, 409)))
+    async def usage_check(body: schemas.UsageCheckBody) -> schemas.UsageCheckReply:
+        check = await billing.check_balance(UserId(body.user_id), body.required_cents)
+        return schemas.UsageCheckReply(check.sufficient, check.balance_cents,
+                                       check.available_cents, check.required_cents)
+
+    @endpoint(Route("POST", "/v1/usage/quote", "Price a metric without debiting",
+                    Caller.SERVICE, body=schemas.QuoteBody, reply=schemas.QuoteReply,
+                    msgpack=True, errors=ERRORS_SERVICE))
+    async def usage_quote(body: schemas.QuoteBody) -> schemas.QuoteReply:
+        return quote_reply(billing.quote(body.metric))
+
+
+def _event_id_of(raw: bytes, content_type: str) -> str | None:
+    """Best effort, for the answer to an event that failed to decode."""
+    try:
+        event = (_generic_msgpack if content_type == MSGPACK else _generic_json).decode(raw)
+    except msgspec.DecodeError:
+        return None
+    event_id = event.get("event_id") if isinstance(event, dict) else None
+    return event_id if isinstance(event_id, str) else None
