@@ -198,7 +198,7 @@ class Endpoints:
         self._app = app
         self._auth = auth
         self._metrics_token = metrics_token
-        by_service = Counter("zbilling_usage_requests_by_service",
+        by_service = Counter("zbilling_usage_requests",
                              "Usage requests by X-Service-Name (bounded)", ["service"],
                              registry=registry)
         # `labels()` takes a lock and builds a key on every call; there are at most
@@ -275,7 +275,7 @@ def install_request_hooks(app: QuartTrio, registry: CollectorRegistry) -> None:
     read to its end."""
     requests_total = Counter("zbilling_http_requests", "HTTP requests by route and status",
                              ["route", "method", "status"], registry=registry)
-    latency = Histogram("zbilling_http_request_seconds", "HTTP request latency by route",
+    latency = Histogram("zbilling_http_request_duration_seconds", "HTTP request latency by route",
                         ["route"], registry=registry, buckets=LATENCY_BUCKETS_S)
     # The label sets are bounded (routes, methods, statuses): keep the children.
     requests_child = functools.cache(requests_total.labels)
