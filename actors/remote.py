@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -340,15 +340,14 @@ class AllProcessesRegistry(CollectorRegistry):
     `collect` reads the files rather than the registered objects (which would count this
     worker twice)."""
 
-    def __init__(self, metrics_dir: Path, link: EngineLink) -> None:
+    def __init__(self, metrics_dir: Path) -> None:
         super().__init__()
         self._workers = MultiProcessCollector(None, path=str(metrics_dir))
-        self._link = link
         self._engine: list[Metric] = []
         self._engine_up = False
         self._refreshing: trio.Event | None = None
 
-    async def refresh(self) -> None:
+    async def refresh(self, fetch: Callable[[], Awaitable[list[Metric]]]) -> None:
         """Fetch the engine's metrics; concurrent scrapes share one fetch."""
         if self._refreshing is not None:
             await self._refreshing.wait()
@@ -356,7 +355,7 @@ class AllProcessesRegistry(CollectorRegistry):
         self._refreshing = done = trio.Event()
         try:
             with trio.move_on_after(HEARTBEAT_TIMEOUT_S):
-                self._engine, self._engine_up = await self._link.engine_families(), True
+                self._engine, self._engine_up = await fetch(), True
                 return
             self._engine, self._engine_up = [], False
         except (EngineUnavailable, ProtocolError):
