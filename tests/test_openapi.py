@@ -29,12 +29,12 @@ CHECKS = (not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, workers):
     """Every capability on: Stripe (the fake) and Lago webhooks, so no route is a stand-in."""
     with FakeStripe() as stripe_fake:
         env = {"STRIPE_API_KEY": API_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                "STRIPE_API_BASE": stripe_fake.url, "LAGO_WEBHOOK_SECRET": "lago-hmac-key"}
-        running = Server(tmp_path_factory.mktemp("openapi"), env=env)
+        running = Server(tmp_path_factory.mktemp("openapi"), env=env, workers=workers)
         yield running
         running.stop()
 
