@@ -69,11 +69,12 @@ class Child:
         self._settings = settings
         self._env = env
         self.process: trio.Process | None = None
+        self._ready_fd: int | None = None  # spawned, not yet started
         self.ready = False
 
-    async def start(self, timeout_s: float = START_TIMEOUT_S) -> bool:
-        """Start it and wait until it serves; False if it exited (or hung) first. Cancelled
-        while it starts, it kills the half-started process."""
+    async def spawn(self) -> None:
+        """Start the process; it imports everything, then waits for its settings (`start`),
+        so that the workers' start-up overlaps the engine's."""
         self.ready = False
         read_fd, write_fd = os.pipe()
         try:
@@ -85,18 +86,32 @@ class Child:
             raise
         finally:
             os.close(write_fd)
+        self._ready_fd = read_fd
+
+    async def start(self, timeout_s: float = START_TIMEOUT_S) -> bool:
+        """Let the spawned process (spawned now if it is not) go, and wait until it serves;
+        False if it exited (or hung) first. Cancelled meanwhile, it kills the process."""
+        if self._ready_fd is None:
+            await self.spawn()
+        assert self.process is not None and self.process.stdin is not None
+        read_fd, self._ready_fd = self._ready_fd, None
         try:
-            assert self.process.stdin is not None
             async with self.process.stdin:
                 await self.process.stdin.send_all(pickle.dumps(self._settings))
             async with trio.lowlevel.FdStream(read_fd) as ready:
                 with trio.move_on_after(timeout_s):
                     self.ready = await ready.receive_some() != b""  # "": the child exited
+            if not self.ready:
+                with trio.move_on_after(timeout_s):
+                    await self.process.wait()  # its exit code says why
         except BaseException:
-            if self.process.returncode is None:
-                self.process.kill()
+            self.kill()
             raise
         return self.ready
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
 
     def signal(self, number: signal.Signals) -> None:
         if self.process is not None and self.process.returncode is None:
@@ -111,7 +126,7 @@ class Child:
             await self.process.wait()
         if self.process.returncode is None:
             log.error("%s did not stop within %.0f s: killed", self.name, timeout_s)
-            self.process.kill()
+            self.kill()
             await self.process.wait()
         # A child still starting when the stop came has no handler yet: SIGTERM ends it.
         return self.process.returncode == 0 or not self.ready
@@ -128,16 +143,24 @@ class Supervisor:
 
     async def run(self) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            if not await self.engine.start():
-                code = self.engine.process.returncode if self.engine.process else None
-                if code == EXIT_DATA_DIR_LOCKED:
-                    raise DataDirLocked(f"data directory {self._settings.data_dir} is in use "
-                                        "by another z-billing process")
-                raise RuntimeError(f"the engine process did not start (exit code {code})")
+            for child in (self.engine, *self.workers):
+                await child.spawn()
             try:
-                _check_listen_address(self._settings)
-            except ListenError:
-                await self.engine.stop(ENGINE_STOP_TIMEOUT_S)
+                # The engine takes the data directory lock: nothing else starts without it.
+                if not await self.engine.start():
+                    code = self.engine.process.returncode if self.engine.process else None
+                    if code == EXIT_DATA_DIR_LOCKED:
+                        raise DataDirLocked(f"data directory {self._settings.data_dir} is in "
+                                            "use by another z-billing process")
+                    raise RuntimeError(f"the engine process did not start (exit code {code})")
+                try:
+                    _check_listen_address(self._settings)
+                except ListenError:
+                    await self.engine.stop(ENGINE_STOP_TIMEOUT_S)
+                    raise
+            except BaseException:
+                for worker in self.workers:
+                    worker.kill()
                 raise
             print_banner(self._settings)
             print(f"  processes: {len(self.workers)} HTTP workers and 1 engine "

@@ -75,9 +75,10 @@ class Server:
 
     def children(self, role: str) -> list[int]:
         """PIDs of the supervisor's `role` ("engine" or "worker") processes (Linux /proc)."""
-        pid = self.process.pid
         found = []
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        # Children of any of its threads (trio starts processes from a worker thread).
+        for child in " ".join(path.read_text() for path in
+                              Path(f"/proc/{self.process.pid}/task").glob("*/children")).split():
             argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             if b"api.supervisor" in argv and argv[argv.index(b"api.supervisor") + 1] == \
                     role.encode():
