@@ -18,7 +18,8 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Container, Iterator, Mapping
+import typing
+from collections.abc import Awaitable, Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ log = logging.getLogger("zbilling.engine_socket")
 SOCKET_NAME = "engine.sock"
 CONNECTIONS_MAX = 256
 CONNECTION_CALLS_MAX = 1024
+# Calls of one read joined into one batch-form call (well below Billing's 1000 a batch).
+BATCH_CALLS_MAX = 256
 RECEIVE_BYTES = 256 * 1024
 # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd (Linux).
 UNIX_PATH_BYTES_MAX = 100
@@ -130,13 +133,16 @@ class _Connection:
 class EngineSocket:
     def __init__(self, facades: Facades, codec: Codec, *,
                  accepting_writes: Callable[[], bool], registry: CollectorRegistry,
-                 owned_slots: Container[int] = range(SLOTS)) -> None:
+                 owned_slots: Container[int] = range(SLOTS),
+                 batch_forms: Mapping[str, str] | None = None) -> None:
         self._facades = facades
         self._codec = codec
         self._accepting_writes = accepting_writes
         self._registry = registry
         self._owned_slots = owned_slots
         self._methods: dict[str, _Method | None] = {}
+        self._batch_forms = {single: batch for single, batch in (batch_forms or {}).items()
+                             if self._batch_form_fits(single, batch)}
         self._connections: set[_Connection] = set()
         self._opened = 0
         self._running_calls = 0
@@ -210,8 +216,13 @@ class EngineSocket:
                 data = await connection.stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return
+                batches: dict[str, list[tuple[int, Any]]] = {}
                 for payload in framer.feed(data):
-                    self._dispatch(connection, payload)
+                    self._dispatch(connection, payload, batches)
+                for path, calls in batches.items():
+                    for start in range(0, len(calls), BATCH_CALLS_MAX):
+                        self._start(self._call_many, connection, self._methods[path],
+                                    calls[start:start + BATCH_CALLS_MAX])
         except ProtocolError as error:
             self.protocol_errors += 1
             log.warning("engine socket: %s sent a malformed frame (%s): disconnected",
@@ -249,7 +260,10 @@ class EngineSocket:
             connection.queued_replies += 1
         connection.ready.set()
 
-    def _dispatch(self, connection: _Connection, payload: bytes) -> None:
+    def _dispatch(self, connection: _Connection, payload: bytes,
+                  batches: dict[str, list[tuple[int, Any]]]) -> None:
+        """Decode one call and start it, or, for a method with a batch form, add it to the
+        batch of this read (started by the caller once the whole read is dispatched)."""
         try:
             request_id, slots, path, params = self._codec.call_envelope.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
@@ -281,11 +295,25 @@ class EngineSocket:
             self._reply(connection, (request_id, FAILED, f"bad arguments for {path}"))
             return
         connection.calls += 1
+        batch = self._batch_forms.get(path)
+        if batch is not None:
+            (value,) = arguments.values()
+            batches.setdefault(batch, []).append((request_id, value))
+            self._method(batch)  # resolved now, so that the caller finds it
+        else:
+            self._start(self._call, connection, request_id, method, arguments)
+
+    def _start(self, call: Callable[..., Awaitable[None]], *args: Any) -> None:
         self._running_calls += 1
         if self._running_calls == 1:
             self._idle = trio.Event()
         assert self._calls_nursery is not None
-        self._calls_nursery.start_soon(self._call, connection, request_id, method, arguments)
+        self._calls_nursery.start_soon(call, *args)
+
+    def _call_done(self) -> None:
+        self._running_calls -= 1
+        if self._running_calls == 0:
+            self._idle.set()
 
     async def _call(self, connection: _Connection, request_id: int, method: _Method,
                     arguments: dict[str, Any]) -> None:
@@ -299,10 +327,47 @@ class EngineSocket:
         else:
             message = (request_id, OK, result)
         finally:
-            self._running_calls -= 1
-            if self._running_calls == 0:
-                self._idle.set()
+            self._call_done()
         self._reply(connection, message, call=True)
+
+    async def _call_many(self, connection: _Connection, method: _Method,
+                         calls: list[tuple[int, Any]]) -> None:
+        """Calls of one read to a method with a batch form, as one call of the batch form:
+        each decided on its own, in order, all settled by as few commits as needed."""
+        try:
+            results = await method.function([value for _, value in calls])
+            messages = [(request_id, ERROR if isinstance(result, BillingError) else OK, result)
+                        for (request_id, _), result in zip(calls, results, strict=True)]
+        except BillingError as error:
+            messages = [(request_id, ERROR, error) for request_id, _ in calls]
+        except Exception:
+            log.exception("engine socket: %s failed", method.spec.path)
+            messages = [(request_id, FAILED, "internal error") for request_id, _ in calls]
+        finally:
+            self._call_done()
+        for message in messages:
+            self._reply(connection, message, call=True)
+
+    def _batch_form_fits(self, single: str, batch: str) -> bool:
+        """`batch` takes a sequence of what `single` takes and answers a list of what
+        `single` answers or raises: checked on their signatures, else not used."""
+        one, many = self._method(single), self._method(batch)
+        fits = False
+        if one is not None and many is not None and len(one.spec.names) == 1 \
+                and len(many.spec.names) == 1:
+            one_hints = typing.get_type_hints(one.function)
+            many_hints = typing.get_type_hints(many.function)
+            sequence = many_hints[many.spec.names[0]]
+            answers = typing.get_args(many_hints.get("return"))
+            fits = (typing.get_origin(sequence) in (list, Sequence)
+                    and typing.get_args(sequence) == (one_hints[one.spec.names[0]],)
+                    and len(answers) == 1
+                    and one_hints.get("return") in typing.get_args(answers[0])
+                    and BillingError in typing.get_args(answers[0]))
+        if not fits:
+            log.warning("engine socket: %s is not a batch form of %s: not batched", batch,
+                        single)
+        return fits
 
     def _method(self, path: str) -> _Method | None:
         if path in self._methods:

@@ -69,6 +69,12 @@ ROUND_TRIP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
 SUB_FACADES: dict[str, type] = {"payments": Payments, "subscriptions": Subscriptions}
 
 
+# Billing methods whose calls arriving together are applied as one call of a batch form
+# (EngineSocket checks on the signatures that the batch form fits): one task and one settle
+# pass for a read full of debits instead of one each.
+BILLING_BATCH_FORMS = {"billing.report_usage": "billing.report_usage_many"}
+
+
 def billing_facades(billing: Billing) -> dict[str, object]:
     """The facade tree the engine serves: "billing", "billing.payments", ..."""
     facades: dict[str, object] = {"billing": billing}

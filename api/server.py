@@ -29,6 +29,7 @@ from actors.config import load_pricing
 from actors.engine_socket import ROLE_WORKER, SOCKET_NAME, EngineSocket
 from actors.metrics import TallyCollector
 from actors.remote import (
+    BILLING_BATCH_FORMS,
     AllProcessesRegistry,
     EngineLink,
     RemoteBilling,
@@ -155,7 +156,8 @@ async def serve_engine(settings: Settings, ready: Callable[[], None]) -> None:
             facades[LAGO_WEBHOOKS] = lago_webhooks
         engine_socket = EngineSocket(facades, Codec(WIRE_EXTENSIONS),
                                      accepting_writes=lambda: billing.accepting_writes,
-                                     registry=billing.metrics.registry)
+                                     registry=billing.metrics.registry,
+                                     batch_forms=BILLING_BATCH_FORMS)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)

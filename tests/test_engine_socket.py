@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 from prometheus_client import CollectorRegistry
@@ -19,12 +20,14 @@ from actors.billing import Billing
 from actors.config import load_pricing
 from actors.engine_socket import SOCKET_NAME, EngineSocket
 from actors.payments import Payments
-from actors.remote import EngineLink, RemoteBilling, billing_facades
+from actors.remote import BILLING_BATCH_FORMS, EngineLink, RemoteBilling, billing_facades
 from actors.runtime import open_billing
 from actors.subscriptions import Subscriptions
 from actors.wire import (
+    ERROR,
     FRAME_BYTES_MAX,
     HEADER,
+    OK,
     Codec,
     EngineUnavailable,
     Framer,
@@ -60,7 +63,8 @@ async def engine(data_dir: Path, **options: object) -> AsyncIterator[Engine]:
     async with open_billing(data_dir) as billing, trio.open_nursery() as nursery:
         server = EngineSocket(billing_facades(billing), Codec(),
                               accepting_writes=lambda: billing.accepting_writes,
-                              registry=billing.metrics.registry, **options)  # type: ignore[arg-type]
+                              registry=billing.metrics.registry,
+                              batch_forms=BILLING_BATCH_FORMS, **options)  # type: ignore[arg-type]
         path = data_dir / SOCKET_NAME
         await nursery.start(server.serve, path)
         yield Engine(billing, server, path)
@@ -185,6 +189,35 @@ async def test_a_malformed_frame_drops_that_connection_and_no_other(data_dir, ca
         assert running.server.protocol_errors == 3
         assert caplog.text.count("malformed frame") == 3
         assert stat.S_IMODE(running.path.stat().st_mode) == 0o600
+
+
+async def test_debits_arriving_together_are_answered_each_in_one_batch(data_dir, caplog):
+    caplog.set_level(logging.WARNING, "zbilling.engine_socket")
+    codec = Codec()
+    async with engine(data_dir) as running:
+        user = new_user()
+        await running.billing.open_account(user)
+        await running.billing.add_credits(user, 10)
+        stream = await trio.open_unix_socket(str(running.path))
+        frames = [codec.frame((0, [], "$hello", {"protocol": 1, "role": "test", "pid": 1}))]
+        for request_id, (event_id, cents) in enumerate(
+                [("t1", 4), ("t2", 100), ("t1", 4), ("t3", 6)], start=1):
+            request = UsageRequest(event_id, user, cost_cents=cents)
+            frames.append(codec.frame((request_id, [slot_of(user)], "billing.report_usage",
+                                       {"request": request})))
+        await stream.send_all(b"".join(frames))  # one write: one read, one batch
+        framer, replies = Framer(), {}
+        with trio.fail_after(10):
+            while len(replies) < 5:
+                for payload in framer.feed(await stream.receive_some()):
+                    request_id, status, body = codec.reply_envelope.decode(payload)
+                    replies[request_id] = (status, msgspec.json.decode(body))
+        await stream.aclose()
+    assert [replies[n][0] for n in range(1, 5)] == [OK, ERROR, ERROR, OK]
+    assert replies[2][1][1] == "insufficient_credits"
+    assert replies[3][1][1] == "duplicate_event"
+    assert replies[4][1]["balance_cents"] == 0
+    assert "not batched" not in caplog.text
 
 
 async def test_calls_past_the_link_bound_are_overloaded_at_once(data_dir):
