@@ -208,44 +208,48 @@ async def _measure(data_dir: Path, accounts: int, debits: int, runs: int,
 
 
 def wire_costs(rounds: int = WIRE_ROUNDS) -> dict[str, float]:
-    """µs to encode and decode one report_usage call and its reply, per format."""
+    """µs to encode and decode one report_usage call and its reply: each format with the same
+    typed messages (msgpack with a 64-bit id: it cannot carry the real 128-bit ones), and the
+    whole path of the engine socket's Codec (framing, envelope, arguments, result)."""
     user = UserId(uuid.UUID(int=random.Random(SEED).getrandbits(128)))
     request = UsageRequest("l1-123456", user, METRIC)
     big = UsageResult("l1-123456", user, (1 << 127) + 12345, 1, 675_000, 10**9, 0)
     small = msgspec.structs.replace(big, transaction_id=12345)
-    codec = Codec()
     spec = method_spec("billing.report_usage", Billing.report_usage)
-    costs: dict[str, float] = {}
-
-    def json_round() -> None:
-        (call,) = Framer().feed(bytes(codec.frame((1, [7], spec.path, {"request": request}))))
-        _, _, _, params = codec.call_envelope.decode(call)
-        codec.decode_params(spec, params)
-        (reply,) = Framer().feed(bytes(codec.frame((1, OK, big))))
-        codec.decode_result(spec, codec.reply_envelope.decode(reply)[2])
-
-    call_type = tuple[int, list[int], str, dict[str, UsageRequest]]
+    call = (1, [7], spec.path, {"request": request})
+    call_type = tuple[int, list[int], str, spec.params]
     reply_type = tuple[int, int, UsageResult]
-    encoder = msgspec.msgpack.Encoder()
-    call_decoder = msgspec.msgpack.Decoder(call_type)
-    reply_decoder = msgspec.msgpack.Decoder(reply_type)
+    codec = Codec()
 
-    def msgpack_round() -> None:
-        call_decoder.decode(encoder.encode((1, [7], spec.path, {"request": request})))
-        reply_decoder.decode(encoder.encode((1, OK, small)))
+    def typed(module: Any, reply: UsageResult) -> Any:
+        encoder = module.Encoder()
+        calls, replies = module.Decoder(call_type), module.Decoder(reply_type)
+
+        def round_trip() -> None:
+            calls.decode(encoder.encode(call))
+            replies.decode(encoder.encode((1, OK, reply)))
+        return round_trip
 
     def pickle_round() -> None:
-        pickle.loads(pickle.dumps((1, [7], spec.path, {"request": request}), 5))
+        pickle.loads(pickle.dumps(call, 5))
         pickle.loads(pickle.dumps((1, OK, big), 5))
 
     def cbor_round() -> None:
-        msgspec.convert(cbor2.loads(cbor2.dumps(msgspec.to_builtins(
-            (1, [7], spec.path, {"request": request})))), call_type)
-        msgspec.convert(cbor2.loads(cbor2.dumps(msgspec.to_builtins((1, OK, big)))), reply_type,
-                        strict=False)
+        msgspec.convert(cbor2.loads(cbor2.dumps(msgspec.to_builtins(call))), call_type)
+        msgspec.convert(cbor2.loads(cbor2.dumps(msgspec.to_builtins((1, OK, big)))),
+                        reply_type)
 
-    for name, round_trip in (("json", json_round), ("msgpack_64bit_ids", msgpack_round),
-                             ("pickle", pickle_round), ("cbor2", cbor_round)):
+    def codec_round() -> None:
+        (payload,) = Framer().feed(bytes(codec.frame(call)))
+        codec.decode_params(spec, codec.call_envelope.decode(payload)[3])
+        (payload,) = Framer().feed(bytes(codec.frame((1, OK, big))))
+        codec.decode_result(spec, codec.reply_envelope.decode(payload)[2])
+
+    costs: dict[str, float] = {}
+    for name, round_trip in (("json", typed(msgspec.json, big)),
+                             ("msgpack_64bit_ids", typed(msgspec.msgpack, small)),
+                             ("pickle", pickle_round), ("cbor2", cbor_round),
+                             ("engine_socket_codec_json", codec_round)):
         started = time.perf_counter()
         for _ in range(rounds):
             round_trip()
