@@ -6,6 +6,8 @@ connection through `RemoteFacade(Billing)` — exactly the calls an HTTP worker 
 HTTP in front. That rate is the ceiling a machine with many cores would reach: HTTP workers
 add throughput until together they send this much.
 
+Next to it, the same debits with as many in flight in one process (`bench.engine`'s run):
+their ratio says what the socket costs and whether it, or the engine behind it, is the limit.
 It also measures the wire format: encoding and decoding one `report_usage` call and its reply
 in msgspec JSON (the format used), msgspec msgpack (which cannot carry the ledger's 128-bit
 ids: measured with a 64-bit one), pickle, and cbor2 with msgspec.convert.
@@ -35,7 +37,8 @@ from actors.remote import EngineLink, RemoteFacade
 from actors.wire import OK, Codec, Framer, method_spec
 from api.settings import Settings
 from api.supervisor import ENGINE, Child
-from bench.common import SEED, Options, percentile, write_result
+from bench.common import SEED, Options, percentile, summary, write_result
+from bench.engine import debit_run
 from engine.commands import UsageResult
 from engine.ids import UserId
 from engine.metering import UsageRequest
@@ -266,7 +269,17 @@ def run(options: Options) -> Path:
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(
             LOADERS, mp_context=multiprocessing.get_context("spawn")) as pool:
         figures = trio.run(_measure, Path(tmp) / "data", accounts, debits, runs, pool)
-    rate = sorted(figures["engine_ipc_debits_per_s"])[len(figures["engine_ipc_debits_per_s"]) // 2]
+        # The same debits in one process, as many in flight, right after: what the socket
+        # costs, and whether it or the engine behind it is the limit.
+        for run_index in range(runs):
+            alone = trio.run(debit_run, Path(tmp) / f"in-process-{run_index}", accounts,
+                             LOADERS * IN_FLIGHT, debits, SEED + run_index)
+            figures.setdefault("in_process_debits_per_s", []).append(alone["debits_per_s"])
+    figures["socket_vs_in_process"] = [
+        socket_rate / alone for socket_rate, alone in
+        zip(figures["engine_ipc_debits_per_s"], figures["in_process_debits_per_s"],
+            strict=True)]
+    rate = summary(figures["engine_ipc_debits_per_s"])["median"]
     return write_result(
         options,
         "engine_ipc",
