@@ -220,24 +220,28 @@ def _check_listen_address(settings: Settings) -> None:
     """Refuse to share the port: the workers' SO_REUSEPORT sockets would accept a second
     server's workers into the same group. A plain bind fails while anyone listens there."""
     host, port = settings.host_port
-    host = host.strip("[]")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+    with _tcp_socket(host) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind((host.strip("[]"), port))
         except OSError as error:
             raise ListenError(f"cannot listen on {settings.listen}: {error.strerror}") from None
+
+
+def _tcp_socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def run_supervised(settings: Settings, workers: int) -> None:
     """Serve with `workers` HTTP processes; exits with the supervisor's code."""
     configure_logging("supervisor")
-    if settings.host_port[1] == 0:
+    host, port = settings.host_port
+    if port == 0:
         # Every worker must bind the same port: pick it once.
-        with socket.socket() as probe:
-            probe.bind((settings.host_port[0].strip("[]"), 0))
+        with _tcp_socket(host) as probe:
+            probe.bind((host.strip("[]"), 0))
             port = probe.getsockname()[1]
-        settings = dataclasses.replace(settings, listen=f"{settings.host_port[0]}:{port}")
+        settings = dataclasses.replace(settings, listen=f"{host}:{port}")
     metrics_dir = Path(tempfile.mkdtemp(prefix="zbilling-metrics-"))
     try:
         code = trio.run(Supervisor(settings, workers, metrics_dir).run)
