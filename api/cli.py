@@ -18,11 +18,13 @@ import httpx
 import trio
 
 from actors.billing import Billing
+from actors.config import load_pricing
 from actors.runtime import open_billing
 from api.client import BillingApiError, BillingClient
 from api.config_file import read_config_file
 from api.server import run as run_server
 from api.settings import SettingsError, load_settings
+from api.supervisor import ListenError, run_supervised
 from engine.errors import BillingError
 from engine.ids import parse_user_id, transaction_id_str
 from engine.ledger import ADMIN_GRANT_TYPES, EntryType
@@ -39,6 +41,7 @@ DATA_DIR_DEFAULT = "./data"
 ENTRIES_SHOWN_DEFAULT = 20
 ENTRIES_SHOWN_MAX = 1000
 EXIT_BAD_INPUT = 2
+WORKERS_MAX = 256
 
 data_dir_option = click.option(
     "--data-dir",
@@ -93,7 +96,12 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="TOML: named service keys with scopes, the pricing file.")
 @click.option("--dev", is_flag=True, help="Accept test tokens; generate keys that are unset.")
-def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: bool) -> None:
+@click.option("--workers", type=click.IntRange(1, WORKERS_MAX), default=os.cpu_count() or 1,
+              show_default="the number of cores",
+              help="HTTP worker processes in front of one engine process; 1 runs the engine "
+                   "and the HTTP server in this one process.")
+def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: bool,
+          workers: int) -> None:
     """Run the HTTP server on the engine (LMDB under the data directory)."""
     try:
         config = read_config_file(config_path) if config_path else None
@@ -106,8 +114,12 @@ def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: boo
     except SettingsError as error:
         fail(str(error))
     try:
-        run_server(settings)
-    except (DataDirLocked, PricingError) as error:
+        if workers == 1:
+            run_server(settings)
+        else:
+            load_pricing(settings.pricing_path)  # a bad pricing file fails here, clearly
+            run_supervised(settings, workers)
+    except (DataDirLocked, PricingError, ListenError) as error:
         fail(str(error))
 
 

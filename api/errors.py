@@ -23,6 +23,7 @@ STATUS_BY_CODE = {
     "overloaded": 503,
     "not_configured": 503,
     "engine_stopped": 503,
+    "engine_unavailable": 503,
     "external_service_error": 502,
     "internal_error": 500,
 }

@@ -7,12 +7,24 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bench import baseline, dashboard, engine, export, http, profile, reservations, scale, wal
+from bench import (
+    baseline,
+    dashboard,
+    engine,
+    engine_ipc,
+    export,
+    http,
+    profile,
+    reservations,
+    scale,
+    wal,
+)
 from bench.common import DEFAULT_OUT, Options
 from bench.report import write_report
 
 PARTS = {
     "engine": engine.run,
+    "engine-ipc": engine_ipc.run,
     "reservations": reservations.run,
     "export": export.run,
     "baseline": baseline.run,

@@ -1,10 +1,15 @@
-"""`python -m bench http` and `python -m bench batch`: the engine behind a real server process.
+"""`python -m bench http` and `python -m bench batch`: the engine behind real server processes.
 
-One `serve --dev` process on a fresh data directory, driven by the load generator of
-`bench.loadgen` from a separate process. `http` measures `POST /v1/usage` next to the bare
-`GET /health` of the same server at 1, 16 and 64 connections, and reserve+commit cycles at 16
-(goal, issue 8: a cycle costs at most 2 debits). `batch` measures `POST /v1/usage/batch` with
-1000 events a request, in JSON and in msgpack. Ratios are taken within one run.
+Two servers on fresh data directories, side by side in the same run: `serve --workers 1` (the
+engine and HTTP in one process) and `serve --workers N` (N = the number of cores: N HTTP
+worker processes in front of one engine process), each driven by the load generator of
+`bench.loadgen` from a separate process, one load at a time. `http` measures `POST /v1/usage`
+on both at 1, 16 and 64 connections (`usage_*_workers1`, `usage_*_workersN` and their ratio
+`workers_speedup_c*`), next to the bare `GET /health` of the one-process server, and
+reserve+commit cycles at 16 (goal, issue 8: a cycle costs at most 2 debits). `batch` measures
+`POST /v1/usage/batch` with 1000 events a request, in JSON and in msgpack, on both. Ratios are
+taken within one run. The unsuffixed keys (`usage_rps_c64`, ...) are the one-process server's,
+as in earlier results.
 """
 
 from __future__ import annotations
@@ -38,21 +43,27 @@ CYCLE_CONNECTIONS = 16
 BATCH_CONNECTIONS = 4
 BATCH_EVENTS = 1000
 CYCLE_COST_GOAL = 2.0
+WORKERS_N = os.cpu_count() or 2
+SPEEDUP_GOAL_C64 = 1.7
 
 
 class BenchServer:
-    """`zbilling serve --dev` on a free port; stopped by the PID it started, never by name."""
+    """`zbilling serve --dev --workers N` on a free port; stopped by the PID it started, never
+    by name (its children stop with it)."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, workers: int = 1) -> None:
         with socket.socket() as probe:
             probe.bind((HOST, 0))
             self.port = int(probe.getsockname()[1])
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
         self.log_path = work_dir / "server.log"
         self._log = self.log_path.open("w")  # a file, not a pipe: a full pipe would stall it
         environment = {**os.environ, "SERVICE_API_KEY": SERVICE_KEY, "ADMIN_API_KEY": ADMIN_KEY}
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from api.cli import main; main()", "serve",
-             "--listen", f"{HOST}:{self.port}", "--data-dir", str(work_dir / "data"), "--dev"],
+             "--listen", f"{HOST}:{self.port}", "--data-dir", str(work_dir / "data"), "--dev",
+             "--workers", str(workers)],
             cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:
@@ -66,21 +77,32 @@ class BenchServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://{HOST}:{self.port}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            if "z-billing ready" in self.log_path.read_text() or self.workers == 1:
+                try:
+                    if httpx.get(f"http://{HOST}:{self.port}/ready",
+                                 timeout=1).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
             time.sleep(0.05)
         raise RuntimeError("server did not become ready")
 
     def cpu_s(self) -> float:
-        """User+system CPU seconds of the server process so far (Linux /proc; else NaN)."""
+        """User+system CPU seconds of the server's processes so far (Linux /proc; else NaN).
+        A process restarted meanwhile would lose its share: none is, in a benchmark."""
+        total = 0.0
+        pending = [self.process.pid]
         try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+            while pending:
+                pid = pending.pop()
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                # trio starts the children from a worker thread: look at every thread's.
+                pending.extend(int(child) for path in Path(f"/proc/{pid}/task").glob("*/children")
+                               for child in path.read_text().split())
         except OSError:
             return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -154,6 +176,11 @@ class Session:
         }
 
 
+def _ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    return [top / bottom if bottom else float("inf")
+            for top, bottom in zip(numerators, denominators, strict=True)]
+
+
 def run(options: Options) -> Path:
     runs = 1 if options.quick else 3
     accounts = 200 if options.quick else 1_000
@@ -164,59 +191,79 @@ def run(options: Options) -> Path:
     def add(name: str, value: float) -> None:
         figures.setdefault(name, []).append(value)
 
-    with tempfile.TemporaryDirectory() as tmp, BenchServer(Path(tmp)) as server, \
+    with tempfile.TemporaryDirectory() as tmp, \
+            BenchServer(Path(tmp) / "workers1") as one, \
+            BenchServer(Path(tmp) / "workersN", WORKERS_N) as many, \
             Generator() as generator:
-        session = Session(server, generator, accounts)
+        sessions = {"1": Session(one, generator, accounts),
+                    "N": Session(many, generator, accounts)}
         for kind in ("usage", "bare", "cycle"):  # warm-up, not recorded
-            session.load(kind, kind, 16, 500, time_limit_s, record=False)
+            sessions["1"].load(kind, kind, 16, 500, time_limit_s, record=False)
+        sessions["N"].load("usage", "usage", 16, 500, time_limit_s, record=False)
         for run_index in range(runs):
             for connections in CONNECTIONS:
-                for kind in ("usage", "bare"):
-                    outcome = session.load(f"{kind}_c{connections}", kind, connections,
-                                           requests, time_limit_s)
-                    add(f"{kind}_rps_c{connections}", outcome.per_s)
-                    add(f"{kind}_p50_ms_c{connections}", outcome.p50_ms)
-                    add(f"{kind}_p99_ms_c{connections}", outcome.p99_ms)
-            cycles = session.load(f"reservation_cycles_c{CYCLE_CONNECTIONS}", "cycle",
-                                  CYCLE_CONNECTIONS, requests, time_limit_s)
+                # The two servers one after the other, at each load: drift hits both alike.
+                for tag, session in sessions.items():
+                    outcome = session.load(f"usage_c{connections}_workers{tag}", "usage",
+                                           connections, requests, time_limit_s)
+                    add(f"usage_rps_c{connections}_workers{tag}", outcome.per_s)
+                    add(f"usage_p50_ms_c{connections}_workers{tag}", outcome.p50_ms)
+                    add(f"usage_p99_ms_c{connections}_workers{tag}", outcome.p99_ms)
+                bare = sessions["1"].load(f"bare_c{connections}", "bare", connections,
+                                          requests, time_limit_s)
+                add(f"bare_rps_c{connections}", bare.per_s)
+                add(f"bare_p50_ms_c{connections}", bare.p50_ms)
+                add(f"bare_p99_ms_c{connections}", bare.p99_ms)
+            cycles = sessions["1"].load(f"reservation_cycles_c{CYCLE_CONNECTIONS}", "cycle",
+                                        CYCLE_CONNECTIONS, requests, time_limit_s)
             add(f"reservation_cycles_per_s_c{CYCLE_CONNECTIONS}", cycles.per_s)
             add(f"reservation_cycle_p99_ms_c{CYCLE_CONNECTIONS}", cycles.p99_ms)
             print(f"run {run_index + 1}/{runs}: "
-                  + ", ".join(f"usage c{c} {figures[f'usage_rps_c{c}'][-1]:.0f}/s "
-                              f"(bare {figures[f'bare_rps_c{c}'][-1]:.0f}/s)"
+                  + ", ".join(f"usage c{c} {figures[f'usage_rps_c{c}_workers1'][-1]:.0f}/s "
+                              f"(workers {WORKERS_N}: "
+                              f"{figures[f'usage_rps_c{c}_workersN'][-1]:.0f}/s, bare "
+                              f"{figures[f'bare_rps_c{c}'][-1]:.0f}/s)"
                               for c in CONNECTIONS)
                   + f", cycles c16 {cycles.per_s:.0f}/s", flush=True)
-        bookkeeping = session.bookkeeping()
+        bookkeeping = {tag: session.bookkeeping() for tag, session in sessions.items()}
 
+    for connections in CONNECTIONS:  # the one-process server under the keys of earlier runs
+        for measure in ("rps", "p50_ms", "p99_ms"):
+            figures[f"usage_{measure}_c{connections}"] = \
+                figures[f"usage_{measure}_c{connections}_workers1"]
     c16 = f"c{CYCLE_CONNECTIONS}"
     ratios = {
-        "usage_vs_bare_rps_c16": [usage / bare for usage, bare in
-                                  zip(figures["usage_rps_c16"], figures["bare_rps_c16"],
-                                      strict=True)],
-        "usage_vs_bare_p99_c16": [usage / bare for usage, bare in
-                                  zip(figures["usage_p99_ms_c16"], figures["bare_p99_ms_c16"],
-                                      strict=True)],
-        "cycle_cost_vs_usage_c16": [usage / cycles if cycles else float("inf")
-                                    for usage, cycles in
-                                    zip(figures["usage_rps_c16"],
-                                        figures[f"reservation_cycles_per_s_{c16}"], strict=True)],
+        **{f"workers_speedup_c{c}": _ratios(figures[f"usage_rps_c{c}_workersN"],
+                                             figures[f"usage_rps_c{c}_workers1"])
+           for c in CONNECTIONS},
+        "usage_vs_bare_rps_c16": _ratios(figures["usage_rps_c16"], figures["bare_rps_c16"]),
+        "usage_vs_bare_p99_c16": _ratios(figures["usage_p99_ms_c16"],
+                                         figures["bare_p99_ms_c16"]),
+        "cycle_cost_vs_usage_c16": _ratios(figures["usage_rps_c16"],
+                                           figures[f"reservation_cycles_per_s_{c16}"]),
     }
     cycle_cost = summary(ratios["cycle_cost_vs_usage_c16"])["median"]
+    speedup = summary(ratios["workers_speedup_c64"])["median"]
+    errors = bookkeeping["1"]["errors_total"] + bookkeeping["N"]["errors_total"]
     return write_result(
         options,
         "http",
         {"accounts": accounts, "connections": list(CONNECTIONS),
          "cycle_connections": CYCLE_CONNECTIONS, "requests_per_load": requests,
          "time_limit_s_per_load": time_limit_s, "runs": runs, "seed": SEED,
-         "server": "one `serve --dev` process (hypercorn + quart-trio), fresh data dir",
+         "workers_N": WORKERS_N,
+         "server": "`serve --dev --workers 1` and `serve --dev --workers N`, fresh data dirs",
          "generator": "1 process, asyncio keep-alive connections, 1 request in flight each",
          "usage_metric": "llm_tokens claude-3-haiku 1200 in / 300 out", "hold_cents": 5,
          "bare_route": "GET /health"},
         figures,
         {**{name: summary(values) for name, values in ratios.items()},
          "goals": {"cycle_cost_vs_usage_c16": {"at_most": CYCLE_COST_GOAL, "median": cycle_cost,
-                                               "met": cycle_cost <= CYCLE_COST_GOAL}},
-         **bookkeeping},
+                                               "met": cycle_cost <= CYCLE_COST_GOAL},
+                   "workers_speedup_c64": {"at_least": SPEEDUP_GOAL_C64, "median": speedup,
+                                           "errors": errors,
+                                           "met": speedup >= SPEEDUP_GOAL_C64 and not errors}},
+         "workers1": bookkeeping["1"], "workersN": bookkeeping["N"]},
     )
 
 
@@ -226,31 +273,43 @@ def run_batch(options: Options) -> Path:
     batches = 12 if options.quick else 60
     time_limit_s = 10.0 if options.quick else 30.0
     figures: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp, BenchServer(Path(tmp)) as server, \
+    with tempfile.TemporaryDirectory() as tmp, \
+            BenchServer(Path(tmp) / "workers1") as one, \
+            BenchServer(Path(tmp) / "workersN", WORKERS_N) as many, \
             Generator() as generator:
-        session = Session(server, generator, accounts)
-        for encoding in ("json", "msgpack"):  # warm-up, not recorded
-            session.load(encoding, f"batch_{encoding}", BATCH_CONNECTIONS, BATCH_CONNECTIONS,
-                         time_limit_s, record=False)
+        # The one-process server's keys carry no suffix, as in earlier results.
+        sessions = {"": Session(one, generator, accounts),
+                    "_workersN": Session(many, generator, accounts)}
+        for session in sessions.values():
+            for encoding in ("json", "msgpack"):  # warm-up, not recorded
+                session.load(encoding, f"batch_{encoding}", BATCH_CONNECTIONS,
+                             BATCH_CONNECTIONS, time_limit_s, record=False)
         for run_index in range(runs):
             for encoding in ("json", "msgpack"):
-                outcome = session.load(f"batch_{encoding}", f"batch_{encoding}",
-                                       BATCH_CONNECTIONS, batches, time_limit_s)
-                figures.setdefault(f"events_per_s_{encoding}", []).append(
-                    outcome.per_s * BATCH_EVENTS)
-                figures.setdefault(f"batch_p50_ms_{encoding}", []).append(outcome.p50_ms)
-                figures.setdefault(f"batch_p99_ms_{encoding}", []).append(outcome.p99_ms)
+                for tag, session in sessions.items():
+                    outcome = session.load(f"batch_{encoding}{tag}", f"batch_{encoding}",
+                                           BATCH_CONNECTIONS, batches, time_limit_s)
+                    figures.setdefault(f"events_per_s_{encoding}{tag}", []).append(
+                        outcome.per_s * BATCH_EVENTS)
+                    figures.setdefault(f"batch_p50_ms_{encoding}{tag}", []).append(
+                        outcome.p50_ms)
+                    figures.setdefault(f"batch_p99_ms_{encoding}{tag}", []).append(
+                        outcome.p99_ms)
             print(f"run {run_index + 1}/{runs}: events/s json "
-                  f"{figures['events_per_s_json'][-1]:.0f}, msgpack "
-                  f"{figures['events_per_s_msgpack'][-1]:.0f}", flush=True)
-        bookkeeping = session.bookkeeping()
+                  f"{figures['events_per_s_json'][-1]:.0f} (workers {WORKERS_N}: "
+                  f"{figures['events_per_s_json_workersN'][-1]:.0f}), msgpack "
+                  f"{figures['events_per_s_msgpack'][-1]:.0f} (workers {WORKERS_N}: "
+                  f"{figures['events_per_s_msgpack_workersN'][-1]:.0f})", flush=True)
+        bookkeeping = {tag or "workers1": session.bookkeeping()
+                       for tag, session in sessions.items()}
     return write_result(
         options,
         "batch",
         {"accounts": accounts, "connections": BATCH_CONNECTIONS,
          "events_per_request": BATCH_EVENTS, "requests_per_load": batches,
          "time_limit_s_per_load": time_limit_s, "runs": runs, "seed": SEED,
-         "server": "one `serve --dev` process (hypercorn + quart-trio), fresh data dir",
+         "workers_N": WORKERS_N,
+         "server": "`serve --dev --workers 1` (unsuffixed keys) and `--workers N` (_workersN)",
          "generator": "1 process, asyncio keep-alive connections, bodies built before the clock",
          "usage_metric": "llm_tokens claude-3-haiku 1200 in / 300 out"},
         figures,

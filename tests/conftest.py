@@ -8,6 +8,7 @@ import pytest
 from actors.config import load_pricing
 from engine.ids import UserId
 from engine.pricing import PricingConfig
+from tests.http_support import WORKER_MODES
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
@@ -24,3 +25,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 def new_user() -> UserId:
     return UserId(uuid.uuid4())
+
+
+@pytest.fixture(scope="module", params=WORKER_MODES)
+def workers(request: pytest.FixtureRequest) -> int:
+    """`serve --workers` for a module's server: each of its tests runs in both modes."""
+    return int(request.param)

@@ -1,4 +1,8 @@
-"""A real `zbilling serve` process on 127.0.0.1 for HTTP tests, stopped by its own PID."""
+"""A real `zbilling serve` process on 127.0.0.1 for HTTP tests, stopped by its own PID.
+
+`workers` is `serve --workers`: 1 runs everything in one process; 2 runs a supervisor with an
+engine process and two HTTP worker processes. Modules whose `server` fixture takes the
+`workers` fixture (tests/conftest.py) run every test in both modes."""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
 SERVICE_KEY = "svc-test-key-0123456789"
 ADMIN_KEY = "admin-test-key-0123456789"
+# `serve --workers` values for the `workers` fixture (tests/conftest.py).
+WORKER_MODES = (pytest.param(1, id="one-process"), pytest.param(2, id="two-workers"))
 
 
 def free_port() -> int:
@@ -27,14 +34,16 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, *, dev: bool = True, env: dict[str, str] | None = None,
-                 port: int | None = None, args: tuple[str, ...] = ()) -> None:
+                 port: int | None = None, args: tuple[str, ...] = (), workers: int = 1) -> None:
         self.data_dir = data_dir
+        self.workers = workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "SERVICE_API_KEY": SERVICE_KEY, "ADMIN_API_KEY": ADMIN_KEY,
                        **(env or {})}
         argv = [sys.executable, "-c", "from api.cli import main; main()", "serve",
-                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *args]
+                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir),
+                "--workers", str(workers), *args]
         if dev:
             argv.append("--dev")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=environment,
@@ -48,13 +57,33 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited: {self.process.stdout.read()}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200 and \
+                        self.connected_workers() in (None, self.workers):
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
         self.kill()
         raise AssertionError("server did not become ready")
+
+    def connected_workers(self) -> int | None:
+        """Workers connected to the engine, as the engine counts them (None in one process)."""
+        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("zbilling_engine_connected_workers "):
+                return int(float(line.split()[1]))
+        return None
+
+    def children(self, role: str) -> list[int]:
+        """PIDs of the supervisor's `role` ("engine" or "worker") processes (Linux /proc)."""
+        found = []
+        # Children of any of its threads (trio starts processes from a worker thread).
+        for child in " ".join(path.read_text() for path in
+                              Path(f"/proc/{self.process.pid}/task").glob("*/children")).split():
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"api.supervisor" in argv and argv[argv.index(b"api.supervisor") + 1] == \
+                    role.encode():
+                found.append(int(child))
+        return found
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM, wait; returns the exit code and everything it printed."""

@@ -41,8 +41,8 @@ PROXY_IO_TIMEOUT_S = 5
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("client") / "data")
+def server(tmp_path_factory, workers):
+    running = Server(tmp_path_factory.mktemp("client") / "data", workers=workers)
     yield running
     if running.process.poll() is None:
         running.stop()

@@ -18,9 +18,9 @@ from tests.conftest import new_user
 from tests.http_support import ADMIN_KEY, ROOT, Server, service_headers, user_headers
 
 
-@pytest.fixture
-def server(tmp_path):
-    running = Server(tmp_path / "data")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, workers):
+    running = Server(tmp_path_factory.mktemp("http") / "data", workers=workers)
     yield running
     if running.process.poll() is None:
         running.stop()

@@ -68,9 +68,10 @@ def issuer(keys):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, issuer):
+def server(tmp_path_factory, issuer, workers):
     running = Server(tmp_path_factory.mktemp("auth") / "data", dev=False,
-                     env={"AUTH_BASE_URL": issuer.url, "AUTH_HS256_SECRET": HS256_SECRET})
+                     env={"AUTH_BASE_URL": issuer.url, "AUTH_HS256_SECRET": HS256_SECRET},
+                     workers=workers)
     yield running
     running.stop()
 

@@ -68,7 +68,7 @@ class DrainedServer(Server):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, workers):
     """Every capability on: Stripe (the fake) and Lago webhooks, so no route is a stand-in."""
     directory = tmp_path_factory.mktemp("openapi")
     config = directory / "zbilling.toml"
@@ -76,7 +76,8 @@ def server(tmp_path_factory):
     with FakeStripe() as stripe_fake:
         env = {"STRIPE_API_KEY": API_KEY, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
                "STRIPE_API_BASE": stripe_fake.url, "LAGO_WEBHOOK_SECRET": LAGO_HMAC_KEY}
-        running = DrainedServer(directory / "data", env=env, args=("--config", str(config)))
+        running = DrainedServer(directory / "data", env=env, args=("--config", str(config)),
+                                workers=workers)
         yield running
         code, output = running.stop()
         assert code == 0, output[-5000:]

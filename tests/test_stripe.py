@@ -35,8 +35,9 @@ def stripe_env(fake: FakeStripe) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(stripe_fake, tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("stripe"), env=stripe_env(stripe_fake))
+def server(stripe_fake, tmp_path_factory, workers):
+    running = Server(tmp_path_factory.mktemp("stripe"), env=stripe_env(stripe_fake),
+                     workers=workers)
     yield running
     running.stop()
 

@@ -51,7 +51,7 @@ def stripe_fake():
 
 
 @pytest.fixture(scope="module")
-def server(stripe_fake, tmp_path_factory):
+def server(stripe_fake, tmp_path_factory, workers):
     directory = tmp_path_factory.mktemp("subscriptions")
     config = directory / "zbilling.toml"
     config.write_text(PLANS)
@@ -59,7 +59,8 @@ def server(stripe_fake, tmp_path_factory):
            "STRIPE_API_BASE": stripe_fake.url, "LAGO_WEBHOOK_SECRET": LAGO_HMAC_KEY,
            "LAGO_PUBLIC_KEY": base64.b64encode(LAGO_PUBLIC_PEM).decode(),
            "LAGO_WEBHOOK_ISSUER": LAGO_ISSUER}
-    running = Server(directory / "data", env=env, args=("--config", str(config)))
+    running = Server(directory / "data", env=env, args=("--config", str(config)),
+                     workers=workers)
     stripe_fake.webhook_url = f"{running.url}/webhooks/stripe"
     yield running
     running.stop()
