@@ -247,7 +247,8 @@ def worker_stripe(settings: Settings, link: EngineLink, billing: Billing) -> Str
     gateway = stripe_gateway(settings)
     return StripeService(gateway,
                          cast(StripeWebhooks, RemoteFacade(link, StripeWebhooks, STRIPE_WEBHOOKS)),
-                         RefillWorker(gateway, billing.payments, billing.plans))
+                         RefillWorker(gateway, billing.payments, billing.plans),
+                         billing.payments, billing.plans)
 
 
 async def _first_of(*waits: Callable[[], Awaitable[None]]) -> None:

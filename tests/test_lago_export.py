@@ -195,6 +195,14 @@ def read_acks(child: subprocess.Popen, count: int, acked: list[str]) -> None:
     raise AssertionError("child ended early")
 
 
+def outbox_depth(data_dir: Path) -> int:
+    store = LmdbStore(data_dir, readonly=True)
+    try:
+        return store.outbox_depth()
+    finally:
+        store.close()
+
+
 def start_child(data_dir: Path, lago: FakeLago, events: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.export_child", str(data_dir), lago.url, lago.api_key,
@@ -233,6 +241,11 @@ def test_lago_outage_and_a_crash_lose_and_double_nothing(tmp_path):
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while set(lago.events) != expected:
             assert time.monotonic() < deadline, (len(lago.events), len(expected))
+            time.sleep(0.1)
+        # Lago has every event; the exporter commits its cursor just after Lago's answer,
+        # so the outbox empties a moment later (a read-only view beside the running child).
+        while (depth := outbox_depth(data_dir)) != 0:
+            assert time.monotonic() < deadline, f"{depth} exported events still in the outbox"
             time.sleep(0.1)
     finally:
         child.send_signal(signal.SIGTERM)

@@ -17,6 +17,7 @@ The hierarchy (error codes in brackets); catch a parent to catch its family:
     ├── PayloadTooLarge  [payload_too_large]
     ├── UnsupportedMediaType  [unsupported_media_type]
     ├── Overloaded  [overloaded]
+    │   └── EngineUnavailable  [engine_unavailable]
     ├── NotConfigured  [not_configured]
     ├── EngineStopped  [engine_stopped]
     ├── ExternalServiceError  [external_service_error]
@@ -121,6 +122,11 @@ class NotConfigured(BillingApiError):
     pass
 
 
+class EngineUnavailable(Overloaded):
+    """The HTTP worker could not reach the engine process (it is restarting): retried like
+    `overloaded`, after Retry-After."""
+
+
 class EngineStopped(BillingApiError):
     pass
 
@@ -150,6 +156,7 @@ _ERRORS: dict[str, type[BillingApiError]] = {
     "overloaded": Overloaded,
     "not_configured": NotConfigured,
     "engine_stopped": EngineStopped,
+    "engine_unavailable": EngineUnavailable,
     "external_service_error": ExternalServiceError,
     "internal_error": InternalError,
 }

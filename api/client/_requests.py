@@ -107,9 +107,9 @@ def _error(response: httpx.Response, replay: Replay | None = None) -> BillingApi
                 original = None  # not the shape this call returns: keep the raw details
         return DuplicateEvent(response.status_code, info.code, info.message, info.details,
                               original)
-    if kind is Overloaded:
-        return Overloaded(response.status_code, info.code, info.message, info.details,
-                          _retry_after(response, info.details))
+    if issubclass(kind, Overloaded):
+        return kind(response.status_code, info.code, info.message, info.details,
+                    _retry_after(response, info.details))
     return kind(response.status_code, info.code, info.message, info.details)
 
 
