@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 from collections.abc import Sequence
@@ -103,3 +104,14 @@ def device_write_bytes() -> int:
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
     return 0
+
+
+def terminate(process: subprocess.Popen[Any], timeout_s: float) -> None:
+    """SIGTERM a process we started and wait; SIGKILL it if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import SEED, Options, summary, write_result
+from bench.common import SEED, Options, summary, terminate, write_result
 from bench.loadgen import Generator, Load, Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,13 +104,7 @@ class BenchServer:
         return total
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT_S)
+        terminate(self.process, STOP_TIMEOUT_S)
         self._log.close()
         return self.process.returncode
 

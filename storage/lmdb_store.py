@@ -143,8 +143,6 @@ class LmdbStore:
         if readonly and not (path / "data.mdb").exists():
             raise StoreError(f"no data directory at {path}")
         path.mkdir(parents=True, exist_ok=True)
-        self._path = path
-        self._readonly = readonly
         try:
             self._env = lmdb.open(
                 str(path),
@@ -328,11 +326,10 @@ class LmdbStore:
                     writer(self, writes, record)
                 payload = _packer.encode(writes.list)
                 sequence = self._wal.append(payload)
-            except OSError as error:
-                self._outbox_depth = depth
-                raise StoreError(f"log append failed: {error}") from error
-            except BaseException:
-                self._outbox_depth = depth
+            except BaseException as error:
+                self._outbox_depth = depth  # nothing of this commit happened
+                if isinstance(error, OSError):
+                    raise StoreError(f"log append failed: {error}") from error
                 raise
             self._overlay.apply(writes.list, sequence)
             self._outbox_next = self._outbox_pending
@@ -586,10 +583,6 @@ class LmdbStore:
     def get_refill(self, user_id: UserId) -> RefillIntent | None:
         data = self._get("refills", keys.user_key(user_id))
         return codec.decode_refill(user_id, data) if data is not None else None
-
-    def iter_refills(self) -> Iterator[RefillIntent]:
-        for key, data in self._scan("refills", b"", None):
-            yield codec.decode_refill(UserId(uuid.UUID(bytes=key)), data)
 
     def iter_deadlines(self, due_before_ms: int) -> Iterator[Deadline]:
         for key, user in self._scan("deadlines_by_due", b"", keys.sequence_key(due_before_ms)):

@@ -96,10 +96,6 @@ class Store(Protocol):
         """The account's auto-refill in flight, if any."""
         ...
 
-    def iter_refills(self) -> Iterator[RefillIntent]:
-        """Auto-refills in flight (raised, not yet credited or given up)."""
-        ...
-
     def iter_deadlines(self, due_before_ms: int) -> Iterator[Deadline]:
         """Deadlines due before `due_before_ms`, earliest first (cheap: a prefix scan of an
         index ordered by due time)."""

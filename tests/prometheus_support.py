@@ -4,7 +4,6 @@ tests and the dashboard picture (`python -m bench dashboard`); stopped by its ow
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.common import terminate
 from tests.http_support import ROOT, free_port
 
 PROMETHEUS = shutil.which("prometheus")
@@ -77,13 +77,7 @@ class Prometheus:
         return float(sample["value"][1])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT_S)
+        terminate(self.process, STOP_TIMEOUT_S)
         self.log.close()
 
     def query_range(self, expression: str, start: float, end: float,
