@@ -18,7 +18,6 @@ from engine.account import Account
 from engine.commands import PriorOutcome
 from engine.errors import EngineStopped, Overloaded
 from engine.export import outbox_rows
-from engine.ids import UserId
 from engine.records import AnyRecord, OutboxOnly, StoredRecord
 from engine.reservations import Reservation
 from storage.store import CommitBatch, MapFull, Store, StoreError
@@ -52,17 +51,23 @@ class Submitter(Protocol):
 
 
 class Batch:
-    """Commands applied in memory and waiting for one commit."""
+    """Commands applied in memory and waiting for one commit.
 
-    __slots__ = ("accounts", "done", "error", "keys", "records", "submitters")
+    Callers park on the batch itself rather than on a `trio.Event`: one coroutine frame and
+    one abort closure less per waiting command, on the path every debit takes.
+    """
+
+    __slots__ = ("_waiting", "accounts", "done", "error", "keys", "records", "submitters")
 
     def __init__(self) -> None:
-        self.accounts: dict[UserId, Account] = {}
+        # Keyed by the user id's integer: UUID's own __hash__ is a Python-level call.
+        self.accounts: dict[int, Account] = {}
         self.records: list[AnyRecord] = []
         self.keys: list[tuple[tuple[str, str], Keyed]] = []
         self.submitters: list[Submitter] = []
-        self.done = trio.Event()
+        self.done = False
         self.error: BaseException | None = None
+        self._waiting: dict[trio.lowlevel.Task, None] = {}
 
     @property
     def commands(self) -> int:
@@ -71,13 +76,30 @@ class Batch:
     async def wait(self) -> None:
         """Return once this batch is durable; raise EngineStopped if it never will be.
 
-        A batch already done returns without `Event.wait`'s scheduler round trip: a batch
-        request settles up to 1000 replies, most of them durable by then.
+        A batch already done returns without a scheduler round trip: a batch request settles
+        up to 1000 replies, most of them durable by then.
         """
-        if not self.done.is_set():
-            await self.done.wait()
+        if not self.done:
+            task = trio.lowlevel.current_task()
+            waiting = self._waiting
+            waiting[task] = None
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                del waiting[task]
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         if self.error is not None:
             raise EngineStopped(f"storage failed, the engine stopped: {self.error}")
+
+    def finish(self, error: BaseException | None) -> None:
+        """Mark the batch durable (or failed) and wake everyone waiting for it."""
+        self.error = error
+        self.done = True
+        reschedule = trio.lowlevel.reschedule
+        for task in self._waiting:
+            reschedule(task)
+        self._waiting.clear()
 
 
 class Journal:
@@ -96,6 +118,8 @@ class Journal:
         self.listeners: list[Callable[[Batch, float], None]] = []
         self._open = Batch()
         self._committing: Batch | None = None
+        # Commands of the batch being committed, 0 once it is done (checked on every submit).
+        self._committing_commands = 0
         self._wake = trio.Event()
         self._inflight: dict[tuple[str, str], Keyed] = {}
         self._closing = False
@@ -112,7 +136,7 @@ class Journal:
     def check_accepting(self) -> None:
         if self.failure is not None or self._closing:
             raise EngineStopped("the engine is not accepting writes")
-        if self.pending_commands >= self._pending_commands_max:
+        if len(self._open.submitters) + self._committing_commands >= self._pending_commands_max:
             raise Overloaded("the journal is full; retry shortly")
 
     def submit(
@@ -128,7 +152,7 @@ class Journal:
         batch.submitters.append(submitter)
         submitter.in_flight += 1
         if account is not None:
-            batch.accounts[account.user_id] = account
+            batch.accounts[account.user_id.int] = account
         batch.records.extend(records)
         for record in keyed:
             key = (record.scope, record.key)
@@ -142,7 +166,7 @@ class Journal:
         if self._open.commands:
             return self._open
         committing = self._committing
-        return committing if committing is not None and not committing.done.is_set() else None
+        return committing if committing is not None and not committing.done else None
 
     def inflight_outcome(self, scope: str, key: str) -> Keyed | None:
         """A key applied in memory but not yet committed (so not yet visible in storage)."""
@@ -155,9 +179,7 @@ class Journal:
 
     @property
     def pending_commands(self) -> int:
-        committing = self._committing
-        in_commit = committing.commands if committing and not committing.done.is_set() else 0
-        return self._open.commands + in_commit
+        return len(self._open.submitters) + self._committing_commands
 
     # --- the writer task ---------------------------------------------------------------------
 
@@ -173,6 +195,7 @@ class Journal:
             batch = self._open
             self._open = Batch()
             self._committing = batch
+            self._committing_commands = batch.commands
             # A started commit always finishes: cancelling it would leave callers guessing.
             with trio.CancelScope(shield=True):
                 await self._commit(batch)
@@ -202,14 +225,15 @@ class Journal:
                 listener(batch, seconds)
 
     def _finish(self, batch: Batch, error: BaseException | None) -> None:
-        batch.error = error
         for key, record in batch.keys:
             # A later batch may hold a newer version of the same key: leave that one.
             if self._inflight.get(key) is record:
                 del self._inflight[key]
         for submitter in batch.submitters:
             submitter.in_flight -= 1
-        batch.done.set()
+        if batch is self._committing:
+            self._committing_commands = 0
+        batch.finish(error)
 
     # --- the checkpoint task ----------------------------------------------------------------
 
@@ -253,4 +277,7 @@ class Journal:
         self._wake.set()
         barrier = self.pending_barrier()
         if barrier is not None:
-            await barrier.done.wait()
+            try:
+                await barrier.wait()
+            except EngineStopped:
+                return  # a failed commit already stopped the journal: nothing more to wait for

@@ -16,7 +16,7 @@ from actors.deadlines import Deadlines
 from actors.journal import Batch, Journal
 from actors.system import ActorSystem, WallClock
 from engine.commands import UsageEventRecord
-from engine.ledger import LedgerEntry
+from engine.ledger import EntryType, LedgerEntry
 from engine.pricing import PricingConfig
 from engine.usage import LlmTokens
 from engine.usage import Metric as UsageMetric
@@ -87,16 +87,20 @@ class EngineMetrics:
     def observe_commit(self, batch: Batch, duration_s: float) -> None:
         self.batch_commands.observe(batch.commands)
         self.commit_seconds.observe(duration_s)
-        counts: Tally[str] = Tally()
-        amounts: Tally[str] = Tally()
+        counts: Tally[EntryType] = Tally()
+        amounts: Tally[EntryType] = Tally()
         usage_counts: Tally[tuple[str, str]] = Tally()
         usage_amounts: Tally[tuple[str, str]] = Tally()
+        usage_labels = self._usage_labels
         for record in batch.records:
-            if isinstance(record, LedgerEntry):
-                counts[record.entry_type.value] += 1
-                amounts[record.entry_type.value] += abs(record.amount)
-            elif isinstance(record, UsageEventRecord):
-                labels = self._usage_labels(record.metric)
+            # Exact types (neither is subclassed); an entry type is a StrEnum, so the member
+            # itself is the label value and `.value`, a Python-level property, is not needed.
+            kind = type(record)
+            if kind is LedgerEntry:
+                counts[record.entry_type] += 1
+                amounts[record.entry_type] += abs(record.amount)
+            elif kind is UsageEventRecord:
+                labels = usage_labels(record.metric)
                 usage_counts[labels] += 1
                 usage_amounts[labels] += record.result.cost_cents
         for entry_type, count in counts.items():

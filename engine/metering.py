@@ -53,6 +53,8 @@ class UsageRequest(msgspec.Struct, frozen=True, gc=False):
 
 def validate_metadata(metadata: object) -> dict[str, str | int | bool | None]:
     """Metadata is a small flat map of scalars: it is stored with every entry."""
+    if type(metadata) is dict and not metadata:
+        return {}  # most events carry none: skip the abstract-class check
     if not isinstance(metadata, Mapping):
         raise InvalidInput("metadata must be an object", {"field": "metadata"})
     if len(metadata) > METADATA_ENTRIES_MAX:
