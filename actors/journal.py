@@ -158,7 +158,8 @@ class Journal:
             key = (record.scope, record.key)
             batch.keys.append((key, record))
             self._inflight[key] = record
-        self._wake.set()
+        if len(batch.submitters) == 1:
+            self._wake.set()  # the writer waits only while the open batch is empty
         return batch
 
     def pending_barrier(self) -> Batch | None:
