@@ -486,29 +486,26 @@ class LmdbStore:
               reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Keys in [low, high) with their values, in key order (or reversed), the overlay's
         writes merged over LMDB's rows (its deletes hide them)."""
-        waiting = self._overlay.range(_NUMBER[database], low, high)
-        order = sorted(waiting, reverse=reverse)
-        index = 0
+        waiting = self._overlay.range(_NUMBER[database], low, high, reverse=reverse)
+        before = (lambda a, b: a > b) if reverse else (lambda a, b: a < b)
+        newer = next(waiting, None)
         with self._read() as txn:
             for key, value in self._lmdb_range(txn, database, low, high, reverse):
                 # Overlay keys that come first, then the overlay's version of this key.
-                while index < len(order) and (order[index] > key if reverse
-                                              else order[index] < key):
-                    newer = waiting[order[index]]
-                    if newer is not None:
-                        yield order[index], newer
-                    index += 1
-                if index < len(order) and order[index] == key:
-                    newer = waiting[key]
-                    index += 1
-                    if newer is not None:
-                        yield key, newer
+                while newer is not None and before(newer[0], key):
+                    if newer[1] is not None:
+                        yield newer  # type: ignore[misc]
+                    newer = next(waiting, None)
+                if newer is not None and newer[0] == key:
+                    if newer[1] is not None:
+                        yield newer  # type: ignore[misc]
+                    newer = next(waiting, None)
                     continue
                 yield key, value
-        for key in order[index:]:
-            newer = waiting[key]
-            if newer is not None:
-                yield key, newer
+        while newer is not None:
+            if newer[1] is not None:
+                yield newer  # type: ignore[misc]
+            newer = next(waiting, None)
 
     def _lmdb_range(self, txn: lmdb.Transaction, database: str, low: bytes,
                     high: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
@@ -651,7 +648,7 @@ class LmdbStore:
     def _count(self, database: str) -> int:
         """Rows of a database: LMDB's count, corrected by the overlay's puts of new keys and
         deletes of stored ones."""
-        waiting = self._overlay.range(_NUMBER[database], b"", None)
+        waiting = self._overlay.latest(_NUMBER[database])
         handle = self._db[database]
         with self._read() as txn:
             count = int(txn.stat(handle)["entries"])
