@@ -385,7 +385,10 @@ class LmdbStore:
         writes.put("deadlines_by_due", keys.due_key(deadline.due_ms, name), user)
 
     def _acknowledge(self, writes: _Writes, ack: OutboxAck) -> None:
-        for key, _ in list(writes.scan("outbox", b"", keys.sequence_key(ack.sequence + 1))):
+        # Rows up to the durable cursor are gone already (deleted with its move); scanning
+        # from the start would walk every deleted row LMDB still holds until a checkpoint.
+        low = keys.sequence_key(self.export_cursor() + 1)
+        for key, _ in list(writes.scan("outbox", low, keys.sequence_key(ack.sequence + 1))):
             writes.delete("outbox", key)
             self._outbox_depth -= 1
         for parked in ack.parked:
