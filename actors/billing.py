@@ -102,6 +102,11 @@ class Billing:
         """Checkpoints of the log into the indexes made so far."""
         return self._journal.checkpoints
 
+    @property
+    def journal_cpu_s(self) -> tuple[float, float]:
+        """CPU seconds the journal's worker threads spent (committing, checkpointing)."""
+        return self._journal.commit_cpu_s, self._journal.checkpoint_cpu_s
+
     def wall_clock_ms(self) -> int:
         return self._wall_clock_ms()
 

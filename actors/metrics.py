@@ -195,6 +195,13 @@ class _RuntimeCollector(Collector):
         for kind, count in sorted(self._deadlines.fired.items()):
             fired.add_metric([kind], count)
         yield fired
+        cpu = CounterMetricFamily(
+            "zbilling_journal_cpu_seconds",
+            "CPU time of the journal's worker threads, by phase (commit: encode and log "
+            "append; checkpoint: log into the indexed databases)", labels=["phase"])
+        cpu.add_metric(["commit"], self._journal.commit_cpu_s)
+        cpu.add_metric(["checkpoint"], self._journal.checkpoint_cpu_s)
+        yield cpu
         stopped = GaugeMetricFamily(
             "zbilling_engine_stopped", "1 when a storage fault stopped the engine (fail-stop)"
         )

@@ -14,6 +14,7 @@ from bench import (
     engine_ipc,
     export,
     http,
+    instructions,
     profile,
     reservations,
     scale,
@@ -32,6 +33,7 @@ PARTS = {
     "http": http.run,
     "batch": http.run_batch,
     "profile": profile.run,
+    "instructions": instructions.run,
     "wal": wal.run,
 }
 # Parts run only when named (not by "all"): the dashboard picture needs Debian's prometheus.

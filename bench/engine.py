@@ -88,18 +88,28 @@ async def debit_run(
                 latencies.append(time.perf_counter() - started)
 
         written_before = device_write_bytes()
+        # CPU by thread: trio's (producers, pricing, deciding, scheduling, metrics) and the
+        # journal's workers (commit: encode + log append; checkpoint: log into LMDB).
+        trio_cpu_before = time.thread_time()
+        commit_cpu_before, checkpoint_cpu_before = billing.journal_cpu_s
         started = time.perf_counter()
         with trio.move_on_after(RUN_TIME_MAX_S):
             async with trio.open_nursery() as nursery:
                 for index in range(producers):
                     nursery.start_soon(produce, index)
         elapsed = time.perf_counter() - started
+        trio_cpu_s = time.thread_time() - trio_cpu_before
         commits = _commit_count(billing) - commits_before
         checkpoints = billing.checkpoints
     # The shutdown checkpoint counts too: those writes were owed by the debits.
     written = device_write_bytes() - written_before
+    commit_cpu_s, checkpoint_cpu_s = billing.journal_cpu_s
+    done = len(latencies) or 1
     latencies.sort()
     return {
+        "trio_thread_cpu_us_per_debit": trio_cpu_s / done * 1e6,
+        "commit_cpu_us_per_debit": (commit_cpu_s - commit_cpu_before) / done * 1e6,
+        "checkpoint_cpu_us_per_debit": (checkpoint_cpu_s - checkpoint_cpu_before) / done * 1e6,
         "device_bytes_per_debit": written / len(latencies) if latencies else 0.0,
         "checkpoints": checkpoints,
         "debits_per_s": len(latencies) / elapsed,
@@ -126,6 +136,8 @@ def run(options: Options) -> Path:
         "p50_ms_256": [], "p99_ms_256": [], "trio_roundtrip_per_s": [],
         "debits_per_commit": [], "hot_account_debits_per_commit": [],
         "device_bytes_per_debit": [], "checkpoints_per_run": [],
+        "trio_thread_cpu_us_per_debit": [], "commit_cpu_us_per_debit": [],
+        "checkpoint_cpu_us_per_debit": [],
     }
     for run_index in range(runs):
         seed = SEED + run_index
@@ -144,12 +156,17 @@ def run(options: Options) -> Path:
         figures["debits_per_commit"].append(many["debits_per_commit"])
         figures["device_bytes_per_debit"].append(many["device_bytes_per_debit"])
         figures["checkpoints_per_run"].append(many["checkpoints"])
+        for thread in ("trio_thread", "commit", "checkpoint"):
+            figures[f"{thread}_cpu_us_per_debit"].append(many[f"{thread}_cpu_us_per_debit"])
         figures["hot_account_debits_per_s"].append(hot["debits_per_s"])
         figures["hot_account_debits_per_commit"].append(hot["debits_per_commit"])
         figures["p50_ms"].append(latency["p50_ms"])
         figures["p99_ms"].append(latency["p99_ms"])
         print(f"run {run_index + 1}/{runs}: many {many['debits_per_s']:.0f}/s "
               f"({many['device_bytes_per_debit']:.0f} device bytes/debit), "
+              f"CPU/debit trio {many['trio_thread_cpu_us_per_debit']:.1f} µs, commit "
+              f"{many['commit_cpu_us_per_debit']:.1f} µs, checkpoint "
+              f"{many['checkpoint_cpu_us_per_debit']:.1f} µs; "
               f"hot {hot['debits_per_s']:.0f}/s, p99@64 {latency['p99_ms']:.2f} ms, "
               f"trio round trip {figures['trio_roundtrip_per_s'][-1]:.0f}/s", flush=True)
     ratio = [d / t for d, t in zip(figures["debits_per_s"], figures["trio_roundtrip_per_s"],

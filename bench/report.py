@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-PARTS = ("engine", "http", "batch", "reservations", "export", "scale", "baseline", "profile")
+PARTS = ("engine", "http", "batch", "reservations", "export", "scale", "baseline", "profile",
+         "instructions")
 
 
 def load(out: Path) -> dict[str, dict[str, Any]]:

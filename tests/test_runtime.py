@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import CollectorRegistry
 from trio.testing import wait_all_tasks_blocked
 
 from actors.runtime import open_billing
@@ -402,3 +403,22 @@ def test_lmdb_path_is_a_directory(tmp_path: Path):
     store = LmdbStore(tmp_path / "d")
     store.close()
     assert (tmp_path / "d" / "data.mdb").exists()
+
+
+async def test_the_journal_counts_its_worker_threads_cpu_by_phase(data_dir):
+    registry = CollectorRegistry()
+    user = new_user()
+    async with open_billing(data_dir, registry=registry, checkpoint_interval_s=0.0) as billing:
+        await billing.open_account(user)
+        await billing.add_credits(user, 10_000)
+        for n in range(200):
+            await billing.report_usage(cost(f"cpu-{n}", user, 1))
+        with trio.fail_after(10):
+            while billing.checkpoints == 0:
+                await trio.sleep(0.01)
+        commit_s, checkpoint_s = billing.journal_cpu_s
+        assert commit_s > 0 and checkpoint_s > 0
+        for phase, seconds in (("commit", commit_s), ("checkpoint", checkpoint_s)):
+            exported = registry.get_sample_value("zbilling_journal_cpu_seconds_total",
+                                                 {"phase": phase})
+            assert exported is not None and exported >= seconds
