@@ -87,22 +87,30 @@ class EngineMetrics:
     def observe_commit(self, batch: Batch, duration_s: float) -> None:
         self.batch_commands.observe(batch.commands)
         self.commit_seconds.observe(duration_s)
-        counts: Tally[EntryType] = Tally()
-        amounts: Tally[EntryType] = Tally()
+        counts: Tally[str] = Tally()
+        amounts: Tally[str] = Tally()
         usage_counts: Tally[tuple[str, str]] = Tally()
         usage_amounts: Tally[tuple[str, str]] = Tally()
         usage_labels = self._usage_labels
+        # Most entries are usage: counted apart, so no enum member is hashed for them (an
+        # Enum's __hash__ and `.value` are Python-level calls).
+        usage_entries = usage_debited = 0
         for record in batch.records:
-            # Exact types (neither is subclassed); an entry type is a StrEnum, so the member
-            # itself is the label value and `.value`, a Python-level property, is not needed.
-            kind = type(record)
+            kind = type(record)  # exact types: neither record type is subclassed
             if kind is LedgerEntry:
-                counts[record.entry_type] += 1
-                amounts[record.entry_type] += abs(record.amount)
+                if record.entry_type is EntryType.USAGE:
+                    usage_entries += 1
+                    usage_debited -= record.amount
+                else:
+                    counts[record.entry_type.value] += 1
+                    amounts[record.entry_type.value] += abs(record.amount)
             elif kind is UsageEventRecord:
                 labels = usage_labels(record.metric)
                 usage_counts[labels] += 1
                 usage_amounts[labels] += record.result.cost_cents
+        if usage_entries:
+            counts[EntryType.USAGE.value] += usage_entries
+            amounts[EntryType.USAGE.value] += usage_debited
         for entry_type, count in counts.items():
             self.entries.labels(entry_type).inc(count)
             self.credits.labels(entry_type).inc(amounts[entry_type])

@@ -422,3 +422,22 @@ async def test_the_journal_counts_its_worker_threads_cpu_by_phase(data_dir):
             exported = registry.get_sample_value("zbilling_journal_cpu_seconds_total",
                                                  {"phase": phase})
             assert exported is not None and exported >= seconds
+
+
+async def test_entry_metrics_count_every_committed_entry_by_type(data_dir):
+    registry = CollectorRegistry()
+    user = new_user()
+    async with open_billing(data_dir, registry=registry) as billing:
+        await billing.open_account(user)
+        await billing.add_credits(user, 500)
+        await billing.add_credits(user, 40, entry_type=EntryType.REFUND)
+        for n in range(3):
+            await billing.report_usage(cost(f"metric-{n}", user, 7))
+
+        def sample(name: str, entry_type: str) -> float | None:
+            return registry.get_sample_value(f"zbilling_ledger_{name}_total",
+                                             {"type": entry_type})
+
+        assert (sample("entries", "usage"), sample("credits", "usage")) == (3, 21)
+        assert (sample("entries", "bonus"), sample("credits", "bonus")) == (1, 500)
+        assert (sample("entries", "refund"), sample("credits", "refund")) == (1, 40)
