@@ -103,6 +103,11 @@ class Billing:
         return self._journal.checkpoints
 
     @property
+    def checkpoint_lag_s(self) -> float:
+        """Age of the oldest write waiting for a checkpoint (for benchmarks and diagnostics)."""
+        return self._journal.checkpoint_lag_s
+
+    @property
     def journal_cpu_s(self) -> tuple[float, float]:
         """CPU seconds the journal's worker threads spent (committing, checkpointing)."""
         return self._journal.commit_cpu_s, self._journal.checkpoint_cpu_s

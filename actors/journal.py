@@ -178,6 +178,12 @@ class Journal:
         return self._inflight.get((scope, key))
 
     @property
+    def checkpoint_lag_s(self) -> float:
+        """Age of the oldest logged write not yet in the indexes (bounded by the checkpoint
+        interval plus one checkpoint while the checkpointer keeps up)."""
+        return self._store.checkpoint_lag_s()
+
+    @property
     def log_writes_waiting(self) -> int:
         """Writes durable in the log and not yet checkpointed into the indexes."""
         return self._store.log_report()[2]

@@ -193,6 +193,11 @@ class _RuntimeCollector(Collector):
             "Writes durable in the log, not yet checkpointed into the indexed databases")
         waiting.add_metric([], self._journal.log_writes_waiting)
         yield waiting
+        lag = GaugeMetricFamily(
+            "zbilling_checkpoint_lag_seconds",
+            "Age of the oldest write durable in the log and not yet checkpointed")
+        lag.add_metric([], self._journal.checkpoint_lag_s)
+        yield lag
         armed = GaugeMetricFamily("zbilling_deadlines_armed",
                                   "Deadlines due within the scheduler's horizon, in memory")
         armed.add_metric([], self._deadlines.armed)

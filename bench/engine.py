@@ -27,6 +27,8 @@ PRODUCERS = 256
 LATENCY_PRODUCERS = 64
 ACCOUNT_BALANCE_CENTS = 10**9
 RUN_TIME_MAX_S = 120
+# How often the run samples the age of the oldest write not yet checkpointed.
+LAG_SAMPLE_S = 0.05
 
 
 async def trio_round_trip_rate(producers: int, messages: int) -> float:
@@ -92,11 +94,23 @@ async def debit_run(
         # journal's workers (commit: encode + log append; checkpoint: log into LMDB).
         trio_cpu_before = time.thread_time()
         commit_cpu_before, checkpoint_cpu_before = billing.journal_cpu_s
+        lags: list[float] = []
+
+        async def sample_lag(stop: trio.Event) -> None:
+            while not stop.is_set():
+                lags.append(billing.checkpoint_lag_s)
+                with trio.move_on_after(LAG_SAMPLE_S):
+                    await stop.wait()
+
         started = time.perf_counter()
         with trio.move_on_after(RUN_TIME_MAX_S):
-            async with trio.open_nursery() as nursery:
-                for index in range(producers):
-                    nursery.start_soon(produce, index)
+            async with trio.open_nursery() as sampling:
+                stop = trio.Event()
+                sampling.start_soon(sample_lag, stop)
+                async with trio.open_nursery() as nursery:
+                    for index in range(producers):
+                        nursery.start_soon(produce, index)
+                stop.set()
         elapsed = time.perf_counter() - started
         trio_cpu_s = time.thread_time() - trio_cpu_before
         commits = _commit_count(billing) - commits_before
@@ -112,6 +126,7 @@ async def debit_run(
         "checkpoint_cpu_us_per_debit": (checkpoint_cpu_s - checkpoint_cpu_before) / done * 1e6,
         "device_bytes_per_debit": written / len(latencies) if latencies else 0.0,
         "checkpoints": checkpoints,
+        "max_checkpoint_lag_s": max(lags, default=0.0),
         "debits_per_s": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
@@ -135,7 +150,7 @@ def run(options: Options) -> Path:
         "debits_per_s": [], "hot_account_debits_per_s": [], "p50_ms": [], "p99_ms": [],
         "p50_ms_256": [], "p99_ms_256": [], "trio_roundtrip_per_s": [],
         "debits_per_commit": [], "hot_account_debits_per_commit": [],
-        "device_bytes_per_debit": [], "checkpoints_per_run": [],
+        "device_bytes_per_debit": [], "checkpoints_per_run": [], "max_checkpoint_lag_s": [],
         "trio_thread_cpu_us_per_debit": [], "commit_cpu_us_per_debit": [],
         "checkpoint_cpu_us_per_debit": [],
     }
@@ -156,6 +171,7 @@ def run(options: Options) -> Path:
         figures["debits_per_commit"].append(many["debits_per_commit"])
         figures["device_bytes_per_debit"].append(many["device_bytes_per_debit"])
         figures["checkpoints_per_run"].append(many["checkpoints"])
+        figures["max_checkpoint_lag_s"].append(many["max_checkpoint_lag_s"])
         for thread in ("trio_thread", "commit", "checkpoint"):
             figures[f"{thread}_cpu_us_per_debit"].append(many[f"{thread}_cpu_us_per_debit"])
         figures["hot_account_debits_per_s"].append(hot["debits_per_s"])
@@ -166,7 +182,8 @@ def run(options: Options) -> Path:
               f"({many['device_bytes_per_debit']:.0f} device bytes/debit), "
               f"CPU/debit trio {many['trio_thread_cpu_us_per_debit']:.1f} µs, commit "
               f"{many['commit_cpu_us_per_debit']:.1f} µs, checkpoint "
-              f"{many['checkpoint_cpu_us_per_debit']:.1f} µs; "
+              f"{many['checkpoint_cpu_us_per_debit']:.1f} µs, checkpoint lag ≤ "
+              f"{many['max_checkpoint_lag_s']:.2f} s; "
               f"hot {hot['debits_per_s']:.0f}/s, p99@64 {latency['p99_ms']:.2f} ms, "
               f"trio round trip {figures['trio_roundtrip_per_s'][-1]:.0f}/s", flush=True)
     ratio = [d / t for d, t in zip(figures["debits_per_s"], figures["trio_roundtrip_per_s"],

@@ -456,6 +456,9 @@ class LmdbStore:
     def _decode_writes(payload: bytes) -> list[Write]:
         return _log_decoder.decode(payload)
 
+    def checkpoint_lag_s(self) -> float:
+        return self._overlay.lag_s()
+
     def log_report(self) -> tuple[int, int, int]:
         """(checkpointed position, last logged sequence, writes waiting) for verify."""
         with self._read() as txn:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
@@ -27,13 +28,15 @@ RANGE_CHUNK_KEYS = 128
 
 
 class Generation:
-    __slots__ = ("last_sequence", "sorted_keys", "tables", "writes")
+    __slots__ = ("first_write_s", "last_sequence", "sorted_keys", "tables", "writes")
 
     def __init__(self) -> None:
         self.tables: dict[int, dict[bytes, bytes | None]] = {}
         self.sorted_keys: dict[int, SortedList] = {}
         self.writes = 0
         self.last_sequence = 0
+        # When its first write arrived (time.monotonic), for the checkpoint lag.
+        self.first_write_s: float | None = None
 
 
 class Overlay:
@@ -64,8 +67,16 @@ class Overlay:
                         keys = generation.sorted_keys[database] = SortedList()
                     keys.add(key)
                 table[key] = value
+            if generation.first_write_s is None:
+                generation.first_write_s = time.monotonic()
             generation.writes += len(writes)
             generation.last_sequence = sequence
+
+    def lag_s(self) -> float:
+        """Age of the oldest write waiting for a checkpoint (0: none waits)."""
+        started = [generation.first_write_s for generation in self._generations
+                   if generation.first_write_s is not None]
+        return time.monotonic() - min(started) if started else 0.0
 
     def seal(self) -> Generation:
         """Close the open generation (for a checkpoint) and open a new one."""

@@ -111,6 +111,10 @@ class Store(Protocol):
         longer than one log append."""
         ...
 
+    def checkpoint_lag_s(self) -> float:
+        """Seconds the oldest write not yet checkpointed has waited (0: none waits)."""
+        ...
+
     def log_report(self) -> tuple[int, int, int]:
         """(checkpointed log position, last logged sequence, writes not yet checkpointed)."""
         ...

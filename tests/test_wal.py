@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -180,3 +181,19 @@ def test_a_backup_taken_with_writes_in_the_log_starts_by_itself(tmp_path):
         assert verify_store(copy).ok
     finally:
         copy.close()
+
+
+def test_the_checkpoint_lag_is_the_age_of_the_oldest_write_waiting(tmp_path):
+    store = LmdbStore(tmp_path / "data")
+    try:
+        assert store.checkpoint_lag_s() == 0.0
+        user = new_user()
+        store.commit(CommitBatch([Account(user, 1, 1)], []))
+        time.sleep(0.05)
+        first = store.checkpoint_lag_s()
+        store.commit(CommitBatch([Account(user, 1, 2)], []))
+        assert 0.05 <= first <= store.checkpoint_lag_s()  # the oldest write sets it
+        store.checkpoint()
+        assert store.checkpoint_lag_s() == 0.0
+    finally:
+        store.close()
