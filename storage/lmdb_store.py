@@ -64,7 +64,9 @@ DATABASE_NAMES = (
 )
 _NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
 # Read by key range while the server runs (the transaction list, the exporter, the scheduler).
-RANGE_READ_DATABASES = ("transactions_by_user", "outbox", "deadlines_by_due", "dead_letters")
+RANGE_READ_DATABASES = ("outbox", "deadlines_by_due", "dead_letters")
+# Read by range within one user's keys (the transaction list): the prefix is the user id.
+PREFIX_READ_DATABASES = {"transactions_by_user": keys.USER_ID_BYTES}
 # Read back by writers within a commit (a deadline's earlier due time, acks, re-queues).
 _READ_BACK = frozenset(_NUMBER[name] for name in ("deadlines", "dead_letters", "outbox"))
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
@@ -165,7 +167,7 @@ class LmdbStore:
             raise StoreError(f"cannot open LMDB at {path}: {error}") from error
         self._snapshot: lmdb.Transaction | None = None
         self._by_number = [self._db[name] for name in DATABASE_NAMES]
-        self._overlay = Overlay(_NUMBER[name] for name in RANGE_READ_DATABASES)
+        self._overlay = _new_overlay()
         self._wal = WriteAheadLog(path / "wal", sync=sync, readonly=readonly)
         # Held by a commit from its first write to its log append; a checkpoint takes it
         # only to seal the overlay, so it never waits longer than one append.
@@ -229,7 +231,7 @@ class LmdbStore:
                     self._overlay.apply(self._decode_writes(payload), sequence)
             except (LogCorrupt, FileNotFoundError):
                 snapshot.abort()
-                self._overlay = Overlay(_NUMBER[name] for name in RANGE_READ_DATABASES)
+                self._overlay = _new_overlay()
                 continue
             self._snapshot = snapshot
             return
@@ -664,6 +666,11 @@ class LmdbStore:
         return count
 
 
+def _new_overlay() -> Overlay:
+    return Overlay((_NUMBER[name] for name in RANGE_READ_DATABASES),
+                   {_NUMBER[name]: length for name, length in PREFIX_READ_DATABASES.items()})
+
+
 # The one writer of each stored record type; a type missing here is refused at commit.
 _WRITERS: dict[type, Callable[[LmdbStore, _Writes, Any], None]] = {
     LedgerEntry: LmdbStore._put_entry,
@@ -678,4 +685,4 @@ _WRITERS: dict[type, Callable[[LmdbStore, _Writes, Any], None]] = {
     RequeueParked: LmdbStore._requeue,
 }
 assert set(_WRITERS) == set(get_args(StoredRecord)), "a stored record type has no writer"
-assert set(RANGE_READ_DATABASES) <= set(DATABASE_NAMES)
+assert set(RANGE_READ_DATABASES) | set(PREFIX_READ_DATABASES) <= set(DATABASE_NAMES)

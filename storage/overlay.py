@@ -12,10 +12,11 @@ a generation's dict need none.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 
 from sortedcontainers import SortedList
@@ -28,11 +29,13 @@ RANGE_CHUNK_KEYS = 128
 
 
 class Generation:
-    __slots__ = ("first_write_s", "last_sequence", "sorted_keys", "tables", "writes")
+    __slots__ = ("first_write_s", "groups", "last_sequence", "sorted_keys", "tables", "writes")
 
     def __init__(self) -> None:
         self.tables: dict[int, dict[bytes, bytes | None]] = {}
         self.sorted_keys: dict[int, SortedList] = {}
+        # Grouped databases: key prefix -> that prefix's keys, in order.
+        self.groups: dict[int, dict[bytes, list[bytes]]] = {}
         self.writes = 0
         self.last_sequence = 0
         # When its first write arrived (time.monotonic), for the checkpoint lag.
@@ -40,10 +43,15 @@ class Generation:
 
 
 class Overlay:
-    def __init__(self, sorted_databases: Iterable[int]) -> None:
+    def __init__(self, sorted_databases: Iterable[int],
+                 grouped_databases: Mapping[int, int] | None = None) -> None:
         # Databases read by key range while the server runs keep their keys sorted as they
         # come; the others are sorted on the rare range read (start-up, verify, the CLI).
         self._sorted_databases = frozenset(sorted_databases)
+        # Databases read by range within one key prefix (database -> prefix length: a user's
+        # transactions) keep a list per prefix instead: their keys arrive in order within a
+        # prefix (transaction ids only grow), so a write is an append, not a sorted insert.
+        self._grouped_databases = dict(grouped_databases or {})
         self._lock = threading.Lock()
         self._generations: list[Generation] = [Generation()]
 
@@ -57,15 +65,20 @@ class Overlay:
             generation = self._generations[-1]
             tables = generation.tables
             sorted_databases = self._sorted_databases
+            grouped_databases = self._grouped_databases
             for database, key, value in writes:
                 table = tables.get(database)
                 if table is None:
                     table = tables[database] = {}
-                if database in sorted_databases and key not in table:
-                    keys = generation.sorted_keys.get(database)
-                    if keys is None:
-                        keys = generation.sorted_keys[database] = SortedList()
-                    keys.add(key)
+                if key not in table:
+                    if database in sorted_databases:
+                        keys = generation.sorted_keys.get(database)
+                        if keys is None:
+                            keys = generation.sorted_keys[database] = SortedList()
+                        keys.add(key)
+                    elif database in grouped_databases:
+                        _add_to_group(generation.groups.setdefault(database, {}),
+                                      grouped_databases[database], key)
                 table[key] = value
             if generation.first_write_s is None:
                 generation.first_write_s = time.monotonic()
@@ -135,6 +148,14 @@ class Overlay:
         table = generation.tables.get(database)
         if not table:
             return
+        prefix_length = self._grouped_databases.get(database)
+        if (prefix_length is not None and high is not None and len(low) >= prefix_length
+                and low[:prefix_length] == high[:prefix_length]):
+            with self._lock:
+                group = generation.groups.get(database, {}).get(low[:prefix_length], [])
+                chosen = group[bisect.bisect_left(group, low):bisect.bisect_left(group, high)]
+            yield from reversed(chosen) if reverse else chosen
+            return
         if database not in self._sorted_databases:
             # Rare range reads (start-up, verify, the CLI): sort this generation's keys once.
             with self._lock:
@@ -163,3 +184,11 @@ class Overlay:
 def _ranked(keys: Iterator[bytes], rank: int) -> Iterator[tuple[bytes, int]]:
     for key in keys:
         yield key, rank
+
+
+def _add_to_group(groups: dict[bytes, list[bytes]], prefix_length: int, key: bytes) -> None:
+    group = groups.setdefault(key[:prefix_length], [])
+    if not group or key > group[-1]:
+        group.append(key)
+    else:
+        bisect.insort(group, key)  # out of order (not expected, but kept correct)
