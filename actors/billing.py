@@ -11,6 +11,7 @@ import trio
 
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
+from actors.lots import CreditLots
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import Payments
 from actors.subscriptions import Subscriptions
@@ -32,6 +33,7 @@ from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
 from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
+from engine.lots import LotTerms
 from engine.metering import UsageRequest, usage_command, validate_metadata
 from engine.money import (
     AMOUNT_CENTS_MAX,
@@ -87,6 +89,7 @@ class Billing:
         self.metrics = metrics
         self.payments = Payments(store, journal, system, deadlines, wall_clock_ms)
         self.subscriptions = Subscriptions(store, system, wall_clock_ms)
+        self.lots = CreditLots(store, journal, system, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:
@@ -138,7 +141,9 @@ class Billing:
         description: str = "",
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        lot: LotTerms | None = None,
     ) -> CreditResult:
+        """Credits of a credit type: a lot on `lot`'s terms (default: the type's)."""
         amount_cents = require_amount_cents("amount_cents", amount_cents)
         if entry_type is EntryType.USAGE:
             raise InvalidInput("usage is not a credit type", {"field": "type"})
@@ -156,6 +161,7 @@ class Billing:
             fingerprint=credits_fingerprint(user_id, amount_cents, entry_type),
             description=description,
             metadata=validate_metadata(metadata or {}),
+            lot=lot,
         )
         reply = await self._system.call(command, CreditResult)
         return reply

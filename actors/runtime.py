@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -31,6 +32,23 @@ SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
 
 def system_wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def offset_clock(path: Path) -> WallClock:
+    """The system clock plus the milliseconds written in `path` (0 while it is missing or
+    empty), read again whenever the file changes: tests move an engine's time this way."""
+    seen: list[Any] = [None, 0]
+
+    def now_ms() -> int:
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return system_wall_clock_ms()
+        if stamp != seen[0]:
+            seen[:] = [stamp, int(path.read_text().strip() or 0)]
+        return system_wall_clock_ms() + int(seen[1])
+
+    return now_ms
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -186,7 +187,9 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
     click.echo(f"user        {account.user_id}  ({account.status.value}, plan {account.plan})")
     balance = account.balance_cents
     click.echo(f"balance     {format_usd(balance)}  ({balance} credits)")
-    click.echo(f"held        {account.held_cents}   available {account.available}")
+    available = account.available_cents(int(time.time() * 1000))
+    click.echo(f"held        {account.held_cents}   available {available}")
+    click.echo(f"lots        {len(account.lots)} open, debt {account.debt_cents}")
     click.echo(f"unbilled    {account.unbilled_micros} micro-credits")
     click.echo(f"lifetime    purchased {account.lifetime_purchased_cents}, granted "
                f"{account.lifetime_granted_cents}, used {account.lifetime_used_cents}")

@@ -11,6 +11,7 @@ import msgspec
 from engine.account import Account, AutoRefillSettings
 from engine.ids import AgentId, TransactionId, UserId, transaction_id_str
 from engine.ledger import EntryType
+from engine.lots import LotTerms
 from engine.usage import Metric
 
 if TYPE_CHECKING:  # only annotations: these modules import this one
@@ -89,6 +90,7 @@ class AddCredits(CommandBase):
     scope: str = SCOPE_CREDITS_ADD
     webhook: WebhookMarker | None = None
     refill_number: int | None = None
+    lot: LotTerms | None = None  # None: the defaults of `entry_type` (engine/lots.py)
 
     def reads(self) -> Reads:
         return Reads((self.scope, self.key)) if self.key is not None else NO_READS
