@@ -16,7 +16,8 @@ from actors.deadlines import Deadlines
 from actors.journal import Batch, Journal
 from actors.system import ActorSystem, WallClock
 from engine.commands import UsageEventRecord
-from engine.ledger import LedgerEntry
+from engine.ledger import EntryType, LedgerEntry
+from engine.lots import LotCategory
 from engine.pricing import PricingConfig
 from engine.usage import LlmTokens
 from engine.usage import Metric as UsageMetric
@@ -70,6 +71,12 @@ class EngineMetrics:
             ["type"],
             registry=registry,
         )
+        self.breakage_credits = Counter(
+            "zbilling_breakage_credits",
+            "Credits that expired unspent (breakage), by lot category",
+            ["category"],
+            registry=registry,
+        )
         self.usage_events = Counter(
             "zbilling_usage_events",
             "Usage events debited (reservation commits included), by metric type and model",
@@ -95,6 +102,8 @@ class EngineMetrics:
             if isinstance(record, LedgerEntry):
                 counts[record.entry_type.value] += 1
                 amounts[record.entry_type.value] += abs(record.amount)
+                if record.entry_type is EntryType.EXPIRY:
+                    self._count_breakage(record)
             elif isinstance(record, UsageEventRecord):
                 labels = self._usage_labels(record.metric)
                 usage_counts[labels] += 1
@@ -105,6 +114,13 @@ class EngineMetrics:
         for labels, count in usage_counts.items():
             self.usage_events.labels(*labels).inc(count)
             self.usage_credits.labels(*labels).inc(usage_amounts[labels])
+
+    def _count_breakage(self, expiry: LedgerEntry) -> None:
+        """An expiry entry says how much of each category it took (engine/expiry.py)."""
+        for category in LotCategory:
+            cents = expiry.metadata.get(f"{category.value}_cents", 0)
+            if cents:
+                self.breakage_credits.labels(category.value).inc(cents)
 
     def _usage_labels(self, metric: UsageMetric | None) -> tuple[str, str]:
         if metric is None:

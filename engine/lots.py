@@ -371,19 +371,22 @@ class LotSummary(NamedTuple):
 
 
 def summarize(lots: Lots, now_ms: int) -> LotSummary:
-    """Remaining credits in effect by category, and the next expiry (its time and amount)."""
+    """Remaining credits by category (of lots in effect, and what expired lots keep for open
+    reservations), and the next expiry of a lot in effect (its time and amount)."""
     paid = promotional = 0
     soonest: int | None = None
     soonest_cents = 0
     for lot in lots:
-        if not lot.in_effect(now_ms):
+        # A lot out of effect counts only what it keeps for open reservations.
+        counted = lot.remaining_cents if lot.in_effect(now_ms) else lot.held_cents
+        if not counted:
             continue
         if lot.category is LotCategory.PAID:
-            paid += lot.remaining_cents
+            paid += counted
         else:
-            promotional += lot.remaining_cents
+            promotional += counted
         expires = lot.expires_at_ms
-        if expires is not None and lot.remaining_cents:
+        if expires is not None and lot.in_effect(now_ms):
             if soonest is None or expires < soonest:
                 soonest, soonest_cents = expires, lot.remaining_cents
             elif expires == soonest:
