@@ -158,7 +158,7 @@ class Billing:
             amount_cents=amount_cents,
             entry_type=entry_type,
             key=key,
-            fingerprint=credits_fingerprint(user_id, amount_cents, entry_type),
+            fingerprint=credits_fingerprint(user_id, amount_cents, entry_type, lot),
             description=description,
             metadata=validate_metadata(metadata or {}),
             lot=lot,

@@ -257,5 +257,10 @@ def usage_fingerprint(
     return digest((user_id.bytes, kind, metric, cost_micros_override))
 
 
-def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType) -> bytes:
-    return digest((user_id.bytes, amount_cents, entry_type.value))
+def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType,
+                        lot: LotTerms | None = None) -> bytes:
+    """A grant's fingerprint; the lot's terms count when the request sets them (a grant
+    without them keeps the fingerprint it had before lots)."""
+    if lot is None:
+        return digest((user_id.bytes, amount_cents, entry_type.value))
+    return digest((user_id.bytes, amount_cents, entry_type.value, lot))
