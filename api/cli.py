@@ -23,6 +23,7 @@ from actors.config import load_pricing
 from actors.runtime import open_billing
 from api.client import BillingApiError, BillingClient
 from api.config_file import read_config_file
+from api.schemas import iso_ms
 from api.server import run as run_server
 from api.settings import SettingsError, load_settings
 from api.supervisor import ListenError, run_supervised
@@ -189,7 +190,13 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
     click.echo(f"balance     {format_usd(balance)}  ({balance} credits)")
     available = account.available_cents(int(time.time() * 1000))
     click.echo(f"held        {account.held_cents}   available {available}")
-    click.echo(f"lots        {len(account.lots)} open, debt {account.debt_cents}")
+    click.echo(f"lots        {len(account.lots)} with credits left (burn order), debt "
+               f"{account.debt_cents}")
+    for lot in account.lots:
+        expires = iso_ms(lot.expires_at_ms) if lot.expires_at_ms is not None else "never"
+        click.echo(f"  {transaction_id_str(lot.lot_id)}  {lot.source:<18} {lot.category.value:<11}"
+                   f" p{lot.priority:<3} {lot.remaining_cents:>12} of {lot.original_cents:<12}"
+                   f" held {lot.held_cents}  expires {expires}")
     click.echo(f"unbilled    {account.unbilled_micros} micro-credits")
     click.echo(f"lifetime    purchased {account.lifetime_purchased_cents}, granted "
                f"{account.lifetime_granted_cents}, used {account.lifetime_used_cents}")

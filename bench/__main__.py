@@ -14,6 +14,7 @@ from bench import (
     engine_ipc,
     export,
     http,
+    lots,
     profile,
     reservations,
     scale,
@@ -33,6 +34,7 @@ PARTS = {
     "batch": http.run_batch,
     "profile": profile.run,
     "wal": wal.run,
+    "lots": lots.run,
 }
 # Parts run only when named (not by "all"): the dashboard picture needs Debian's prometheus.
 NAMED_PARTS = {"dashboard": dashboard.run}
