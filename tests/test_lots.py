@@ -7,6 +7,7 @@ import uuid
 
 import cbor2
 import pytest
+from msgspec.structs import replace
 
 from engine.account import Account
 from engine.audit import audit_account
@@ -307,3 +308,17 @@ def test_lot_defaults_by_source_and_promotional_forever_for_a_type_not_in_the_ta
     assert default_terms(EntryType.BONUS) == PROMOTIONAL_FOREVER
     missing = [kind for kind in EntryType if kind not in LOT_DEFAULTS]
     assert missing and {default_terms(kind) for kind in missing} == {PROMOTIONAL_FOREVER}
+
+
+def test_verify_reports_lots_out_of_burn_order_and_a_lot_the_ledger_disagrees_with():
+    book = Book()
+    book.grant(100, EntryType.PURCHASE)
+    book.grant(50, terms=LotTerms(priority=0))
+    shuffled = replace(book.account, lots=book.account.lots[::-1])
+    assert any("out of burn order" in problem
+               for problem in audit_account(shuffled, book.entries))
+    (first, second) = book.account.lots
+    inflated = replace(book.account, lots=(first, replace(second, original_cents=101)),
+                       balance_cents=151)
+    problems = audit_account(inflated, book.entries)
+    assert any("but its entry opened 100" in problem for problem in problems)
