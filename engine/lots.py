@@ -230,6 +230,11 @@ def burn(lots: Lots, debt_cents: int, amount_cents: int, now_ms: int,
             emptied |= not (drawn.remaining_cents or drawn.held_cents)
     if not draws:
         return Booking(lots, debt_cents + need, ())
+    if first:  # a lot named first may have paid again in the burn order: one draw per lot
+        merged: dict[int, int] = {}
+        for lot_id, cents in draws:
+            merged[lot_id] = merged.get(lot_id, 0) + cents
+        draws = list(merged.items())
     # Drawing never changes the burn order; only emptied lots leave.
     kept = (tuple(lot for lot in updated if lot.remaining_cents or lot.held_cents) if emptied
             else tuple(updated))

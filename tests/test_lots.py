@@ -156,6 +156,15 @@ def test_a_hold_placed_before_an_expiry_keeps_its_credits_until_it_ends():
     assert book.remaining() == {paid: 100}
 
 
+def test_a_commit_above_its_promise_draws_each_lot_once():
+    book = Book()
+    lot = book.grant(100)
+    held = book.run(Reserve(USER, "r1", 30, 3600, b"f"))
+    usage = ReportUsage(USER, "r1", 70_000_000, b"g", NOW)
+    book.run(CommitReservation("r1", usage), reservation=held.reservation)
+    assert book.entries[-1].draws == ((lot, 70),)
+
+
 def test_a_released_hold_over_an_expired_lot_lets_the_rest_expire():
     book = Book()
     expiring = book.grant(100, terms=LotTerms(expires_at_ms=NOW + 60_000))
