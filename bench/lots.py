@@ -26,7 +26,7 @@ from actors.runtime import open_billing
 from bench.common import SEED, Options, write_result
 from engine.ids import UserId
 from engine.ledger import EntryType
-from engine.lots import LotCategory, LotTerms
+from engine.lots import LotCategory, LotRequest
 from engine.metering import UsageRequest
 from engine.usage import LlmTokens
 
@@ -40,11 +40,11 @@ VALGRIND_TIMEOUT_S = 1800
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
-def lot_terms(index: int, now_ms: int) -> LotTerms:
+def lot_request(index: int, now_ms: int) -> LotRequest:
     """The `index`-th lot of an account: mixed priorities, categories and expiries (all far
     enough ahead that none expires during the run)."""
-    return LotTerms(LotCategory.PROMOTIONAL if index % 2 else LotCategory.PAID,
-                    priority=40 + index, expires_at_ms=now_ms + (30 + index) * DAY_MS)
+    return LotRequest(LotCategory.PROMOTIONAL if index % 2 else LotCategory.PAID,
+                      priority=40 + index, expires_at_ms=now_ms + (30 + index) * DAY_MS)
 
 
 async def debit(data_dir: Path, lots_per_account: int, debits: int) -> None:
@@ -58,7 +58,7 @@ async def debit(data_dir: Path, lots_per_account: int, debits: int) -> None:
             for index in range(lots_per_account):
                 await billing.add_credits(user, BALANCE_CENTS // lots_per_account,
                                           entry_type=EntryType.BONUS,
-                                          lot=lot_terms(index, now_ms))
+                                          lot=lot_request(index, now_ms))
 
         async def produce(index: int) -> None:
             chooser = random.Random(SEED * 1000 + index)

@@ -29,6 +29,8 @@ from engine.lots import (
     PAID_FOREVER,
     PROMOTIONAL_FOREVER,
     LotCategory,
+    LotDefaults,
+    LotRequest,
     LotTerms,
     burn_key,
     default_terms,
@@ -331,3 +333,19 @@ def test_verify_reports_lots_out_of_burn_order_and_a_lot_the_ledger_disagrees_wi
                        balance_cents=151)
     problems = audit_account(inflated, book.entries)
     assert any("but its entry opened 100" in problem for problem in problems)
+
+
+def test_configured_defaults_sit_between_the_table_and_the_request():
+    defaults = LotDefaults.from_config({"purchase": {"category": "paid", "priority": 30,
+                                                     "expires_after_days": 365}})
+    bought = defaults.terms(EntryType.PURCHASE, NOW, LotRequest(paid_usd_cents=500))
+    assert (bought.category, bought.priority, bought.expires_at_ms, bought.paid_usd_cents) == (
+        LotCategory.PAID, 30, NOW + 365 * DAY_MS, 500)
+    assert defaults.terms(EntryType.BONUS, NOW) == PROMOTIONAL_FOREVER  # not configured
+    asked = defaults.terms(EntryType.PURCHASE, NOW, LotRequest(priority=1, expires_at_ms=None))
+    assert (asked.priority, asked.expires_at_ms) == (1, NOW + 365 * DAY_MS)
+    for table, message in (({"reversal": {"category": "paid"}}, "not configurable"),
+                           ({"nonsense": {"category": "paid"}}, "not an entry type"),
+                           ({"bonus": {"category": "paid", "priority": 101}}, "lot_defaults")):
+        with pytest.raises(InvalidInput, match=message):
+            LotDefaults.from_config(table)
