@@ -9,7 +9,7 @@ import cbor2
 import pytest
 from msgspec.structs import replace
 
-from engine.account import Account
+from engine.account import Account, AutoRefillSettings
 from engine.audit import audit_account
 from engine.commands import AddCredits, Context, CreditResult, ReportUsage, credits_fingerprint
 from engine.deadlines import Deadline, DeadlineKind
@@ -37,7 +37,7 @@ from engine.lots import (
     grant_terms,
     summarize,
 )
-from engine.payments import TakeBackCredits
+from engine.payments import RefillIntent, TakeBackCredits
 from engine.reservations import CommitReservation, ReleaseReservation, Reserve
 from engine.transitions import apply
 from engine.undo import DebitCredits, ReverseUsage, VoidLot, reversal_fingerprint
@@ -349,3 +349,16 @@ def test_configured_defaults_sit_between_the_table_and_the_request():
                            ({"bonus": {"category": "paid", "priority": 101}}, "lot_defaults")):
         with pytest.raises(InvalidInput, match=message):
             LotDefaults.from_config(table)
+
+
+def test_an_expiry_or_a_manual_debit_below_the_trigger_raises_one_refill():
+    book = Book()
+    book.account = replace(book.account, stripe_customer_id="cus_1",
+                           auto_refill=AutoRefillSettings(True, 500, 2_500))
+    book.grant(400, EntryType.PURCHASE)
+    book.grant(300, terms=LotTerms(expires_at_ms=NOW + DAY_MS))
+    book.run(DebitCredits(USER, 100, None, b"d"))  # 600 left: above the trigger
+    assert not any(isinstance(record, RefillIntent) for record in book.records)
+    book.run(ExpireLots(USER), NOW + DAY_MS)  # 400 left: below it
+    assert [r.amount_cents for r in book.records if isinstance(r, RefillIntent)] == [2_500]
+    assert book.account.refill_pending
