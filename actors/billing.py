@@ -11,6 +11,7 @@ import trio
 
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
+from actors.lots import CreditLots, checked_reason
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import Payments
 from actors.subscriptions import Subscriptions
@@ -32,6 +33,7 @@ from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
 from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
+from engine.lots import LotDefaults, LotRequest
 from engine.metering import UsageRequest, usage_command, validate_metadata
 from engine.money import (
     AMOUNT_CENTS_MAX,
@@ -60,7 +62,6 @@ from storage.verify import VerifyReport, verify_store
 
 TRANSACTIONS_PAGE_MAX = 100
 USAGE_BATCH_EVENTS_MAX = 1000
-DESCRIPTION_LENGTH_MAX = 500
 
 
 class Billing:
@@ -76,6 +77,7 @@ class Billing:
         metrics: EngineMetrics,
         deadlines: Deadlines,
         exporter: Exporter | None = None,
+        lot_defaults: LotDefaults | None = None,
     ) -> None:
         self._exporter = exporter
         self._store = store
@@ -85,8 +87,11 @@ class Billing:
         self.plans = plans
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
-        self.payments = Payments(store, journal, system, deadlines, wall_clock_ms)
+        self.lot_defaults = lot_defaults if lot_defaults is not None else LotDefaults()
+        self.payments = Payments(store, journal, system, deadlines, wall_clock_ms,
+                                 lot_defaults=self.lot_defaults)
         self.subscriptions = Subscriptions(store, system, wall_clock_ms)
+        self.lots = CreditLots(store, journal, system, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:
@@ -148,24 +153,24 @@ class Billing:
         description: str = "",
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        lot: LotRequest | None = None,
     ) -> CreditResult:
+        """Credits of a credit type: a lot with what `lot` says over the type's defaults
+        (the configuration's, else engine/lots.py `LOT_DEFAULTS`)."""
         amount_cents = require_amount_cents("amount_cents", amount_cents)
         if entry_type is EntryType.USAGE:
             raise InvalidInput("usage is not a credit type", {"field": "type"})
-        if not isinstance(description, str) or len(description) > DESCRIPTION_LENGTH_MAX:
-            raise InvalidInput(
-                f"reason must be a string of at most {DESCRIPTION_LENGTH_MAX} characters",
-                {"field": "reason"},
-            )
+        description = checked_reason(description)
         key = parse_key("idempotency_key", idempotency_key) if idempotency_key else None
         command = AddCredits(
             user_id=user_id,
             amount_cents=amount_cents,
             entry_type=entry_type,
             key=key,
-            fingerprint=credits_fingerprint(user_id, amount_cents, entry_type),
+            fingerprint=credits_fingerprint(user_id, amount_cents, entry_type, lot),
             description=description,
             metadata=validate_metadata(metadata or {}),
+            lot=self.lot_defaults.terms(entry_type, self._wall_clock_ms(), lot),
         )
         reply = await self._system.call(command, CreditResult)
         return reply

@@ -1,11 +1,12 @@
-"""The one scheduler of time-driven work: reservation expiry, subscription deadlines and
-auto-refill attempts (engine/deadlines.py says where deadlines come from).
+"""The one scheduler of time-driven work: reservation expiry, subscription deadlines, lot
+expiry and auto-refill attempts (engine/deadlines.py says where deadlines come from).
 
 Deadlines reach it after their commit (the journal hands over each batch's records) and, at
-start and every `REFRESH_S`, from the store's index ordered by due time, read from the start
-and stopped at the first row beyond `HORIZON_MS`: so memory and start-up cost follow the work
-due soon, not the number of accounts. A due deadline becomes a command for the account's actor
-(`COMMAND_FOR`), or goes to the handler an integration registered for its kind.
+start and every `REFRESH_S` of wall-clock time, from the store's index ordered by due time,
+read from the start and stopped at the first row beyond `HORIZON_MS`: so memory and start-up
+cost follow the work due soon, not the number of accounts. A due deadline becomes a command
+for the account's actor (`COMMAND_FOR`), or goes to the handler an integration registered for
+its kind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from actors.journal import Batch
 from actors.system import ActorSystem, Pending, WallClock
 from engine.deadlines import Deadline, DeadlineKind
 from engine.errors import BillingError, EngineStopped
+from engine.expiry import ExpireLots
 from engine.reservations import ExpireReservation
 from engine.subscriptions import SweepSubscription
 from engine.transitions import AnyCommand
@@ -30,15 +32,21 @@ log = logging.getLogger("zbilling.deadlines")
 
 # Deadlines due within this time are kept in memory; later ones stay in the index.
 HORIZON_MS = 15 * 60 * 1000
-# How often the index is read again for deadlines that came within the horizon.
+# How often (by the wall clock) the index is read again for deadlines that came within the
+# horizon.
 REFRESH_S = 60.0
 assert REFRESH_S * 1000 < HORIZON_MS, "a deadline must be loaded before it is due"
+# The longest sleep between looks at the wall clock: it may jump (a stepped system clock, a
+# test's moved clock), and what became due then is acted on within this time.
+WAKE_MAX_S = 1.0
+assert WAKE_MAX_S <= REFRESH_S
 # Replaced or dropped deadlines leave stale heap rows; compact when they outnumber live ones.
 HEAP_SLACK_ENTRIES = 1024
 
 COMMAND_FOR: dict[DeadlineKind, Callable[[Deadline], AnyCommand]] = {
     DeadlineKind.RESERVATION_EXPIRY: lambda due: ExpireReservation(due.user_id, due.key),
     DeadlineKind.SUBSCRIPTION: lambda due: SweepSubscription(due.user_id),
+    DeadlineKind.LOT_EXPIRY: lambda due: ExpireLots(due.user_id),
 }
 Handler = Callable[[Deadline], None]
 _Name = tuple[DeadlineKind, str]
@@ -53,6 +61,7 @@ class Deadlines:
         self._armed: dict[_Name, Deadline] = {}
         self._handlers: dict[DeadlineKind, Handler] = {}
         self._changed = trio.Event()
+        self._loaded_at_ms = 0
         # kind -> deadlines that came due and were acted on (for metrics and tests).
         self.fired: Counter[str] = Counter()
 
@@ -97,25 +106,20 @@ class Deadlines:
 
     def load(self) -> None:
         """Arm what the index holds within the horizon (at start, and on each refresh)."""
-        self.observe(self._store.iter_deadlines(self._wall_clock_ms() + HORIZON_MS))
+        self._loaded_at_ms = self._wall_clock_ms()
+        self.observe(self._store.iter_deadlines(self._loaded_at_ms + HORIZON_MS))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.load()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._refresh)
-            task_status.started()
-            await self._fire_due()
-            nursery.cancel_scope.cancel()
-
-    async def _refresh(self) -> None:
-        while True:
-            await trio.sleep(REFRESH_S)
-            self.load()
+        task_status.started()
+        await self._fire_due()
 
     async def _fire_due(self) -> None:
         """Act on due deadlines until the engine stops. All that are due at once are decided
         together and then waited for, so they share group commits."""
         while True:
+            if self._wall_clock_ms() - self._loaded_at_ms >= REFRESH_S * 1000:
+                self.load()
             due = self._pop_due()
             if not due:
                 await self._sleep_until_next()
@@ -155,7 +159,7 @@ class Deadlines:
         return due
 
     async def _sleep_until_next(self) -> None:
-        delay_s = (self._heap[0][0] - self._wall_clock_ms()) / 1000 if self._heap else None
-        with trio.move_on_after(delay_s if delay_s is not None else float("inf")):
+        delay_s = (self._heap[0][0] - self._wall_clock_ms()) / 1000 if self._heap else WAKE_MAX_S
+        with trio.move_on_after(min(delay_s, WAKE_MAX_S)):
             await self._changed.wait()
         self._changed = trio.Event()

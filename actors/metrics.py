@@ -17,6 +17,7 @@ from actors.journal import Batch, Journal
 from actors.system import ActorSystem, WallClock
 from engine.commands import UsageEventRecord
 from engine.ledger import EntryType, LedgerEntry
+from engine.lots import LotCategory
 from engine.pricing import PricingConfig
 from engine.usage import LlmTokens
 from engine.usage import Metric as UsageMetric
@@ -70,6 +71,12 @@ class EngineMetrics:
             ["type"],
             registry=registry,
         )
+        self.breakage_credits = Counter(
+            "zbilling_breakage_credits",
+            "Credits that expired unspent (breakage), by lot category",
+            ["category"],
+            registry=registry,
+        )
         self.usage_events = Counter(
             "zbilling_usage_events",
             "Usage events debited (reservation commits included), by metric type and model",
@@ -104,6 +111,8 @@ class EngineMetrics:
                 else:
                     counts[record.entry_type.value] += 1
                     amounts[record.entry_type.value] += abs(record.amount)
+                    if record.entry_type is EntryType.EXPIRY:
+                        self._count_breakage(record)
             elif kind is UsageEventRecord:
                 labels = usage_labels(record.metric)
                 usage_counts[labels] += 1
@@ -117,6 +126,13 @@ class EngineMetrics:
         for labels, count in usage_counts.items():
             self.usage_events.labels(*labels).inc(count)
             self.usage_credits.labels(*labels).inc(usage_amounts[labels])
+
+    def _count_breakage(self, expiry: LedgerEntry) -> None:
+        """An expiry entry says how much of each category it took (engine/expiry.py)."""
+        for category in LotCategory:
+            cents = expiry.metadata.get(f"{category.value}_cents", 0)
+            if cents:
+                self.breakage_credits.labels(category.value).inc(cents)
 
     def _usage_labels(self, metric: UsageMetric | None) -> tuple[str, str]:
         if metric is None:

@@ -17,6 +17,7 @@ from engine.commands import AddCredits, CreditResult, KeyRecord, WebhookMarker
 from engine.deadlines import DeadlineKind, user_deadline
 from engine.ids import UserId
 from engine.ledger import EntryType
+from engine.lots import LotDefaults, LotRequest
 from engine.payments import (
     SCOPE_STRIPE_PAYMENT,
     DeclineRefill,
@@ -31,7 +32,9 @@ from storage.store import Store
 
 class Payments:
     def __init__(self, store: Store, journal: Journal, system: ActorSystem,
-                 deadlines: Deadlines, wall_clock_ms: WallClock) -> None:
+                 deadlines: Deadlines, wall_clock_ms: WallClock, *,
+                 lot_defaults: LotDefaults) -> None:
+        self._lot_defaults = lot_defaults
         self._store = store
         self._journal = journal
         self._system = system
@@ -82,8 +85,10 @@ class Payments:
         metadata: Mapping[str, Any],
         webhook: WebhookMarker | None = None,
         refill_number: int | None = None,
+        paid_usd_cents: int | None = None,
     ) -> CreditResult:
-        """Credit a paid PaymentIntent once; a second arrival raises DuplicateEvent."""
+        """Credit a paid PaymentIntent once; a second arrival raises DuplicateEvent. Its lot
+        records `paid_usd_cents`, what the credits cost."""
         command = AddCredits(
             user_id=user_id,
             amount_cents=amount_cents,
@@ -95,15 +100,19 @@ class Payments:
             scope=SCOPE_STRIPE_PAYMENT,
             webhook=webhook,
             refill_number=refill_number,
+            lot=self._lot_defaults.terms(entry_type, self._wall_clock_ms(),
+                                         LotRequest(paid_usd_cents=paid_usd_cents)),
         )
         result = await self._system.call(command, CreditResult)
         return result
 
     async def take_back(self, user_id: UserId, charge_id: str, total_cents: int, *,
                         description: str, metadata: Mapping[str, Any],
-                        webhook: WebhookMarker | None = None) -> CreditResult:
+                        webhook: WebhookMarker | None = None,
+                        lot_id: int | None = None) -> CreditResult:
+        """Take back refunded credits, from the refunded payment's lot (`lot_id`) first."""
         command = TakeBackCredits(user_id, charge_id, total_cents, description, metadata,
-                                  webhook)
+                                  webhook, lot_id)
         result = await self._system.call(command, CreditResult)
         return result
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from actors.deadlines import Deadlines
 from actors.journal import Journal
 from actors.metrics import EngineMetrics, Exporter
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
+from engine.lots import LotDefaults
 from engine.plans import Plans
 from engine.pricing import PricingConfig
 from storage.datadir_lock import DataDirLock
@@ -33,6 +35,23 @@ def system_wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def offset_clock(path: Path) -> WallClock:
+    """The system clock plus the milliseconds written in `path` (0 while it is missing or
+    empty), read again whenever the file changes: tests move an engine's time this way."""
+    seen: list[Any] = [None, 0]
+
+    def now_ms() -> int:
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return system_wall_clock_ms()
+        if stamp != seen[0]:
+            seen[:] = [stamp, int(path.read_text().strip() or 0)]
+        return system_wall_clock_ms() + int(seen[1])
+
+    return now_ms
+
+
 @asynccontextmanager
 async def open_billing(
     data_dir: Path,
@@ -46,6 +65,7 @@ async def open_billing(
     wrap_store: Callable[[Store], Store] | None = None,
     exporter: ExporterFactory | None = None,
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    lot_defaults: LotDefaults | None = None,
 ) -> AsyncIterator[Billing]:
     """Run the engine for the duration of the block; on exit, flush what was submitted."""
     lock = DataDirLock(data_dir)
@@ -86,6 +106,7 @@ async def open_billing(
                 metrics=metrics,
                 deadlines=deadlines,
                 exporter=export,
+                lot_defaults=lot_defaults if lot_defaults is not None else LotDefaults(),
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)

@@ -12,6 +12,7 @@ from actors.system import ActorSystem, WallClock
 from engine.account import Account
 from engine.commands import CreditResult
 from engine.ids import UserId
+from engine.lots import GrantRollover
 from engine.subscription_state import Manager
 from engine.subscriptions import (
     CancelSubscription,
@@ -35,10 +36,11 @@ class Subscriptions:
 
     async def subscribe(self, user_id: UserId, subscription_id: str, plan: str, *,
                         monthly_credits: int, managed_by: Manager, period_start_ms: int,
-                        period_end_ms: int, lago_plan_code: str | None) -> Account:
+                        period_end_ms: int, lago_plan_code: str | None,
+                        grant_rollover: GrantRollover = "none") -> Account:
         return await self._account(Subscribe(user_id, subscription_id, plan, monthly_credits,
                                              managed_by, period_start_ms, period_end_ms,
-                                             lago_plan_code))
+                                             lago_plan_code, grant_rollover))
 
     async def grant(self, user_id: UserId, subscription_id: str, period_start_ms: int,
                     period_end_ms: int, source: str) -> CreditResult:

@@ -13,10 +13,11 @@ from api.replies import (
     auto_refill_reply,
     balance_reply,
     credit_reply,
+    lot_request,
     transaction_reply,
 )
 from api.routes import ERRORS_USER, Caller, Route
-from engine.account import AutoRefillSettings
+from engine.account import AccountAt, AutoRefillSettings
 from engine.ids import UserId, parse_transaction_id
 from engine.ledger import EntryType
 
@@ -26,12 +27,13 @@ def register_account_routes(endpoint: Register, billing: Billing) -> None:
                     body=schemas.EmptyBody, reply=schemas.AccountReply, status=201,
                     errors=(400, 401, 409, 415, 503)))
     async def create_account(user: UserId, _: schemas.EmptyBody) -> schemas.AccountReply:
-        return account_reply(await billing.open_account(user, must_be_new=True))
+        created = await billing.open_account(user, must_be_new=True)
+        return account_reply(AccountAt(created, created.created_at_ms))
 
     @endpoint(Route("GET", "/v1/accounts/me", "The caller's account (opened on first use)",
                     Caller.USER, reply=schemas.AccountReply, errors=ERRORS_USER))
     async def my_account(user: UserId) -> schemas.AccountReply:
-        return account_reply(await billing.open_account(user))
+        return account_reply(await billing.lots.account_at(user))
 
     @endpoint(Route("DELETE", "/v1/accounts/me", "Close the caller's account", Caller.USER,
                     reply=schemas.DeletedReply, errors=ERRORS_USER))
@@ -42,7 +44,7 @@ def register_account_routes(endpoint: Register, billing: Billing) -> None:
     @endpoint(Route("GET", "/v1/credits/balance", "The caller's balance", Caller.USER,
                     reply=schemas.BalanceReply, errors=ERRORS_USER))
     async def my_balance(user: UserId) -> schemas.BalanceReply:
-        return balance_reply(await billing.open_account(user))
+        return balance_reply(await billing.lots.account_at(user))
 
     @endpoint(Route("GET", "/v1/credits/transactions", "The caller's ledger, newest first",
                     Caller.USER, reply=schemas.TransactionPageReply, errors=ERRORS_USER,
@@ -86,4 +88,5 @@ def register_account_routes(endpoint: Register, billing: Billing) -> None:
             entry_type=EntryType(body.type),
             description=body.reason,
             idempotency_key=request.headers.get(schemas.IDEMPOTENCY_KEY.name),
+            lot=lot_request(body),
         ))

@@ -14,6 +14,7 @@ from actors.billing import Billing
 from api.account_routes import register_account_routes
 from api.auth import Authenticator
 from api.http import Endpoints, install_error_handlers, install_request_hooks
+from api.lot_routes import register_lot_routes
 from api.payment_routes import register_payment_routes
 from api.reservation_routes import register_reservation_routes
 from api.settings import Settings
@@ -36,6 +37,7 @@ def create_app(
     install_error_handlers(app, settings.max_body_bytes)
     endpoint = Endpoints(app, auth, settings.metrics_token, registry)
     register_account_routes(endpoint, billing)
+    register_lot_routes(endpoint, billing)
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
     register_payment_routes(endpoint, billing, stripe)

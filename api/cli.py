@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -22,6 +23,7 @@ from actors.config import load_pricing
 from actors.runtime import open_billing
 from api.client import BillingApiError, BillingClient
 from api.config_file import read_config_file
+from api.schemas import iso_ms
 from api.server import run as run_server
 from api.settings import SettingsError, load_settings
 from api.supervisor import ListenError, run_supervised
@@ -110,6 +112,7 @@ def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: boo
             service_keys=config.service_keys if config else (),
             pricing_path=config.pricing_path if config else None,
             plans=config.plans if config else None,
+            lot_defaults=config.lot_defaults if config else None,
         )
     except SettingsError as error:
         fail(str(error))
@@ -186,7 +189,15 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
     click.echo(f"user        {account.user_id}  ({account.status.value}, plan {account.plan})")
     balance = account.balance_cents
     click.echo(f"balance     {format_usd(balance)}  ({balance} credits)")
-    click.echo(f"held        {account.held_cents}   available {account.available}")
+    available = account.available_cents(int(time.time() * 1000))
+    click.echo(f"held        {account.held_cents}   available {available}")
+    click.echo(f"lots        {len(account.lots)} with credits left (burn order), debt "
+               f"{account.debt_cents}")
+    for lot in account.lots:
+        expires = iso_ms(lot.expires_at_ms) if lot.expires_at_ms is not None else "never"
+        click.echo(f"  {transaction_id_str(lot.lot_id)}  {lot.source:<18} {lot.category.value:<11}"
+                   f" p{lot.priority:<3} {lot.remaining_cents:>12} of {lot.original_cents:<12}"
+                   f" held {lot.held_cents}  expires {expires}")
     click.echo(f"unbilled    {account.unbilled_micros} micro-credits")
     click.echo(f"lifetime    purchased {account.lifetime_purchased_cents}, granted "
                f"{account.lifetime_granted_cents}, used {account.lifetime_used_cents}")

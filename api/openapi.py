@@ -19,6 +19,7 @@ from api.schemas import (
     DECIMAL_RULES,
     PATH_SEGMENT_REF,
     PRINTABLE_REF,
+    USER_ID_PATH_SCHEMA,
     EmptyBody,
     ErrorReply,
     UsageFailure,
@@ -60,6 +61,8 @@ SECURITY_SCHEMES = {
 }
 
 # A path parameter is one segment: the router splits at "/", even when sent as %2F.
+# Path parameters with a narrower rule than any key.
+PATH_PARAMETERS = {"user_id": USER_ID_PATH_SCHEMA}
 PATH_PARAMETER = {"type": "string", "minLength": 1, "maxLength": KEY_LENGTH_MAX,
                   "allOf": [{"$ref": PATH_SEGMENT_REF}]}
 
@@ -142,7 +145,8 @@ def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:
         "security": SECURITY[route.caller],
         "responses": responses,
     }
-    parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAMETER}
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "schema": PATH_PARAMETERS.get(name, PATH_PARAMETER)}
                   for name in _path_names(route.path)]
     if route.parameters is not None:
         parameters += _query_parameters(route.parameters)

@@ -15,11 +15,12 @@ import msgspec
 from api import schemas
 from api.errors import render
 from api.schemas import iso_ms
-from engine.account import Account
+from engine.account import Account, AccountAt
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
 from engine.ids import AgentId, UserId, parse_agent_id, parse_key, transaction_id_str
 from engine.ledger import LedgerEntry
+from engine.lots import Lot, LotCategory, LotRequest, LotSummary, summarize
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT, format_usd, micros_to_cents_ceil
 from engine.plans import Plans
@@ -50,13 +51,13 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
     )
 
 
-def _moment(text: str) -> datetime.datetime:
-    """The usage time (its syntax, with an offset, is the schema's; the calendar is checked
+def _moment(text: str, field: str = "timestamp") -> datetime.datetime:
+    """A time in a body (its syntax, with an offset, is the schema's; the calendar is checked
     here)."""
     try:
         return msgspec.convert(text, datetime.datetime)
     except msgspec.ValidationError:
-        raise InvalidInput(f"timestamp {text!r} is not a date and time", {"field": "timestamp"}
+        raise InvalidInput(f"{field} {text!r} is not a date and time", {"field": field}
                            ) from None
 
 
@@ -70,13 +71,15 @@ def optional_iso_ms(epoch_ms: int | None) -> str | None:
     return None if epoch_ms is None else iso_ms(epoch_ms)
 
 
-def account_reply(account: Account) -> schemas.AccountReply:
+def account_reply(seen: AccountAt) -> schemas.AccountReply:
+    account, now_ms = seen.account, seen.now_ms
+    summary = summarize(account.lots, now_ms)
     return schemas.AccountReply(
         user_id=account.user_id,
         balance_cents=account.balance_cents,
         balance_formatted=format_usd(account.balance_cents),
         held_cents=account.held_cents,
-        available_cents=account.available,
+        available_cents=account.available_cents(now_ms),
         unbilled_micros=account.unbilled_micros,
         lifetime_purchased_cents=account.lifetime_purchased_cents,
         lifetime_granted_cents=account.lifetime_granted_cents,
@@ -88,18 +91,83 @@ def account_reply(account: Account) -> schemas.AccountReply:
         stripe_customer_id=account.stripe_customer_id,
         created_at=iso_ms(account.created_at_ms),
         updated_at=iso_ms(account.updated_at_ms),
+        paid_cents=summary.paid_cents,
+        promotional_cents=summary.promotional_cents,
+        next_expiry=_next_expiry(summary),
+        debt_cents=account.debt_cents,
+        lots=[lot_reply(lot, now_ms) for lot in account.lots],
     )
 
 
-def balance_reply(account: Account) -> schemas.BalanceReply:
+def balance_reply(seen: AccountAt) -> schemas.BalanceReply:
+    account, now_ms = seen.account, seen.now_ms
+    summary = summarize(account.lots, now_ms)
     return schemas.BalanceReply(
         user_id=account.user_id,
         balance_cents=account.balance_cents,
         balance_formatted=format_usd(account.balance_cents),
         held_cents=account.held_cents,
-        available_cents=account.available,
+        available_cents=account.available_cents(now_ms),
         plan=account.plan,
+        paid_cents=summary.paid_cents,
+        promotional_cents=summary.promotional_cents,
+        next_expiry=_next_expiry(summary),
     )
+
+
+def _next_expiry(summary: LotSummary) -> schemas.NextExpiryReply | None:
+    if summary.next_expiry_ms is None:
+        return None
+    return schemas.NextExpiryReply(summary.next_expiry_cents, iso_ms(summary.next_expiry_ms))
+
+
+def lot_reply(lot: Lot, now_ms: int) -> schemas.LotReply:
+    return schemas.LotReply(
+        lot_id=transaction_id_str(lot.lot_id),
+        source=lot.source,
+        category=lot.category.value,  # type: ignore[arg-type]
+        priority=lot.priority,
+        effective_at=optional_iso_ms(lot.effective_at_ms),
+        expires_at=optional_iso_ms(lot.expires_at_ms),
+        in_effect=lot.in_effect(now_ms),
+        original_cents=lot.original_cents,
+        remaining_cents=lot.remaining_cents,
+        drawn_cents=lot.drawn_cents,
+        expired_cents=lot.expired_cents,
+        voided_cents=lot.voided_cents,
+        held_cents=lot.held_cents,
+        paid_usd_cents=lot.paid_usd_cents,
+        rollover_cents=lot.rollover_cents,
+        rollover_expires_at=optional_iso_ms(lot.rollover_expires_at_ms),
+    )
+
+
+def lots_reply(seen: AccountAt) -> schemas.LotsReply:
+    account = seen.account
+    return schemas.LotsReply(
+        user_id=account.user_id,
+        lots=[lot_reply(lot, seen.now_ms) for lot in account.lots],
+        debt_cents=account.debt_cents,
+        as_of=iso_ms(seen.now_ms),
+    )
+
+
+def lot_request(body: schemas.CreditsAddBody) -> LotRequest | None:
+    """What a grant says of its lot (the rest is its type's defaults)."""
+    if (body.category, body.priority, body.effective_at, body.expires_at) == (None,) * 4:
+        return None
+    return LotRequest(
+        category=LotCategory(body.category) if body.category is not None else None,
+        priority=body.priority,
+        effective_at_ms=(_epoch_ms(body.effective_at, "effective_at")
+                         if body.effective_at is not None else None),
+        expires_at_ms=(_epoch_ms(body.expires_at, "expires_at")
+                       if body.expires_at is not None else None),
+    )
+
+
+def _epoch_ms(text: str, field: str) -> int:
+    return int(_moment(text, field).timestamp() * 1000)
 
 
 def auto_refill_reply(account: Account) -> schemas.AutoRefillReply:
@@ -119,6 +187,8 @@ def transaction_reply(entry: LedgerEntry) -> schemas.TransactionReply:
         metadata=dict(entry.metadata),
         event_id=entry.source_key,
         created_at=iso_ms(entry.created_at_ms),
+        lot_draws=[schemas.LotDrawReply(transaction_id_str(lot_id), cents)
+                   for lot_id, cents in entry.draws],
     )
 
 

@@ -19,7 +19,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from actors.billing import DESCRIPTION_LENGTH_MAX, TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from actors.billing import TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from actors.lots import DESCRIPTION_LENGTH_MAX
 from api.routes import Header
 from engine.account import (
     AUTO_REFILL_AMOUNT_CENTS_DEFAULT,
@@ -30,6 +31,7 @@ from engine.account import (
 )
 from engine.errors import require
 from engine.ids import AGENT_ID_LENGTH_MAX, KEY_LENGTH_MAX
+from engine.lots import PRIORITY_MAX, PRIORITY_MIN
 from engine.metering import METADATA_ENTRIES_MAX, METADATA_VALUE_LENGTH_MAX
 from engine.money import AMOUNT_CENTS_MAX, AMOUNT_CENTS_MIN, COST_MICROS_MAX
 from engine.payments import PURCHASE_USD_MAX, PURCHASE_USD_MIN
@@ -147,6 +149,15 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(
     max_length=METADATA_ENTRIES_MAX, description="a small flat map stored with the entry")]
 Timestamp = Annotated[str, Meta(description="RFC 3339 date-time, UTC, milliseconds",
                                 extra_json_schema={"format": "date-time"})]
+# A path parameter naming an account (api/openapi.py documents it so).
+USER_ID_PATH_SCHEMA = {"type": "string", "format": "uuid",
+                       "pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
+                                  "[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"}
+Priority = Annotated[int, Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX,
+                               description="burn order: lower numbers are spent first")]
+LotIdText = Annotated[str, Meta(min_length=26, max_length=26,
+                                pattern="^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$",
+                                description="a lot id: the ULID of the entry that opened it")]
 # An RFC 3339 date-time as msgspec reads it: the pattern states the syntax (which `format`,
 # an annotation in JSON Schema 2020-12, does not), msgspec then checks the calendar. No leap
 # second and no year 0: Python's datetime has neither.
@@ -155,6 +166,9 @@ DateTimeText = Annotated[str, Meta(
             r"(?:\.[0-9]+)?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$",
     description="when the usage happened: RFC 3339 with a time zone offset",
     extra_json_schema={"format": "date-time"})]
+LotTimeText = Annotated[str, Meta(
+    pattern=DateTimeText.__metadata__[0].pattern,
+    description="RFC 3339 with a time zone offset", extra_json_schema={"format": "date-time"})]
 
 
 def iso_ms(epoch_ms: int) -> str:
@@ -216,10 +230,33 @@ class AutoRefillBody(Body):
 
 
 class CreditsAddBody(Body):
+    """A grant; the lot's attributes not given are the defaults of its `type`."""
+
     user_id: uuid.UUID
     amount_cents: AmountCents
     reason: Annotated[str, Meta(max_length=DESCRIPTION_LENGTH_MAX)] = ""
     type: Literal["bonus", "refund", "adjustment"] = "bonus"
+    category: Literal["paid", "promotional"] | None = None
+    priority: Priority | None = None
+    effective_at: LotTimeText | None = None
+    expires_at: LotTimeText | None = None
+
+
+class LotVoidBody(Body):
+    user_id: uuid.UUID
+    lot_id: LotIdText
+    reason: Annotated[str, Meta(max_length=DESCRIPTION_LENGTH_MAX)] = ""
+
+
+class CreditsDebitBody(Body):
+    user_id: uuid.UUID
+    amount_cents: AmountCents
+    reason: Annotated[str, Meta(max_length=DESCRIPTION_LENGTH_MAX)] = ""
+
+
+class UsageReverseBody(Body):
+    event_id: Key
+    reason: Annotated[str, Meta(max_length=DESCRIPTION_LENGTH_MAX)] = ""
 
 
 class PurchaseBody(Body):
@@ -389,19 +426,70 @@ class AccountReply(Reply):
     stripe_customer_id: str | None
     created_at: Timestamp
     updated_at: Timestamp
+    paid_cents: int
+    promotional_cents: int
+    next_expiry: NextExpiryReply | None
+    debt_cents: int
+    lots: list[LotReply]
 
 
 class DeletedReply(Reply):
     deleted: bool
 
 
+class NextExpiryReply(Reply):
+    amount_cents: int
+    expires_at: Timestamp
+
+
 class BalanceReply(Reply):
+    """`paid_cents` and `promotional_cents` are what remains of the lots in effect."""
+
     user_id: uuid.UUID
     balance_cents: int
     balance_formatted: str
     held_cents: int
     available_cents: int
     plan: str
+    paid_cents: int
+    promotional_cents: int
+    next_expiry: NextExpiryReply | None
+
+
+class LotReply(Reply):
+    """One credit lot: remaining = original - drawn - expired - voided; `held_cents` of it are
+    promised to open reservations."""
+
+    lot_id: str
+    source: str
+    category: Literal["paid", "promotional"]
+    priority: int
+    effective_at: Timestamp | None
+    expires_at: Timestamp | None
+    in_effect: bool
+    original_cents: int
+    remaining_cents: int
+    drawn_cents: int
+    expired_cents: int
+    voided_cents: int
+    held_cents: int
+    paid_usd_cents: int | None
+    rollover_cents: int
+    rollover_expires_at: Timestamp | None
+
+
+class LotsReply(Reply):
+    """The account's lots with credits left, in burn order, and credits owed."""
+
+    user_id: uuid.UUID
+    lots: list[LotReply]
+    debt_cents: int
+    as_of: Timestamp
+
+
+class LotDrawReply(Reply):
+    lot_id: str
+    amount_cents: int
 
 
 class TransactionReply(Reply):
@@ -413,6 +501,7 @@ class TransactionReply(Reply):
     metadata: dict[str, Any]
     event_id: str | None
     created_at: Timestamp
+    lot_draws: list[LotDrawReply]
 
 
 class TransactionPageReply(Reply):

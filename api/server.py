@@ -36,7 +36,8 @@ from actors.remote import (
     RemoteFacade,
     billing_facades,
 )
-from actors.runtime import ExporterFactory, open_billing
+from actors.runtime import ExporterFactory, offset_clock, open_billing, system_wall_clock_ms
+from actors.system import WallClock
 from actors.wire import Codec, Extension
 from api.app import create_app
 from api.auth import Authenticator
@@ -61,7 +62,8 @@ async def serve(settings: Settings) -> None:
     exporter = lago_exporter_for(settings)
     pricing = load_pricing(settings.pricing_path)
     async with open_billing(settings.data_dir, pricing=pricing, plans=settings.plans,
-                            exporter=exporter) as billing:
+                            exporter=exporter, wall_clock_ms=wall_clock_for(settings),
+                            lot_defaults=settings.lot_defaults) as billing:
         stripe = stripe_for(settings, billing)
         lago_webhooks = lago_webhooks_for(settings, billing)
         app = create_app(billing, settings, Authenticator(settings), stripe, lago_webhooks)
@@ -75,6 +77,10 @@ async def serve(settings: Settings) -> None:
             await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
             nursery.cancel_scope.cancel()
     print("z-billing stopped; journal flushed", flush=True)
+
+
+def wall_clock_for(settings: Settings) -> WallClock:
+    return offset_clock(settings.clock_file) if settings.clock_file else system_wall_clock_ms
 
 
 def hypercorn_config(settings: Settings, config: Config | None = None) -> Config:
@@ -146,7 +152,9 @@ async def serve_engine(settings: Settings, ready: Callable[[], None]) -> None:
     exporter, the refill worker and the sweeper, and the engine socket the workers call."""
     pricing = load_pricing(settings.pricing_path)
     async with open_billing(settings.data_dir, pricing=pricing, plans=settings.plans,
-                            exporter=lago_exporter_for(settings)) as billing:
+                            exporter=lago_exporter_for(settings),
+                            wall_clock_ms=wall_clock_for(settings),
+                            lot_defaults=settings.lot_defaults) as billing:
         stripe = stripe_for(settings, billing)
         lago_webhooks = lago_webhooks_for(settings, billing)
         facades = billing_facades(billing)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from engine.lots import LotDefaults
 from engine.plans import Plans
 
 LISTEN_DEFAULT = "127.0.0.1:8080"
@@ -66,7 +67,11 @@ class Settings:
     refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
     pricing_path: Path | None = None
     plans: Plans = field(default_factory=lambda: Plans.from_config(None))
+    lot_defaults: LotDefaults = field(default_factory=LotDefaults)
     generated_keys: bool = False
+    # Dev mode only: the engine's clock runs this many milliseconds (the file's text) ahead
+    # of the system's, so tests move time without sleeping (ZBILLING_CLOCK_FILE).
+    clock_file: Path | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -94,6 +99,7 @@ class Settings:
             f"admin key: {'set' if self.admin_key else 'not set'}",
             f"user JWTs: {jwt}; HS256 {'on' if self.auth_hs256_secret else 'off'}",
             f"dev mode (test tokens): {'on' if self.dev else 'off'}",
+            *([f"clock: offset from {self.clock_file}"] if self.clock_file else []),
             f"Lago export: {'on, ' + str(self.lago_api_url) if self.lago_enabled else 'off'}",
             "Lago webhooks: " + ("on" if self.lago_webhook_secret or self.lago_public_key
                                  else "off (no LAGO_WEBHOOK_SECRET / LAGO_PUBLIC_KEY)"),
@@ -126,6 +132,7 @@ def load_settings(
     service_keys: tuple[ServiceKey, ...] = (),
     pricing_path: Path | None = None,
     plans: Plans | None = None,
+    lot_defaults: LotDefaults | None = None,
 ) -> Settings:
     """Settings from the environment, the command line and the config file (its named
     `service_keys` and `pricing_path`); refuses to start without a service key outside dev
@@ -151,6 +158,9 @@ def load_settings(
         raise SettingsError(
             "no service key: set SERVICE_API_KEY (or run with --dev to generate one)"
         )
+    clock_file = Path(env["ZBILLING_CLOCK_FILE"]) if env.get("ZBILLING_CLOCK_FILE") else None
+    if clock_file is not None and not dev:
+        raise SettingsError("ZBILLING_CLOCK_FILE moves the clock: it works only with --dev")
     settings = Settings(
         listen=listen or env.get("LISTEN_ADDR", LISTEN_DEFAULT),
         data_dir=data_dir or Path(env.get("ZBILLING_DATA_DIR", DATA_DIR_DEFAULT)),
@@ -175,7 +185,9 @@ def load_settings(
         refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
         pricing_path=pricing_path,
         plans=plans or Plans.from_config(None),
+        lot_defaults=lot_defaults or LotDefaults(),
         generated_keys=generated,
+        clock_file=clock_file,
     )
     settings.host_port  # noqa: B018 - validate early, with a clear message
     return settings

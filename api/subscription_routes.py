@@ -116,7 +116,7 @@ async def put_on_plan(billing: Billing, body: schemas.AdminSubscriptionBody) -> 
         monthly_credits=(body.monthly_credits if body.monthly_credits is not None
                          else plan.monthly_credits),
         managed_by=Manager.ADMIN, period_start_ms=start, period_end_ms=start + MONTH_MS,
-        lago_plan_code=plan.lago_plan_code,
+        lago_plan_code=plan.lago_plan_code, grant_rollover=plan.grant_rollover,
     )
 
 

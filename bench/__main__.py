@@ -15,6 +15,7 @@ from bench import (
     export,
     http,
     instructions,
+    lots,
     profile,
     reservations,
     scale,
@@ -35,6 +36,7 @@ PARTS = {
     "profile": profile.run,
     "instructions": instructions.run,
     "wal": wal.run,
+    "lots": lots.run,
 }
 # Parts run only when named (not by "all"): the dashboard picture needs Debian's prometheus.
 NAMED_PARTS = {"dashboard": dashboard.run}

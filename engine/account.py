@@ -8,6 +8,7 @@ import msgspec
 
 from engine.errors import AccountClosed, AccountNotFound, InvalidInput, require
 from engine.ids import UserId
+from engine.lots import Lots, lots_problems, unspendable_cents
 from engine.money import AMOUNT_CENTS_MAX, MICROS_PER_CREDIT, require_int
 from engine.subscription_state import Subscription
 
@@ -74,15 +75,20 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     refill_declines: int = 0
     auto_refill_error: str | None = None
     subscription: Subscription | None = None
+    # The credits behind the balance, in burn order (engine/lots.py), and credits owed:
+    # balance = remaining of all lots - debt.
+    lots: Lots = ()
+    debt_cents: int = 0
 
-    @property
-    def available(self) -> int:
-        """Credits that may still be spent without an overdraft: balance less open holds."""
-        return self.balance_cents - self.held_cents
+    def available_cents(self, now_ms: int) -> int:
+        """Credits that may be spent at `now_ms` without an overdraft: the balance less open
+        holds and less lots not in effect."""
+        available = self.balance_cents - self.held_cents
+        return available - unspendable_cents(self.lots, now_ms) if self.lots else available
 
-    def can_afford_micros(self, cost_micros: int) -> bool:
+    def can_afford_micros(self, cost_micros: int, now_ms: int) -> bool:
         """Unbilled fractions count against the balance before they become a whole credit."""
-        headroom = self.balance_cents - self.held_cents + self.overdraft_limit_cents
+        headroom = self.available_cents(now_ms) + self.overdraft_limit_cents
         return headroom * MICROS_PER_CREDIT - self.unbilled_micros >= cost_micros
 
     def check_invariants(self) -> None:
@@ -96,6 +102,16 @@ class Account(msgspec.Struct, frozen=True, gc=False):
         require(self.overdraft_limit_cents >= 0, "overdraft_limit %d < 0",
                 self.overdraft_limit_cents)
         require(self.seq >= 0, "seq %d < 0", self.seq)
+        problems = lots_problems(self.lots, self.balance_cents, self.debt_cents,
+                                 self.held_cents)
+        require(not problems, "lots: %s", problems)
+
+
+class AccountAt(msgspec.Struct, frozen=True, gc=False):
+    """An account with the instant it was read at (which lots are in effect depends on it)."""
+
+    account: Account
+    now_ms: int
 
 
 def live_account(account: Account | None, user_id: UserId) -> Account:

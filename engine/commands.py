@@ -11,6 +11,7 @@ import msgspec
 from engine.account import Account, AutoRefillSettings
 from engine.ids import AgentId, TransactionId, UserId, transaction_id_str
 from engine.ledger import EntryType
+from engine.lots import LotRequest, LotTerms
 from engine.usage import Metric
 
 if TYPE_CHECKING:  # only annotations: these modules import this one
@@ -89,6 +90,7 @@ class AddCredits(CommandBase):
     scope: str = SCOPE_CREDITS_ADD
     webhook: WebhookMarker | None = None
     refill_number: int | None = None
+    lot: LotTerms | None = None  # None: the defaults of `entry_type` (engine/lots.py)
 
     def reads(self) -> Reads:
         return Reads((self.scope, self.key)) if self.key is not None else NO_READS
@@ -255,5 +257,10 @@ def usage_fingerprint(
     return digest((user_id.bytes, kind, metric, cost_micros_override))
 
 
-def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType) -> bytes:
-    return digest((user_id.bytes, amount_cents, entry_type.value))
+def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType,
+                        lot: LotRequest | None = None) -> bytes:
+    """A grant's fingerprint; the lot attributes count when the request sets them (a grant
+    without them keeps the fingerprint it had before lots)."""
+    if lot is None:
+        return digest((user_id.bytes, amount_cents, entry_type.value))
+    return digest((user_id.bytes, amount_cents, entry_type.value, lot))

@@ -19,6 +19,7 @@ class DeadlineKind(StrEnum):
     RESERVATION_EXPIRY = "reservation_expiry"  # key: the reservation id
     SUBSCRIPTION = "subscription"  # key: the user id (period end, grace end, renewal)
     AUTO_REFILL = "auto_refill"  # key: the user id; due at once, retried by the worker
+    LOT_EXPIRY = "lot_expiry"  # key: the user id (its next lot expiry, engine/expiry.py)
 
 
 class Deadline(msgspec.Struct, frozen=True, gc=False):

@@ -100,6 +100,12 @@ class NotYetApplicable(BillingError):
     code = "conflict"
 
 
+class Conflict(BillingError):
+    """The request names something whose state refuses it (say, a void of a voided lot)."""
+
+    code = "conflict"
+
+
 class ReservationExpired(BillingError):
     code = "reservation_expired"
 

@@ -77,14 +77,14 @@ def transaction_id_str(transaction_id: int) -> str:
     return str(ULID.from_int(transaction_id))
 
 
-def parse_transaction_id(text: object) -> TransactionId:
+def parse_transaction_id(text: object, field: str = "before") -> TransactionId:
     if not isinstance(text, str) or len(text) != 26:
-        raise InvalidInput("transaction id must be a 26-character ULID", {"field": "before"})
+        raise InvalidInput("transaction id must be a 26-character ULID", {"field": field})
     try:
         return TransactionId(int(ULID.from_str(text)))
     except ValueError:
         raise InvalidInput(
-            "transaction id must be a 26-character ULID", {"field": "before"}
+            "transaction id must be a 26-character ULID", {"field": field}
         ) from None
 
 

@@ -19,14 +19,21 @@ class EntryType(StrEnum):
     BONUS = "bonus"
     AUTO_REFILL = "auto_refill"
     ADJUSTMENT = "adjustment"
+    # Credit lots (engine/lots.py): a lot's remainder expired or voided, an operator's debit,
+    # a usage event given back.
+    EXPIRY = "expiry"
+    VOID = "void"
+    DEBIT = "debit"
+    REVERSAL = "reversal"
 
 
 # Which lifetime counter each entry type feeds (invariant 4, README "Ledger invariants").
 PURCHASED_TYPES = frozenset({EntryType.PURCHASE, EntryType.AUTO_REFILL})
 GRANTED_TYPES = frozenset({EntryType.SUBSCRIPTION_GRANT})
-OTHER_CREDIT_TYPES = frozenset({EntryType.REFUND, EntryType.BONUS, EntryType.ADJUSTMENT})
 # Types an operator may grant by hand through the admin API.
-ADMIN_GRANT_TYPES = OTHER_CREDIT_TYPES
+ADMIN_GRANT_TYPES = frozenset({EntryType.REFUND, EntryType.BONUS, EntryType.ADJUSTMENT})
+OTHER_CREDIT_TYPES = ADMIN_GRANT_TYPES | {EntryType.EXPIRY, EntryType.VOID, EntryType.DEBIT,
+                                          EntryType.REVERSAL}
 
 
 class LedgerEntry(msgspec.Struct, frozen=True, gc=False):
@@ -41,3 +48,6 @@ class LedgerEntry(msgspec.Struct, frozen=True, gc=False):
     source_key: str | None = None
     description: str = ""
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    # (lot id, credits) the entry took from each lot (negative: gave back); a credit's draw
+    # on its own lot is the debt it paid off (engine/lots.py).
+    draws: tuple[tuple[int, int], ...] = ()

@@ -19,6 +19,7 @@ from engine.commands import (
 from engine.errors import InsufficientCredits, InvalidInput, require
 from engine.ids import AgentId, UserId
 from engine.ledger import EntryType
+from engine.lots import Draw
 from engine.money import (
     AMOUNT_CENTS_MAX,
     COST_MICROS_MAX,
@@ -119,16 +120,17 @@ def report_usage(account: Account | None, command: ReportUsage, context: Context
     check_prior(command.event_id, command.fingerprint, context.prior)
     live = live_account(account, command.user_id)
     check_cost(command.cost_micros)
-    if not live.can_afford_micros(command.cost_micros):
+    if not live.can_afford_micros(command.cost_micros, context.now_ms):
         raise InsufficientCredits(
             balance_cents=live.balance_cents,
-            available_cents=live.available,
+            available_cents=live.available_cents(context.now_ms),
             required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
         )
     transition = charge_usage(live, command, context, live.held_cents)
     updated = transition.account
     assert updated is not None
-    require(updated.available >= -updated.overdraft_limit_cents, "debit passed overdraft")
+    require(updated.available_cents(context.now_ms) >= -updated.overdraft_limit_cents,
+            "debit passed overdraft")
     return transition
 
 
@@ -142,15 +144,19 @@ def charge_usage(
     command: ReportUsage,
     context: Context,
     held_cents: int,
+    *,
     extra_metadata: Mapping[str, str] | None = None,
+    first: tuple[Draw, ...] = (),
 ) -> Transition:
-    """Charge a usage event with the carry rule: the entry, the event record, the reply."""
+    """Charge a usage event with the carry rule: the entry, the event record, the reply.
+    `first`: lots the debit burns before the burn order (a reservation's promise)."""
     cost_micros = command.cost_micros
     debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
     metadata = {**command.metadata, **(extra_metadata or {}), "cost_micros": cost_micros}
     updated, entry = post_entry(live, context, EntryType.USAGE, -debit,
                                 source_key=command.event_id, metadata=metadata,
-                                held_cents=held_cents, unbilled_micros=carried_micros)
+                                held_cents=held_cents, unbilled_micros=carried_micros,
+                                first=first)
     reply = UsageResult(
         event_id=command.event_id,
         user_id=live.user_id,

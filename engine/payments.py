@@ -68,8 +68,9 @@ class RefillResolved(msgspec.Struct, frozen=True, gc=False):
 
 class TakeBackCredits(CommandBase):
     """A Stripe refund of a payment we credited: bring the credits taken back for `charge_id`
-    up to `total_cents` (cumulative over the charge's refunds). May leave the balance below
-    zero: the user already spent those credits."""
+    up to `total_cents` (cumulative over the charge's refunds), from the payment's own lot
+    (`lot_id`, the transaction that credited it) first. May leave the balance below zero:
+    the user already spent those credits."""
 
     user_id: UserId
     charge_id: str
@@ -77,6 +78,7 @@ class TakeBackCredits(CommandBase):
     description: str = ""
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
     webhook: WebhookMarker | None = None
+    lot_id: int | None = None
 
     def reads(self) -> Reads:
         return Reads((SCOPE_STRIPE_REFUND, self.charge_id))
@@ -179,9 +181,11 @@ def take_back_credits(account: Account | None, command: TakeBackCredits,
         raise DuplicateEvent(command.charge_id, prior.result.to_dict())
     live = live_account(account, command.user_id)
     amount = command.total_cents - taken_before
+    own_lot = ((command.lot_id, amount),) if command.lot_id is not None else ()
     updated, entry = post_entry(live, context, EntryType.REFUND, -amount,
                                 source_key=command.charge_id,
-                                description=command.description, metadata=command.metadata)
+                                description=command.description, metadata=command.metadata,
+                                first=own_lot)
     balance = updated.balance_cents
     reply = CreditResult(live.user_id, context.transaction_id, EntryType.REFUND, -amount,
                          balance)

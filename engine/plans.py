@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -30,6 +30,9 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lago_plan_code: str | None = None
     # Enterprise: an admin sets each account's monthly credits.
     custom: bool = False
+    # What is left of a period's grant at its end: "none" expires, "all" rolls over (the
+    # grant never expires), a number keeps at most that many credits one more period.
+    grant_rollover: Literal["none", "all"] | Cents = "none"
 
 
 PLANS_DEFAULT: dict[str, Plan] = {

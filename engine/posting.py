@@ -1,7 +1,8 @@
 """The one door for balance changes, and the one rule for a key seen before.
 
-Every ledger entry is built by `post_entry`, which moves the balance, `seq`, the update time
-and the lifetime counter of the entry's type together, so no feature can forget one of them.
+Every ledger entry is built by `post_entry`, which moves the balance, `seq`, the update time,
+the lifetime counter of the entry's type and the credit lots together, so no feature can
+forget one of them: a credit opens a lot, a debit burns lots in burn order (engine/lots.py).
 Every idempotency key that was used before is answered by `repeat_or_conflict`.
 """
 
@@ -16,6 +17,7 @@ from engine.account import Account
 from engine.commands import Context, PriorOutcome
 from engine.errors import DuplicateEvent, IdempotencyConflict, require
 from engine.ledger import GRANTED_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
+from engine.lots import Booking, Draw, LotTerms, burn, default_terms, open_lot
 
 _NO_METADATA: Mapping[str, Any] = {}
 
@@ -29,12 +31,31 @@ def post_entry(
     source_key: str | None,
     description: str = "",
     metadata: Mapping[str, Any] = _NO_METADATA,
+    terms: LotTerms | None = None,
+    first: tuple[Draw, ...] = (),
+    booked: Booking | None = None,
     **changes: Any,
 ) -> tuple[Account, LedgerEntry]:
     """The account after one signed entry of `amount_cents`, and the entry (its
     `balance_after` is the new balance: invariant 2 holds by construction). `changes` are
-    other fields the same transition sets on the account."""
+    other fields the same transition sets on the account.
+
+    Lots: a credit opens one on `terms` (default: its type's); a debit burns the lots `first`
+    names, then the rest in burn order; `booked` is a lot change decided by the caller
+    (expiry, void, reversal)."""
     balance = account.balance_cents + amount_cents
+    if booked is None:
+        if amount_cents > 0:
+            booked = open_lot(account.lots, account.debt_cents, amount_cents,
+                              lot_id=context.transaction_id, source=entry_type.value,
+                              terms=terms or default_terms(entry_type))
+        elif amount_cents < 0:
+            booked = burn(account.lots, account.debt_cents, -amount_cents, context.now_ms,
+                          first)
+    if booked is not None:
+        changes["lots"], changes["debt_cents"], draws = booked
+    else:
+        draws = ()
     entry = LedgerEntry(
         transaction_id=context.transaction_id,
         user_id=account.user_id,
@@ -45,6 +66,7 @@ def post_entry(
         source_key=source_key,
         description=description,
         metadata=metadata,
+        draws=draws,
     )
     # The lifetime counters only grow (invariant 4 sums them with the other entry types).
     if entry_type is EntryType.USAGE:

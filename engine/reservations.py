@@ -37,6 +37,7 @@ from engine.errors import (
     require,
 )
 from engine.ids import UserId, transaction_id_str
+from engine.lots import Draw, hold, unhold
 from engine.metering import charge_usage, check_cost
 from engine.posting import repeat_or_conflict
 
@@ -69,6 +70,9 @@ class Reservation(msgspec.Struct, frozen=True, gc=False):
     # Set by a commit: the usage it charged and the fingerprint of the commit request.
     commit: UsageResult | None = None
     commit_fingerprint: bytes | None = None
+    # (lot id, credits) promised to this hold: kept past those lots' expiry until it ends,
+    # and burnt first by its commit.
+    lots: tuple[Draw, ...] = ()
 
     @property
     def scope(self) -> str:
@@ -239,12 +243,14 @@ def reserve(account: Account | None, command: Reserve, context: Context) -> Tran
     if not 1 <= command.ttl_s <= RESERVATION_TTL_S_MAX:
         raise InvalidInput(f"ttl_seconds must be between 1 and {RESERVATION_TTL_S_MAX}",
                            {"field": "ttl_seconds"})
-    if live.available - command.amount_cents < -live.overdraft_limit_cents:
+    available = live.available_cents(context.now_ms)
+    if available - command.amount_cents < -live.overdraft_limit_cents:
         raise InsufficientCredits(
             balance_cents=live.balance_cents,
-            available_cents=live.available,
+            available_cents=available,
             required_cents=command.amount_cents,
         )
+    lots, promised = hold(live.lots, command.amount_cents, context.now_ms)
     reservation = Reservation(
         reservation_id=command.reservation_id,
         user_id=live.user_id,
@@ -253,10 +259,12 @@ def reserve(account: Account | None, command: Reserve, context: Context) -> Tran
         expires_at_ms=context.now_ms + command.ttl_s * 1000,
         fingerprint=command.fingerprint,
         metadata=command.metadata,
+        lots=promised,
     )
-    updated = replace(live, held_cents=live.held_cents + command.amount_cents,
+    updated = replace(live, held_cents=live.held_cents + command.amount_cents, lots=lots,
                       updated_at_ms=context.now_ms)
-    require(updated.available >= -updated.overdraft_limit_cents, "hold passed overdraft")
+    require(updated.available_cents(context.now_ms) >= -updated.overdraft_limit_cents,
+            "hold passed overdraft")
     reply = ReservationHeld(reservation, updated.balance_cents, updated.held_cents)
     expiry = _expiry(reservation, reservation.expires_at_ms)
     return Transition(updated, (reservation, expiry), reply, (reservation,))
@@ -290,10 +298,13 @@ def commit(account: Account | None, command: CommitReservation, context: Context
         raise IdempotencyConflict(usage.event_id)
     live = live_account(account, usage.user_id)
     check_cost(usage.cost_micros)
-    # The service was delivered: the commit is charged even above the hold or the balance.
-    transition = charge_usage(live, usage, context,
+    # The service was delivered: the commit is charged even above the hold or the balance,
+    # first from the lots the hold was promised from (even if they expired since).
+    unheld = replace(live, lots=unhold(live.lots, reservation.lots))
+    transition = charge_usage(unheld, usage, context,
                               live.held_cents - reservation.amount_cents,
-                              {"reservation_id": reservation.reservation_id})
+                              extra_metadata={"reservation_id": reservation.reservation_id},
+                              first=reservation.lots)
     result = transition.reply
     assert isinstance(result, UsageResult)
     released = max(reservation.amount_cents - result.cost_cents, 0)
@@ -324,7 +335,7 @@ def _close_hold(
     if account is None:
         raise AccountNotFound(f"no account for user {reservation.user_id}")
     updated = replace(account, held_cents=account.held_cents - reservation.amount_cents,
-                      updated_at_ms=context.now_ms)
+                      lots=unhold(account.lots, reservation.lots), updated_at_ms=context.now_ms)
     closed = replace(reservation, status=status, closed_at_ms=context.now_ms,
                      released_cents=reservation.amount_cents)
     reply = ReservationReleased(reservation.reservation_id, reservation.user_id, status,

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 import msgspec
 
+from engine.lots import GrantRollover
+
 GRACE_PERIOD_MS = 7 * 24 * 3600 * 1000  # past_due this long, and the subscription ends
 
 
@@ -30,6 +32,7 @@ class Subscription(msgspec.Struct, frozen=True, gc=False):
     period_end_ms: int
     last_granted_period_ms: int | None = None
     past_due_since_ms: int | None = None
+    grant_rollover: GrantRollover = "none"  # the plan's, for each period's grant lot
 
     def deadline_ms(self) -> int | None:
         """When the sweeper must look at this subscription again."""

@@ -25,6 +25,7 @@ from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.errors import InvalidInput, NotYetApplicable
 from engine.ids import UserId
 from engine.ledger import EntryType
+from engine.lots import GrantRollover, grant_terms
 from engine.plans import FREE
 from engine.posting import check_prior, post_entry
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
@@ -65,6 +66,7 @@ class Subscribe(CommandBase):
     period_start_ms: int
     period_end_ms: int
     lago_plan_code: str | None = None
+    grant_rollover: GrantRollover = "none"
 
 
 class GrantPeriod(CommandBase):
@@ -153,7 +155,8 @@ def subscribe(account: Account | None, command: Subscribe, context: Context) -> 
         # The same subscription moved to another plan (say, in Stripe's portal): the next
         # periods grant the new plan's credits.
         # Lago takes the same external id with another plan code as a plan change.
-        changed = replace(current, plan=command.plan, monthly_credits=command.monthly_credits)
+        changed = replace(current, plan=command.plan, monthly_credits=command.monthly_credits,
+                          grant_rollover=command.grant_rollover)
         updated, deadline = _with(live, changed, now_ms)
         mirror = ((LagoMirror(live.user_id, command.subscription_id, command.lago_plan_code),)
                   if command.lago_plan_code is not None else ())
@@ -166,6 +169,7 @@ def subscribe(account: Account | None, command: Subscribe, context: Context) -> 
         monthly_credits=command.monthly_credits,
         period_start_ms=command.period_start_ms,
         period_end_ms=command.period_end_ms,
+        grant_rollover=command.grant_rollover,
     )
     updated, deadline = _with(live, subscription, now_ms)
     mirror: tuple[LagoMirror, ...] = (
@@ -205,7 +209,8 @@ def grant_period(account: Account | None, command: GrantPeriod, context: Context
         live, context, EntryType.SUBSCRIPTION_GRANT, credits, source_key=command.key,
         description=f"{subscription.plan} plan: credits for the period from "
                     f"{command.period_start_ms // 1000}",
-        metadata={"subscription_id": subscription.subscription_id, "source": command.source})
+        metadata={"subscription_id": subscription.subscription_id, "source": command.source},
+        terms=grant_terms(subscription.grant_rollover, start, end_ms))
     updated, deadline = _with(granted, renewed, context.now_ms)
     reply = CreditResult(live.user_id, context.transaction_id, EntryType.SUBSCRIPTION_GRANT,
                          credits, updated.balance_cents)

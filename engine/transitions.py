@@ -14,7 +14,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine import metering, payments, reservations, subscriptions
+from engine import expiry, metering, payments, reservations, subscriptions, undo
 from engine.account import Account, AccountStatus, live_account
 from engine.commands import (
     AddCredits,
@@ -31,15 +31,19 @@ from engine.commands import (
     Transition,
 )
 from engine.errors import AccountExists, AccountNotFound, InvalidInput, require
+from engine.expiry import ExpireLots, rearm
 from engine.export import AccountOpened
 from engine.ledger import EntryType
+from engine.lots import validate_terms
 from engine.money import MICROS_PER_CREDIT
 from engine.payments import PaymentCommand, enabling_clears_error, settle_refill
 from engine.posting import check_prior, post_entry
 from engine.reservations import ReservationCommand
 from engine.subscriptions import SubscriptionCommand
+from engine.undo import UndoCommand
 
-AnyCommand = Command | ReservationCommand | PaymentCommand | SubscriptionCommand
+AnyCommand = (Command | ReservationCommand | PaymentCommand | SubscriptionCommand | ExpireLots
+              | UndoCommand)
 Handler = Callable[[Account | None, Any, Context], Transition]
 
 
@@ -47,6 +51,9 @@ def apply(account: Account | None, command: AnyCommand, context: Context) -> Tra
     transition = _HANDLERS[type(command)](account, command, context)
     if transition.account is not None:
         transition.account.check_invariants()
+        deadline = rearm(account, transition.account)
+        if deadline is not None:
+            transition = replace(transition, records=(*transition.records, deadline))
     # Records looked up by key before their commit must be among those stored.
     for record in transition.keyed:
         require(record in transition.records, "%s keyed a record it does not store",
@@ -93,11 +100,12 @@ def _check_balance(
     account: Account | None, command: CheckBalance, context: Context
 ) -> Transition:
     live = live_account(account, command.user_id)
-    sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT)
+    sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT,
+                                        context.now_ms)
     reply = BalanceCheck(
         sufficient=sufficient,
         balance_cents=live.balance_cents,
-        available_cents=live.available,
+        available_cents=live.available_cents(context.now_ms),
         required_cents=command.required_cents,
     )
     return Transition(live, (), reply)
@@ -111,9 +119,11 @@ def _add_credits(account: Account | None, command: AddCredits, context: Context)
                            {"field": "type"})
     if command.amount_cents <= 0:
         raise InvalidInput("credits added must be a positive amount", {"field": "amount_cents"})
+    if command.lot is not None:
+        validate_terms(command.lot, context.now_ms)
     updated, entry = post_entry(live, context, command.entry_type, command.amount_cents,
                                 source_key=command.key, description=command.description,
-                                metadata=command.metadata)
+                                metadata=command.metadata, terms=command.lot)
     updated, settled = settle_refill(updated, command.refill_number)
     reply = CreditResult(
         user_id=live.user_id,
@@ -149,6 +159,8 @@ _FEATURE_HANDLERS: tuple[dict[type, Handler], ...] = (
     reservations.HANDLERS,  # type: ignore[dict-item]
     payments.HANDLERS,  # type: ignore[dict-item]
     subscriptions.HANDLERS,  # type: ignore[dict-item]
+    expiry.HANDLERS,  # type: ignore[dict-item]
+    undo.HANDLERS,  # type: ignore[dict-item]
 )
 _HANDLERS: dict[type, Handler] = {
     command: handler for handlers in _FEATURE_HANDLERS for command, handler in handlers.items()

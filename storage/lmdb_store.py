@@ -630,9 +630,9 @@ class LmdbStore:
             found.append(self._entry(TransactionId(keys.transaction_id_from_key(key))))
         return EntryPage(found, has_more)
 
-    def iter_accounts(self) -> Iterator[Account]:
+    def iter_accounts(self, *, checked: bool = True) -> Iterator[Account]:
         for _, data in self._scan("accounts", b"", None):
-            yield codec.decode_account(data)
+            yield codec.decode_account(data, checked=checked)
 
     def iter_user_entries(self, user_id: UserId) -> Iterator[LedgerEntry]:
         prefix = keys.user_key(user_id)

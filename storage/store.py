@@ -64,7 +64,10 @@ class Store(Protocol):
         """A user's entries newest first: skip `offset`, start below `before` when given."""
         ...
 
-    def iter_accounts(self) -> Iterator[Account]: ...
+    def iter_accounts(self, *, checked: bool = True) -> Iterator[Account]:
+        """Every account; `checked=False` reads one that breaks an invariant as it is (for
+        `zbilling verify`, which reports what is wrong instead of stopping)."""
+        ...
 
     def iter_user_entries(self, user_id: UserId) -> Iterator[LedgerEntry]:
         """A user's entries oldest first."""

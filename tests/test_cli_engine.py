@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def test_accounts_show_prints_the_account_and_its_entries(tmp_path, pricing):
     assert "$4.79" in shown.output
     assert "cli-2" in shown.output
     assert "2 older entries" in shown.output
+    # Its one lot: the bonus of 500 with 479 left, promotional, never expiring.
+    assert "1 with credits left (burn order), debt 0" in shown.output
+    assert re.search(r"bonus +promotional +p50 +479 of 500 +held 0  expires never",
+                     shown.output)
     assert runner.invoke(main, ["accounts", "show", "not-a-uuid", "--data-dir",
                                 str(data_dir)]).exit_code == 2
     missing = runner.invoke(main, ["accounts", "show", str(new_user()), "--data-dir",

@@ -47,6 +47,8 @@ SAMPLE_ARGUMENTS: dict[str, Any] = {
     "enabled": True,
     "metric": {"type": "compute", "cpu_hours": "1"},
     "events": [],
+    "lot_id": "01J00000000000000000000000",
+    "event_id": "evt-1",
 }
 # Every call is refused at once, without retries: one request per call.
 REFUSAL = {"error": {"code": "bad_request", "message": "recorded", "details": {}}}

@@ -1,5 +1,9 @@
 """Model-based test: random command sequences against the real engine (LMDB on disk, restarts
-included) and a plain reference model; the ledger invariants hold after every step."""
+included) and a plain reference model; the ledger invariants hold after every step.
+
+The model keeps credit lots its own plain way (a list per account, sorted by the burn order on
+every use) so that burn order, expiry at the instant, holds across an expiry and debt are
+checked against an independent reading of the rules."""
 
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ from engine.errors import (
     ReservationClosed,
     ReservationExpired,
 )
+from engine.expiry import ExpireLots
 from engine.ids import UserId
 from engine.ledger import EntryType
+from engine.lots import LotCategory, LotRequest, default_terms
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT
 from engine.payments import refunded_credits
@@ -83,6 +89,23 @@ class EngineThread:
 
 
 @dataclass
+class ModelLot:
+    lot_id: int
+    priority: int
+    expires_at_ms: int | None
+    paid: bool
+    remaining: int
+    held: int = 0
+
+    def key(self) -> tuple[int, int, bool, int]:
+        expires = self.expires_at_ms if self.expires_at_ms is not None else 1 << 62
+        return (self.priority, expires, self.paid, self.lot_id)
+
+    def live(self, now_ms: int) -> bool:
+        return self.expires_at_ms is None or now_ms < self.expires_at_ms
+
+
+@dataclass
 class ModelAccount:
     balance_cents: int = 0
     unbilled: int = 0
@@ -91,6 +114,73 @@ class ModelAccount:
     purchased: int = 0
     granted: int = 0
     used: int = 0
+    lots: list[ModelLot] = field(default_factory=list)
+    debt: int = 0
+    # Expiry entries are not in `seq`: the engine's own timer may split one expiry in two
+    # (before and after a hold ends) or not, by when it runs; their total is exact.
+    expired: int = 0
+
+    def ordered(self) -> list[ModelLot]:
+        self.lots = sorted((lot for lot in self.lots if lot.remaining or lot.held),
+                           key=ModelLot.key)
+        return self.lots
+
+    def credit(self, lot: ModelLot) -> None:
+        paid_off = min(self.debt, lot.remaining)
+        self.debt -= paid_off
+        lot.remaining -= paid_off
+        self.lots.append(lot)
+        self.balance_cents += lot.remaining + paid_off
+        self.seq += 1
+        self.ordered()
+
+    def debit(self, cents: int, now_ms: int, first: dict[int, int] | None = None) -> None:
+        need = cents
+        for lot in self.ordered():
+            take = min(need, (first or {}).get(lot.lot_id, 0), lot.remaining - lot.held)
+            lot.remaining -= max(take, 0)
+            need -= max(take, 0)
+        for lot in self.lots:
+            if lot.live(now_ms):
+                take = min(need, lot.remaining - lot.held)
+                lot.remaining -= take
+                need -= take
+        self.debt += need
+        self.balance_cents -= cents
+        self.seq += 1
+        self.ordered()
+
+    def available(self, now_ms: int, held: int) -> int:
+        out_of_effect = sum(lot.remaining - lot.held for lot in self.lots if not lot.live(now_ms))
+        return self.balance_cents - held - out_of_effect
+
+    def hold(self, cents: int, now_ms: int) -> dict[int, int]:
+        promised: dict[int, int] = {}
+        for lot in self.ordered():
+            take = min(cents, lot.remaining - lot.held) if lot.live(now_ms) else 0
+            if take > 0:
+                lot.held += take
+                promised[lot.lot_id] = take
+                cents -= take
+        return promised
+
+    def unhold(self, promised: dict[int, int]) -> None:
+        for lot in self.lots:
+            lot.held -= promised.get(lot.lot_id, 0)
+        self.ordered()
+
+    def expire(self, now_ms: int) -> bool:
+        """Expire the free part of every lot past its expiry; whether anything expired."""
+        expired = 0
+        for lot in self.lots:
+            if not lot.live(now_ms) and lot.remaining > lot.held:
+                expired += lot.remaining - lot.held
+                lot.remaining = lot.held
+        if expired:
+            self.balance_cents -= expired
+            self.expired += expired
+            self.ordered()
+        return bool(expired)
 
 
 @dataclass
@@ -100,13 +190,15 @@ class ModelHold:
     expires_at_ms: int
     status: str = "held"
     cost_micros: int | None = None
+    promised: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
 class Model:
     accounts: dict[UserId, ModelAccount] = field(default_factory=dict)
     events: dict[str, tuple[UserId, int, int]] = field(default_factory=dict)
-    grants: dict[str, tuple[UserId, int, EntryType]] = field(default_factory=dict)
+    grants: dict[str, tuple[UserId, int, EntryType, int | None, int]] = field(
+        default_factory=dict)
     holds: dict[str, ModelHold] = field(default_factory=dict)
     payments: dict[str, tuple[UserId, int]] = field(default_factory=dict)
     refunded: dict[str, int] = field(default_factory=dict)
@@ -163,27 +255,52 @@ class LedgerMachine(RuleBasedStateMachine):
                               EntryType.SUBSCRIPTION_GRANT, EntryType.AUTO_REFILL,
                               EntryType.ADJUSTMENT]),
         key=st.sampled_from(GRANT_KEYS),
+        expires_in_s=st.sampled_from([None, None, 45, 120, 5000]),
+        priority=st.sampled_from([50, 50, 10, 90]),
     )
-    def add_credits(self, user: UserId, amount: int, kind: EntryType, key: str | None) -> None:
+    def add_credits(self, user: UserId, amount: int, kind: EntryType,  # noqa: PLR0917
+                    key: str | None, expires_in_s: int | None, priority: int) -> None:
+        expires_at_ms = self.now_ms + expires_in_s * 1000 if expires_in_s else None
+        terms = (None if expires_at_ms is None and priority == 50 else LotRequest(
+            priority=priority, expires_at_ms=expires_at_ms))
         got = self.outcome(
-            self.engine.billing.add_credits, user, amount, entry_type=kind, idempotency_key=key
+            self.engine.billing.add_credits, user, amount, entry_type=kind, idempotency_key=key,
+            lot=terms,
         )
+        request = (user, amount, kind, expires_at_ms, priority)
         if key is not None and key in self.model.grants:
-            assert isinstance(got, DuplicateEvent if self.model.grants[key] == (user, amount, kind)
-                              else IdempotencyConflict)
+            seen = self.model.grants[key]
+            # A grant without lot terms keeps its pre-lot fingerprint; terms count otherwise.
+            same = seen == request or (seen[:3] == request[:3] and terms is None
+                                       and seen[3:] == (None, 50))
+            assert isinstance(got, DuplicateEvent if same else IdempotencyConflict)
             return
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        account.balance_cents += amount
-        account.seq += 1
+        account.credit(ModelLot(got.transaction_id, priority, expires_at_ms,
+                                default_terms(kind).category is LotCategory.PAID, amount))
         if kind in (EntryType.PURCHASE, EntryType.AUTO_REFILL):
             account.purchased += amount
         elif kind is EntryType.SUBSCRIPTION_GRANT:
             account.granted += amount
         assert got.balance_cents == account.balance_cents
         if key is not None:
-            self.model.grants[key] = (user, amount, kind)
+            self.model.grants[key] = request
+
+    @rule(
+        user=st.sampled_from(USERS),
+        amount=st.integers(1, 600),
+        promotional=st.booleans(),
+        expires_in_s=st.sampled_from([45, 120]),
+        priority=st.sampled_from([10, 50, 90]),
+    )
+    def expiring_lot(self, user: UserId, amount: int, promotional: bool,
+                     expires_in_s: int, priority: int) -> None:
+        """A lot that expires soon on an open account: the time steps reach its expiry."""
+        self.open_account(user)
+        kind = EntryType.BONUS if promotional else EntryType.PURCHASE
+        self.add_credits(user, amount, kind, None, expires_in_s, priority)
 
     @rule(
         user=st.sampled_from(USERS),
@@ -207,14 +324,16 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        available = account.balance_cents - self.model.held(user)
+        available = account.available(self.now_ms, self.model.held(user))
         if available * MICROS_PER_CREDIT - account.unbilled < cost_micros:
             assert isinstance(got, InsufficientCredits)
             return
         debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
-        account.balance_cents -= debit
+        if debit:
+            account.debit(debit, self.now_ms)
+        else:
+            account.seq += 1
         account.used += debit
-        account.seq += 1
         assert isinstance(got, UsageResult)
         assert (got.cost_cents, got.balance_cents) == (debit, account.balance_cents)
         self.model.events[event_id] = (user, cost_micros, account.balance_cents)
@@ -249,11 +368,14 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        if account.balance_cents - self.model.held(user) - amount < 0:
+        if account.available(self.now_ms, self.model.held(user)) - amount < 0:
             assert isinstance(got, InsufficientCredits)
             return
         assert got.reservation.amount_cents == amount
-        self.model.holds[reservation_id] = ModelHold(user, amount, self.now_ms + ttl_s * 1000)
+        promised = account.hold(amount, self.now_ms)
+        assert dict(got.reservation.lots) == promised
+        self.model.holds[reservation_id] = ModelHold(user, amount, self.now_ms + ttl_s * 1000,
+                                                     promised=promised)
 
     @rule(
         reservation_id=st.sampled_from(RESERVATION_IDS),
@@ -285,13 +407,17 @@ class LedgerMachine(RuleBasedStateMachine):
             assert isinstance(got, AccountClosed)
             return
         debit, account.unbilled = divmod(account.unbilled + cost_micros, MICROS_PER_CREDIT)
-        account.balance_cents -= debit
+        account.unhold(hold.promised)
+        if debit:
+            account.debit(debit, self.now_ms, hold.promised)
+        else:
+            account.seq += 1
         account.used += debit
-        account.seq += 1
         hold.status, hold.cost_micros = "committed", cost_micros
         self.model.events[reservation_id] = (hold.user, cost_micros, account.balance_cents)
         assert got.usage.balance_cents == account.balance_cents
         assert got.released_cents == max(hold.amount - debit, 0)
+        self.expire_lots(hold.user)  # what the hold kept past an expiry goes now
 
     @rule(reservation_id=st.sampled_from(RESERVATION_IDS))
     def release_reservation(self, reservation_id: str) -> None:
@@ -308,6 +434,8 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             hold.status = "released"
             assert got.released_cents == hold.amount
+            self.model.accounts[hold.user].unhold(hold.promised)
+            self.expire_lots(hold.user)
 
     @rule(user=st.sampled_from(USERS), payment_id=st.sampled_from(PAYMENT_IDS),
           amount=st.integers(1, 2000))
@@ -324,9 +452,8 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model.accounts.get(user)
         if self.refused(account, got):
             return
-        account.balance_cents += amount
+        account.credit(ModelLot(got.transaction_id, 50, None, True, amount))
         account.purchased += amount
-        account.seq += 1
         self.model.payments[payment_id] = (user, amount)
         assert got.balance_cents == account.balance_cents
 
@@ -349,23 +476,35 @@ class LedgerMachine(RuleBasedStateMachine):
         elif account.closed:
             assert isinstance(got, AccountClosed)
         else:
-            account.balance_cents -= total - taken
-            account.seq += 1
+            account.debit(total - taken, self.now_ms)
             self.model.refunded[payment_id] = total
             assert got.balance_cents == account.balance_cents
 
     @rule(seconds=st.sampled_from([30, 90, 4000]))
     def time_passes(self, seconds: int) -> None:
-        """Advance the clock and run the expiry the timer would run for every due hold."""
+        """Advance the clock and run what the timers would run for every due hold and lot.
+        The engine's own scheduler may run them first: either way each happens once."""
         self.now_ms += seconds * 1000
+        for user in self.model.accounts:
+            self.expire_lots(user)
         for reservation_id, hold in self.model.holds.items():
             if hold.status == "held" and self.now_ms >= hold.expires_at_ms:
                 reply = self.engine.call(
                     self.engine.billing.system.execute,
                     ExpireReservation(hold.user, reservation_id),
                 )
-                assert reply.status is ReservationStatus.EXPIRED
+                assert reply is None or reply.status is ReservationStatus.EXPIRED
                 hold.status = "expired"
+                self.model.accounts[hold.user].unhold(hold.promised)
+                self.expire_lots(hold.user)
+
+    def expire_lots(self, user: UserId) -> None:
+        """The lot-expiry timer's command, now; the model expires what is due."""
+        account = self.model.accounts[user]
+        if account.closed:
+            return
+        self.engine.call(self.engine.billing.system.execute, ExpireLots(user))
+        account.expire(self.now_ms)
 
     @rule()
     def restart(self) -> None:
@@ -395,18 +534,28 @@ class LedgerMachine(RuleBasedStateMachine):
         self.data_dir = image
         self.engine = EngineThread(self.data_dir, self.clock)
 
+    async def expiry_entries(self, user: UserId) -> list[Any]:
+        store = self.engine.billing._store
+        return [entry for entry in store.iter_user_entries(user)
+                if entry.entry_type is EntryType.EXPIRY]
+
     @invariant()
     def engine_matches_model_and_invariants_hold(self) -> None:
         for user, expected in self.model.accounts.items():
             account = self.engine.call(self.engine.billing.get_account, user)
+            expiries = self.engine.call(self.expiry_entries, user)
             assert (account.balance_cents, account.unbilled_micros, account.seq) == (
-                expected.balance_cents, expected.unbilled, expected.seq,
+                expected.balance_cents, expected.unbilled, expected.seq + len(expiries),
             )
+            assert -sum(entry.amount for entry in expiries) == expected.expired
             assert (account.lifetime_purchased_cents, account.lifetime_granted_cents,
                     account.lifetime_used_cents) == (expected.purchased, expected.granted,
                                                expected.used)
             assert (account.status is AccountStatus.CLOSED) == expected.closed
             assert account.held_cents == self.model.held(user)
+            assert [(lot.lot_id, lot.remaining_cents, lot.held_cents) for lot in account.lots] == [
+                (lot.lot_id, lot.remaining, lot.held) for lot in expected.ordered()]
+            assert account.debt_cents == expected.debt
         report = self.engine.call(self.engine.billing.verify)
         assert report.ok, report.violations
         assert report.accounts == len(self.model.accounts)

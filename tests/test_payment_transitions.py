@@ -15,6 +15,7 @@ from engine.deadlines import DeadlineKind, user_deadline
 from engine.errors import AccountClosed, DuplicateEvent, InvalidInput
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
+from engine.lots import balance_as_lots
 from engine.payments import (
     REFILL_ATTEMPTS_MAX,
     SCOPE_STRIPE_PAYMENT,
@@ -42,7 +43,9 @@ def ctx(tid: int = 1, prior=None) -> Context:
 
 
 def account(**changes) -> Account:
-    return replace(Account(user_id=USER, created_at_ms=0, updated_at_ms=0), **changes)
+    lots, debt = balance_as_lots(changes.get("balance_cents", 0))
+    return replace(Account(user_id=USER, created_at_ms=0, updated_at_ms=0, lots=lots,
+                           debt_cents=debt), **changes)
 
 
 REFILLING = account(

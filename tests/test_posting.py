@@ -23,6 +23,7 @@ from engine.commands import (
 from engine.errors import DuplicateEvent, IdempotencyConflict, InvariantViolation
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType
+from engine.lots import balance_as_lots
 from engine.payments import SCOPE_STRIPE_REFUND, TakeBackCredits
 from engine.posting import post_entry, repeat_or_conflict
 from engine.reservations import CommitReservation, ExpireReservation, Reserve
@@ -35,7 +36,9 @@ CONTEXT = Context(NOW, TransactionId(42))
 
 
 def account(**fields) -> Account:
-    return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, **fields)
+    lots, debt = balance_as_lots(fields.get("balance_cents", 0))
+    return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, lots=lots, debt_cents=debt,
+                   **fields)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from engine.errors import (
 )
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
+from engine.lots import balance_as_lots
 from engine.reservations import (
     CommitReservation,
     ExpireReservation,
@@ -40,8 +41,9 @@ NOW = 1_700_000_000_000
 
 
 def account(balance_cents: int = 100, **fields) -> Account:
+    lots, debt = balance_as_lots(balance_cents)
     return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, balance_cents=balance_cents,
-                   **fields)
+                   lots=lots, debt_cents=debt, **fields)
 
 
 def ctx(now_ms: int = NOW, reservation=None, prior=None, tid: int = 1) -> Context:
@@ -73,7 +75,7 @@ def held(amount: int = 10, balance_cents: int = 100) -> tuple[Account, Reservati
 def test_reserve_holds_credits_and_records_the_reservation():
     transition = apply(account(100), reserve(30, ttl_s=60), ctx())
     assert transition.account.held_cents == 30
-    assert transition.account.available == 70
+    assert transition.account.available_cents(NOW) == 70
     reply = transition.reply
     assert isinstance(reply, ReservationHeld)
     assert reply.reservation.expires_at_ms == NOW + 60_000

@@ -24,6 +24,7 @@ from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.errors import InvariantViolation
 from engine.ids import TransactionId
 from engine.ledger import EntryType, LedgerEntry
+from engine.lots import balance_as_lots
 from engine.payments import RefillIntent, RefillResolved
 from engine.records import StoredRecord
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
@@ -75,6 +76,7 @@ def test_every_record_round_trips(store):
         lifetime_purchased_cents=3, lifetime_granted_cents=2, lifetime_used_cents=0, plan="pro",
         auto_refill=AutoRefillSettings(True, 700, 3000), stripe_customer_id="cus_1",
         lago_customer_id=None, overdraft_limit_cents=4, seq=2,
+        lots=balance_as_lots(5)[0],
     )
     first = entry(user, 10, 5, 5, key="grant")
     usage = entry(user, 11, 0, 5, key="evt")
@@ -123,7 +125,8 @@ def test_a_failed_commit_writes_nothing(store):
         transaction_id=TransactionId(1), user_id=user, entry_type=EntryType.BONUS, amount=1,
         balance_after=1, created_at_ms=1, metadata={"unencodable": object()},
     )
-    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=1, seq=1)
+    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=1, seq=1,
+                      lots=balance_as_lots(1)[0])
     with pytest.raises(Exception):  # noqa: B017 - any failure, as long as nothing is written
         store.commit(CommitBatch([account], [entry(user, 2, 1, 1), bad]))
     assert store.get_account(user) is None
@@ -215,13 +218,15 @@ def test_an_account_of_the_first_format_reads_with_the_new_fields_at_rest():
                                                       updated_at_ms=2, balance_cents=7)))
     first_format = cbor2.dumps([codec.ACCOUNT_FORMAT_V1, *fields[1:17]])
     assert codec.decode_account(first_format) == Account(user_id=user, created_at_ms=1,
-                                                         updated_at_ms=2, balance_cents=7)
+                                                         updated_at_ms=2, balance_cents=7,
+                                                         lots=balance_as_lots(7)[0])
 
 
 def test_a_record_type_without_a_writer_is_refused_and_nothing_is_written(store):
     """An unknown record must stop the commit (fail-stop), not land in some database."""
     user = new_user()
-    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=3, seq=1)
+    account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=3, seq=1,
+                      lots=balance_as_lots(3)[0])
     stray = CreditResult(user, TransactionId(1), EntryType.BONUS, 3, 3)
     with pytest.raises(StoreError, match="no writer for record type CreditResult"):
         store.commit(CommitBatch([account], [entry(user, 1, 3, 3), stray]))  # type: ignore[list-item]

@@ -12,7 +12,7 @@ import pytest
 from api.client import BadRequest, BillingClient
 from tests.conftest import new_user
 from tests.fake_stripe import API_KEY, PM_DECLINED, PM_OK, WEBHOOK_SECRET, FakeStripe
-from tests.http_support import Server, service_headers, user_headers
+from tests.http_support import ADMIN_KEY, Server, service_headers, user_headers
 
 pytestmark = pytest.mark.slow
 
@@ -205,6 +205,25 @@ def test_a_refund_takes_the_credits_back_once(server, stripe_fake):
     assert balance(server, user)["balance_cents"] == -3_500
     refused = spend(server, user, 1, "after-refund")
     assert refused.status_code == 402
+
+
+def test_a_refund_takes_back_from_the_refunded_purchase_lot_first(server, stripe_fake):
+    user = new_user()
+    purchase(server, stripe_fake, user, 10)
+    (bought,) = entries(server, user, "purchase")
+    bonus = httpx.post(f"{server.url}/v1/credits/add", headers={"X-Admin-Key": ADMIN_KEY},
+                       json={"user_id": str(user), "amount_cents": 500, "priority": 0})
+    assert bonus.status_code == 200, bonus.text
+    lots = httpx.get(f"{server.url}/v1/credits/lots", headers=user_headers(user)).json()["lots"]
+    assert [(lot["source"], lot["category"], lot["paid_usd_cents"]) for lot in lots] == [
+        ("bonus", "promotional", None), ("purchase", "paid", 1_000)]
+    payment_id = entries(server, user, "purchase")[0]["metadata"]["payment_intent"]
+    assert stripe_fake.deliver(stripe_fake.refund(payment_id, amount=400)).json()[
+        "outcome"] == "applied"
+    (refund,) = entries(server, user, "refund")
+    # The bonus burns first for usage, but a refund takes from the purchase it refunds.
+    assert refund["lot_draws"] == [{"lot_id": bought["id"], "amount_cents": 400}]
+    assert balance(server, user)["promotional_cents"] == 500
 
 
 def test_the_payment_history_comes_from_stripe(server, stripe_fake):

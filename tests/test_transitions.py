@@ -47,6 +47,7 @@ from engine.ids import (
     transaction_id_str,
 )
 from engine.ledger import EntryType, LedgerEntry
+from engine.lots import balance_as_lots
 from engine.money import format_usd, require_amount_cents, round_half_even, split_micros
 from engine.transitions import Context, apply
 
@@ -59,8 +60,9 @@ def ctx(tid: int = 1, prior=None) -> Context:
 
 
 def account(balance_cents: int = 0, **fields) -> Account:
+    lots, debt = balance_as_lots(balance_cents)
     return Account(user_id=USER, created_at_ms=1, updated_at_ms=1, balance_cents=balance_cents,
-                   **fields)
+                   lots=lots, debt_cents=debt, **fields)
 
 
 def usage(event_id: str, cost_micros: int, user: UserId = USER) -> ReportUsage:

@@ -13,6 +13,7 @@ import pytest
 from engine.account import Account
 from engine.ids import TransactionId
 from engine.ledger import EntryType, LedgerEntry
+from engine.lots import balance_as_lots
 from storage.lmdb_store import LmdbStore
 from storage.store import CommitBatch, StoreError
 from storage.verify import verify_store
@@ -108,7 +109,8 @@ def test_trim_deletes_only_segments_wholly_applied(tmp_path):
 
 def grant(user, transaction_id: int, balance: int) -> CommitBatch:
     account = Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=balance,
-                      lifetime_purchased_cents=balance, seq=transaction_id)
+                      lifetime_purchased_cents=balance, seq=transaction_id,
+                      lots=balance_as_lots(balance)[0])
     entry = LedgerEntry(TransactionId(transaction_id), user, EntryType.PURCHASE, 1, balance, 1)
     return CommitBatch([account], [entry])
 

@@ -31,6 +31,7 @@ from ._results import (
     Deleted,
     ErrorInfo,
     Health,
+    Lots,
     PaymentsPage,
     Portal,
     Purchase,
@@ -219,6 +220,15 @@ def _metric(metric: Mapping[str, Any] | None) -> dict[str, Any] | None:
             for key, value in metric.items()}
 
 
+def _keyed_credit(path: str, body: Mapping[str, Any], idempotency_key: str | None
+                  ) -> _Spec[CreditResult]:
+    """An admin write deduplicated on its Idempotency-Key (one made up when not given), so
+    it is retried like a usage event."""
+    return _Spec("POST", path, _plain(CreditResult), body=body,
+                 headers={"Idempotency-Key": idempotency_key or _new_id()}, retry=True,
+                 replay=_replay_as(CreditResult))
+
+
 class _Routes:
     """One spec builder per route; shared by the sync and the async client."""
 
@@ -306,12 +316,39 @@ class _Routes:
         return _Spec("GET", "/v1/payments", _plain(PaymentsPage), params=params, retry=True)
 
     @staticmethod
-    def add_credits(user_id: object, amount_cents: int, reason: str, kind: str,
-                    idempotency_key: str | None) -> _Spec[CreditResult]:
+    def add_credits(user_id: object, amount_cents: int, reason: str, kind: str, *,
+                    idempotency_key: str | None, lot: Mapping[str, Any]
+                    ) -> _Spec[CreditResult]:
         body = {"user_id": str(user_id), "amount_cents": amount_cents, "reason": reason,
-                "type": kind}
-        return _Spec("POST", "/v1/credits/add", _plain(CreditResult), body=body,
-                     headers={"Idempotency-Key": idempotency_key or _new_id()}, retry=True,
+                "type": kind, **_fields(**lot)}
+        return _keyed_credit("/v1/credits/add", body, idempotency_key)
+
+    @staticmethod
+    def lots() -> _Spec[Lots]:
+        return _Spec("GET", "/v1/credits/lots", _plain(Lots), retry=True)
+
+    @staticmethod
+    def admin_account(user_id: object) -> _Spec[BillingAccount]:
+        return _Spec("GET", f"/v1/admin/accounts/{_segment(str(user_id))}",
+                     _plain(BillingAccount), retry=True)
+
+    @staticmethod
+    def void_lot(user_id: object, lot_id: str, reason: str,
+                 idempotency_key: str | None) -> _Spec[CreditResult]:
+        body = {"user_id": str(user_id), "lot_id": lot_id, "reason": reason}
+        return _keyed_credit("/v1/admin/lots/void", body, idempotency_key)
+
+    @staticmethod
+    def debit_credits(user_id: object, amount_cents: int, reason: str,
+                      idempotency_key: str | None) -> _Spec[CreditResult]:
+        body = {"user_id": str(user_id), "amount_cents": amount_cents, "reason": reason}
+        return _keyed_credit("/v1/admin/credits/debit", body, idempotency_key)
+
+    @staticmethod
+    def reverse_usage(event_id: str, reason: str) -> _Spec[CreditResult]:
+        # Retried: the server reverses an event once, and answers a repeat with the original.
+        return _Spec("POST", "/v1/admin/usage/reverse", _plain(CreditResult),
+                     body={"event_id": event_id, "reason": reason}, retry=True,
                      replay=_replay_as(CreditResult))
 
     @staticmethod

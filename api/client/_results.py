@@ -74,6 +74,44 @@ class Portal(_Result):
     url: str
 
 
+class NextExpiry(_Result):
+    amount_cents: int
+    expires_at: str
+
+
+class Lot(_Result):
+    """One credit lot (see the server's README "Credit lots")."""
+
+    lot_id: str
+    source: str
+    category: str
+    priority: int
+    original_cents: int
+    remaining_cents: int
+    effective_at: str | None = None
+    expires_at: str | None = None
+    in_effect: bool = True
+    drawn_cents: int = 0
+    expired_cents: int = 0
+    voided_cents: int = 0
+    held_cents: int = 0
+    paid_usd_cents: int | None = None
+    rollover_cents: int = 0
+    rollover_expires_at: str | None = None
+
+
+class Lots(_Result):
+    user_id: str
+    lots: list[Lot]
+    debt_cents: int = 0
+    as_of: str | None = None
+
+
+class LotDraw(_Result):
+    lot_id: str
+    amount_cents: int
+
+
 class BillingAccount(_Result):
     user_id: str
     balance_cents: int
@@ -91,6 +129,11 @@ class BillingAccount(_Result):
     stripe_customer_id: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    paid_cents: int = 0
+    promotional_cents: int = 0
+    next_expiry: NextExpiry | None = None
+    debt_cents: int = 0
+    lots: list[Lot] = msgspec.field(default_factory=list)
 
 
 class Deleted(_Result):
@@ -104,6 +147,9 @@ class Balance(_Result):
     held_cents: int
     available_cents: int
     plan: str | None = None
+    paid_cents: int = 0
+    promotional_cents: int = 0
+    next_expiry: NextExpiry | None = None
 
 
 class Transaction(_Result):
@@ -115,6 +161,7 @@ class Transaction(_Result):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     event_id: str | None = None
     created_at: str | None = None
+    lot_draws: list[LotDraw] = msgspec.field(default_factory=list)
 
 
 class TransactionPage(_Result):

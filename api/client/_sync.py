@@ -23,6 +23,7 @@ from ._results import (
     CreditResult,
     Deleted,
     Health,
+    Lots,
     PaymentsPage,
     Portal,
     Purchase,
@@ -125,10 +126,33 @@ class BillingClient:
         return self._send(_Routes.set_plan(user_id, plan, monthly_credits))
 
     def add_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
-                    type: str = "bonus", idempotency_key: str | None = None
-                    ) -> CreditResult:
+                type: str = "bonus", idempotency_key: str | None = None,
+                category: str | None = None, priority: int | None = None,
+                effective_at: str | None = None, expires_at: str | None = None
+                ) -> CreditResult:
+        """Grant credits (admin); the lot's attributes not given are the type's defaults."""
+        lot = {"category": category, "priority": priority, "effective_at": effective_at,
+               "expires_at": expires_at}
         return self._send(_Routes.add_credits(user_id, amount_cents, reason, type,
-                                              idempotency_key))
+                                              idempotency_key=idempotency_key, lot=lot))
+
+    def lots(self) -> Lots:
+        return self._send(_Routes.lots())
+
+    def admin_account(self, user_id: object) -> BillingAccount:
+        return self._send(_Routes.admin_account(user_id))
+
+    def void_lot(self, user_id: object, lot_id: str, *, reason: str = "",
+             idempotency_key: str | None = None) -> CreditResult:
+        return self._send(_Routes.void_lot(user_id, lot_id, reason, idempotency_key))
+
+    def debit_credits(self, user_id: object, amount_cents: int, *, reason: str = "",
+                  idempotency_key: str | None = None) -> CreditResult:
+        return self._send(_Routes.debit_credits(user_id, amount_cents, reason,
+                                                idempotency_key))
+
+    def reverse_usage(self, event_id: str, *, reason: str = "") -> CreditResult:
+        return self._send(_Routes.reverse_usage(event_id, reason))
 
     def report_usage(self, user_id: object, *, event_id: str | None = None,
                      metric: Mapping[str, Any] | None = None, cost_cents: int | None = None,

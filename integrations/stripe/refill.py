@@ -136,6 +136,7 @@ class RefillWorker:
                     description=f"Auto-refill of {intent.amount_cents:,} credits",
                     metadata={"payment_intent": str(payment["id"])},
                     refill_number=intent.number,
+                    paid_usd_cents=payment.get("amount"),
                 )
             except DuplicateEvent:
                 return "succeeded_webhook_first"

@@ -57,7 +57,7 @@ class StripeSubscriptions:
             user_id, str(obj["id"]), str(plan_code),
             monthly_credits=plan.monthly_credits, managed_by=Manager.STRIPE,
             period_start_ms=_ms(start), period_end_ms=_ms(end),
-            lago_plan_code=plan.lago_plan_code,
+            lago_plan_code=plan.lago_plan_code, grant_rollover=plan.grant_rollover,
         )
 
     def _plan_of(self, obj: dict[str, Any]) -> str | None:

@@ -85,10 +85,10 @@ class StripeWebhooks:
             if obj.get("mode") != "payment" or obj.get("payment_status") != "paid":
                 return "ignored"
             payment_id = obj.get("payment_intent") or obj["id"]
-            return await self._credit(str(payment_id), obj.get("metadata") or {}, marker,
+            return await self._credit(str(payment_id), obj, marker,
                                       {"checkout_session": str(obj["id"])})
         if event_type == "payment_intent.succeeded":
-            return await self._credit(str(obj["id"]), obj.get("metadata") or {}, marker, {})
+            return await self._credit(str(obj["id"]), obj, marker, {})
         if event_type == "payment_intent.payment_failed":
             # The refill worker records declines from Stripe's answer; this only confirms it.
             return "recorded"
@@ -96,8 +96,9 @@ class StripeWebhooks:
             return await self._refund(obj, marker)
         return "ignored"
 
-    async def _credit(self, payment_id: str, metadata: dict[str, Any], marker: Any,
+    async def _credit(self, payment_id: str, obj: dict[str, Any], marker: Any,
                       extra: dict[str, str]) -> str:
+        metadata = obj.get("metadata") or {}
         kind = metadata.get("kind")
         if kind not in ("purchase", "auto_refill"):
             return "ignored"  # not a payment z-billing asked for
@@ -112,6 +113,7 @@ class StripeWebhooks:
             metadata={"payment_intent": payment_id, **extra},
             webhook=marker,
             refill_number=refill_number,
+            paid_usd_cents=_paid_usd_cents(obj),
         )
         return "applied"
 
@@ -132,8 +134,15 @@ class StripeWebhooks:
             description=f"Stripe refund of {charge.get('amount_refunded', 0)} cents",
             metadata={"payment_intent": str(payment_id), "charge": str(charge["id"])},
             webhook=marker,
+            lot_id=credited.result.transaction_id,
         )
         return "applied"
+
+
+def _paid_usd_cents(obj: dict[str, Any]) -> int | None:
+    """What the payment cost in US cents, as Stripe says (a lot's cost basis)."""
+    amount = obj.get("amount_received", obj.get("amount_total", obj.get("amount")))
+    return amount if type(amount) is int and amount >= 0 else None
 
 
 def _positive(value: object) -> int:
