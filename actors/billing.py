@@ -30,6 +30,15 @@ from engine.commands import (
 )
 from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
+from engine.grants import (
+    DailyGrant,
+    GrantOutcome,
+    ReferralGrant,
+    ReferralOutcome,
+    ReferralSide,
+    SignupGrant,
+    utc_day,
+)
 from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
 from engine.metering import UsageRequest, usage_command, validate_metadata
@@ -61,6 +70,12 @@ from storage.verify import VerifyReport, verify_store
 TRANSACTIONS_PAGE_MAX = 100
 USAGE_BATCH_EVENTS_MAX = 1000
 DESCRIPTION_LENGTH_MAX = 500
+
+
+def _grant_amount(amount_cents: int) -> int:
+    """A configured grant: 0 switches it off, else an amount within the ledger's bounds."""
+    return amount_cents if amount_cents == 0 else require_amount_cents("amount_cents",
+                                                                       amount_cents)
 
 
 class Billing:
@@ -159,6 +174,37 @@ class Billing:
         )
         reply = await self._system.call(command, CreditResult)
         return reply
+
+    # --- promotional grants (engine/grants.py) ----------------------------------------------
+
+    async def signup_grant(self, user_id: UserId, amount_cents: int) -> GrantOutcome:
+        """`amount_cents` once per account (0: switched off); opens the account if needed."""
+        command = SignupGrant(user_id, _grant_amount(amount_cents))
+        return await self._system.call(command, GrantOutcome)
+
+    async def daily_grant(self, user_id: UserId) -> GrantOutcome:
+        """The plan's `daily_grant_credits` once per UTC day, after the signup grant."""
+        command = DailyGrant(user_id, utc_day(self._wall_clock_ms()),
+                             self.plans.daily_grant_credits())
+        return await self._system.call(command, GrantOutcome)
+
+    async def referral_grant(self, inviter_id: UserId, invitee_id: UserId, amount_cents: int
+                             ) -> ReferralOutcome:
+        """`amount_cents` to each side, once per invitee: both sides or neither, in one
+        commit (`ActorSystem.apply_together`)."""
+        if inviter_id == invitee_id:
+            raise InvalidInput("a user cannot refer themselves",
+                               {"field": "invitee_user_id"})
+        amount_cents = _grant_amount(amount_cents)
+        invitee, inviter = self._system.apply_together([
+            ReferralGrant(invitee_id, invitee_id, ReferralSide.INVITEE, amount_cents),
+            ReferralGrant(inviter_id, invitee_id, ReferralSide.INVITER, amount_cents),
+        ])
+        invitee_outcome = await invitee.settle()
+        inviter_outcome = await inviter.settle()
+        assert isinstance(invitee_outcome, GrantOutcome)
+        assert isinstance(inviter_outcome, GrantOutcome)
+        return ReferralOutcome(invitee_outcome, inviter_outcome)
 
     # --- usage -------------------------------------------------------------------------------
 

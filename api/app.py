@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from actors.billing import Billing
 from api.account_routes import register_account_routes
 from api.auth import Authenticator
+from api.grant_routes import register_grant_routes
 from api.http import Endpoints, install_error_handlers, install_request_hooks
 from api.payment_routes import register_payment_routes
 from api.reservation_routes import register_reservation_routes
@@ -38,6 +39,7 @@ def create_app(
     register_account_routes(endpoint, billing)
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
+    register_grant_routes(endpoint, billing, settings)
     register_payment_routes(endpoint, billing, stripe)
     register_subscription_routes(endpoint, billing, stripe)
     register_lago_routes(endpoint, lago_webhooks, settings)

@@ -18,6 +18,7 @@ from api.schemas import iso_ms
 from engine.account import Account
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
+from engine.grants import GrantOutcome, ReferralOutcome
 from engine.ids import AgentId, UserId, parse_agent_id, parse_key, transaction_id_str
 from engine.ledger import LedgerEntry
 from engine.metering import UsageRequest
@@ -131,6 +132,32 @@ def credit_reply(result: CreditResult) -> schemas.CreditReply:
         amount_cents=result.amount_cents,
         balance_cents=result.balance_cents,
         balance_formatted=format_usd(result.balance_cents),
+    )
+
+
+def grant_reply(outcome: GrantOutcome) -> schemas.GrantReply:
+    return schemas.GrantReply(
+        granted=outcome.granted,
+        reason=outcome.reason.value if outcome.reason is not None else None,
+        user_id=outcome.user_id,
+        amount_cents=outcome.amount_cents,
+        balance_cents=outcome.balance_cents,
+        transaction_id=(transaction_id_str(outcome.transaction_id)
+                        if outcome.transaction_id is not None else None),
+    )
+
+
+def referral_reply(outcome: ReferralOutcome) -> schemas.ReferralGrantReply:
+    invitee, inviter = outcome.invitee, outcome.inviter
+    # Both sides are decided together, so they agree on `granted`.
+    reason = invitee.reason or inviter.reason
+    return schemas.ReferralGrantReply(
+        granted=invitee.granted and inviter.granted,
+        reason=reason.value if reason is not None else None,
+        invitee_amount_cents=invitee.amount_cents,
+        inviter_amount_cents=inviter.amount_cents,
+        invitee_balance_cents=invitee.balance_cents,
+        inviter_balance_cents=inviter.balance_cents,
     )
 
 

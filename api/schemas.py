@@ -578,3 +578,48 @@ class CheckoutReply(Reply):
 
 class PortalReply(Reply):
     url: str
+
+
+# --- promotional grants (service) --------------------------------------------------------------
+
+
+class SignupGrantBody(Body):
+    """`is_zero_pro` (also spelled `isZeroPro`) and `referred_by` are the original's fields:
+    accepted, with no effect (a referral is granted by /v1/credits/referral-grant)."""
+
+    user_id: uuid.UUID
+    is_zero_pro: bool | None = None
+    is_zero_pro_camel: bool | None = msgspec.field(default=None, name="isZeroPro")
+    referred_by: uuid.UUID | None = None
+
+
+class DailyGrantBody(Body):
+    user_id: uuid.UUID
+
+
+class ReferralGrantBody(Body):
+    inviter_user_id: uuid.UUID
+    invitee_user_id: uuid.UUID
+
+
+GrantReason = Annotated[str | None, Meta(
+    description="why nothing was granted: already_granted, already_granted_today, disabled "
+                "(the grant is configured to 0) or signup_grant_required; null when granted")]
+
+
+class GrantReply(Reply):
+    granted: bool
+    reason: GrantReason
+    user_id: uuid.UUID
+    amount_cents: int
+    balance_cents: int
+    transaction_id: str | None
+
+
+class ReferralGrantReply(Reply):
+    granted: bool
+    reason: GrantReason
+    invitee_amount_cents: int
+    inviter_amount_cents: int
+    invitee_balance_cents: int
+    inviter_balance_cents: int

@@ -101,7 +101,7 @@ def lago_exporter_for(settings: Settings) -> ExporterFactory | None:
 def stripe_gateway(settings: Settings) -> StripeGateway:
     return StripeGateway(settings.stripe_api_key or "",
                          webhook_secret=settings.stripe_webhook_secret,
-                         frontend_url=settings.frontend_url,
+                         frontend_url=settings.checkout_return_url,
                          api_base=settings.stripe_api_base)
 
 

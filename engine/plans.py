@@ -30,6 +30,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lago_plan_code: str | None = None
     # Enterprise: an admin sets each account's monthly credits.
     custom: bool = False
+    # Credits of the daily grant (POST /v1/credits/daily-grant); 0 or less: none.
+    daily_grant_credits: Annotated[int, msgspec.Meta(le=AMOUNT_CENTS_MAX)] = 0
 
 
 PLANS_DEFAULT: dict[str, Plan] = {
@@ -63,6 +65,11 @@ class Plans:
             raise InvalidInput(f"unknown plan {code!r}; plans: {', '.join(self._plans)}",
                                {"field": "plan"})
         return plan
+
+    def daily_grant_credits(self) -> dict[str, int]:
+        """Each plan's daily grant, for the plans that have one."""
+        return {code: plan.daily_grant_credits for code, plan in self._plans.items()
+                if plan.daily_grant_credits > 0}
 
     def by_stripe_price(self, price_id: str) -> str | None:
         return next((code for code, plan in self._plans.items()

@@ -2,7 +2,7 @@
 
 This module holds `apply`, the one dispatch, and the account and credit rules; each other
 feature is one module exporting its `HANDLERS` (usage: `metering`, `reservations`,
-`payments`, `subscriptions`). Domain errors are raised; an actor turns them into replies.
+`payments`, `subscriptions`, `grants`). Domain errors are raised; an actor turns them into replies.
 Nothing is recorded for a command that raised, so a rejected event id may be retried after
 the cause is fixed (say, a top-up).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine import metering, payments, reservations, subscriptions
+from engine import grants, metering, payments, reservations, subscriptions
 from engine.account import Account, AccountStatus, live_account
 from engine.commands import (
     AddCredits,
@@ -32,6 +32,7 @@ from engine.commands import (
 )
 from engine.errors import AccountExists, AccountNotFound, InvalidInput, require
 from engine.export import AccountOpened
+from engine.grants import GrantCommand
 from engine.ledger import EntryType
 from engine.money import MICROS_PER_CREDIT
 from engine.payments import PaymentCommand, enabling_clears_error, settle_refill
@@ -39,7 +40,8 @@ from engine.posting import check_prior, post_entry
 from engine.reservations import ReservationCommand
 from engine.subscriptions import SubscriptionCommand
 
-AnyCommand = Command | ReservationCommand | PaymentCommand | SubscriptionCommand
+AnyCommand = (Command | ReservationCommand | PaymentCommand | SubscriptionCommand
+              | GrantCommand)
 Handler = Callable[[Account | None, Any, Context], Transition]
 
 
@@ -149,6 +151,7 @@ _FEATURE_HANDLERS: tuple[dict[type, Handler], ...] = (
     reservations.HANDLERS,  # type: ignore[dict-item]
     payments.HANDLERS,  # type: ignore[dict-item]
     subscriptions.HANDLERS,  # type: ignore[dict-item]
+    grants.HANDLERS,  # type: ignore[dict-item]
 )
 _HANDLERS: dict[type, Handler] = {
     command: handler for handlers in _FEATURE_HANDLERS for command, handler in handlers.items()

@@ -39,6 +39,8 @@ LIFECYCLE = {"close", "aclose"}
 # makes the route test fail with a KeyError naming it until it is added here.
 SAMPLE_ARGUMENTS: dict[str, Any] = {
     "user_id": uuid.UUID(int=1),
+    "inviter_user_id": uuid.UUID(int=2),
+    "invitee_user_id": uuid.UUID(int=3),
     "reservation_id": "r-1",
     "plan": "standard",
     "amount_cents": 100,

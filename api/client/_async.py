@@ -22,12 +22,14 @@ from ._results import (
     CommitResult,
     CreditResult,
     Deleted,
+    GrantResult,
     Health,
     PaymentsPage,
     Portal,
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -130,6 +132,16 @@ class AsyncBillingClient:
                           ) -> CreditResult:
         return await self._send(_Routes.add_credits(user_id, amount_cents, reason, type,
                                                     idempotency_key))
+
+    async def signup_grant(self, user_id: object) -> GrantResult:
+        return await self._send(_Routes.signup_grant(user_id))
+
+    async def daily_grant(self, user_id: object) -> GrantResult:
+        return await self._send(_Routes.daily_grant(user_id))
+
+    async def referral_grant(self, inviter_user_id: object, invitee_user_id: object
+                       ) -> ReferralGrantResult:
+        return await self._send(_Routes.referral_grant(inviter_user_id, invitee_user_id))
 
     async def report_usage(self, user_id: object, *, event_id: str | None = None,
                            metric: Mapping[str, Any] | None = None,

@@ -30,12 +30,14 @@ from ._results import (
     CreditResult,
     Deleted,
     ErrorInfo,
+    GrantResult,
     Health,
     PaymentsPage,
     Portal,
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -313,6 +315,25 @@ class _Routes:
         return _Spec("POST", "/v1/credits/add", _plain(CreditResult), body=body,
                      headers={"Idempotency-Key": idempotency_key or _new_id()}, retry=True,
                      replay=_replay_as(CreditResult))
+
+    @staticmethod
+    def signup_grant(user_id: object) -> _Spec[GrantResult]:
+        # Granted once per account by the server, so a resend is safe.
+        return _Spec("POST", "/v1/credits/signup-grant", _plain(GrantResult),
+                     body={"user_id": str(user_id)}, retry=True)
+
+    @staticmethod
+    def daily_grant(user_id: object) -> _Spec[GrantResult]:
+        return _Spec("POST", "/v1/credits/daily-grant", _plain(GrantResult),
+                     body={"user_id": str(user_id)}, retry=True)
+
+    @staticmethod
+    def referral_grant(inviter_user_id: object, invitee_user_id: object
+                       ) -> _Spec[ReferralGrantResult]:
+        body = {"inviter_user_id": str(inviter_user_id),
+                "invitee_user_id": str(invitee_user_id)}
+        return _Spec("POST", "/v1/credits/referral-grant", _plain(ReferralGrantResult),
+                     body=body, retry=True)
 
     @staticmethod
     def report_usage(

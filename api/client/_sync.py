@@ -22,12 +22,14 @@ from ._results import (
     CommitResult,
     CreditResult,
     Deleted,
+    GrantResult,
     Health,
     PaymentsPage,
     Portal,
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -129,6 +131,16 @@ class BillingClient:
                     ) -> CreditResult:
         return self._send(_Routes.add_credits(user_id, amount_cents, reason, type,
                                               idempotency_key))
+
+    def signup_grant(self, user_id: object) -> GrantResult:
+        return self._send(_Routes.signup_grant(user_id))
+
+    def daily_grant(self, user_id: object) -> GrantResult:
+        return self._send(_Routes.daily_grant(user_id))
+
+    def referral_grant(self, inviter_user_id: object, invitee_user_id: object
+                       ) -> ReferralGrantResult:
+        return self._send(_Routes.referral_grant(inviter_user_id, invitee_user_id))
 
     def report_usage(self, user_id: object, *, event_id: str | None = None,
                      metric: Mapping[str, Any] | None = None, cost_cents: int | None = None,
