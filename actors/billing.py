@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from actors.balance_feed import BalanceFeed
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
 from actors.metrics import EngineMetrics, Exporter
@@ -90,9 +91,12 @@ class Billing:
         wall_clock_ms: WallClock,
         metrics: EngineMetrics,
         deadlines: Deadlines,
+        balance_feed: BalanceFeed,
         exporter: Exporter | None = None,
     ) -> None:
         self._exporter = exporter
+        # Committed balances pushed to subscribers (GET /ws/balance), a journal listener.
+        self.balance_feed = balance_feed
         self._store = store
         self._journal = journal
         self._system = system

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 from prometheus_client import CollectorRegistry
 
+from actors.balance_feed import BalanceFeed
 from actors.billing import Billing
 from actors.config import load_pricing
 from actors.deadlines import Deadlines
@@ -67,7 +68,8 @@ async def open_billing(
                 last_transaction_id=store.last_transaction_id(),
             )
             deadlines = Deadlines(system, store, wall_clock_ms)
-            journal.listeners += [metrics.observe_commit, deadlines.committed]
+            feed = BalanceFeed(store)
+            journal.listeners += [metrics.observe_commit, deadlines.committed, feed.committed]
             journal.checkpoint_listeners.append(metrics.checkpoint_seconds.observe)
             for hold in store.iter_open_holds():
                 system.counters.held_cents += hold.amount_cents
@@ -86,6 +88,7 @@ async def open_billing(
                 metrics=metrics,
                 deadlines=deadlines,
                 exporter=export,
+                balance_feed=feed,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)

@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from actors.billing import Billing
 from api.account_routes import register_account_routes
 from api.auth import Authenticator
+from api.balance_routes import register_balance_socket
 from api.grant_routes import register_grant_routes
 from api.http import Endpoints, install_error_handlers, install_request_hooks
 from api.payment_routes import register_payment_routes
@@ -43,5 +44,6 @@ def create_app(
     register_payment_routes(endpoint, billing, stripe)
     register_subscription_routes(endpoint, billing, stripe)
     register_lago_routes(endpoint, lago_webhooks, settings)
+    register_balance_socket(app, endpoint, billing, auth, registry)
     register_system_routes(endpoint, billing, registry)
     return app

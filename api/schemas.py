@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta
 
 from actors.billing import DESCRIPTION_LENGTH_MAX, TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from api.auth import TOKEN_LENGTH_MAX
 from api.routes import Header
 from engine.account import (
     AUTO_REFILL_AMOUNT_CENTS_DEFAULT,
@@ -299,6 +300,10 @@ class TransactionsQuery(Query):
         pattern=f"^(?:{ULID_TEXT})?$",
         description="a transaction id (ULID): entries older than it; empty or absent: from "
                     "the newest")] = ""
+
+
+class BalanceSocketQuery(Query):
+    token: Annotated[str, Meta(max_length=TOKEN_LENGTH_MAX, description="the user's JWT")] = ""
 
 
 class PaymentsQuery(Query):

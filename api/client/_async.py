@@ -38,6 +38,10 @@ from ._results import (
     UsageResult,
 )
 
+# The async twin under the sync name, so that both clients' signatures read alike.
+from ._ws import AsyncBalanceEvents as BalanceEvents
+from ._ws import _aread_refusal
+
 
 class AsyncBillingClient:
     """Asynchronous client (trio or asyncio); same methods and errors as `BillingClient`."""
@@ -47,9 +51,11 @@ class AsyncBillingClient:
                  timeout: float = 10.0, retries: int = 3,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.retries = retries
+        self._bearer_token = bearer_token
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout,
                                        transport=transport,
-                                       headers=_headers(service_key, admin_key, bearer_token))
+                                       headers=_headers(service_key, admin_key, bearer_token),
+                                       event_hooks={"response": [_aread_refusal]})
 
     async def _send(self, spec: _Spec[T]) -> T:
         attempts = _Attempts(spec, self.retries)
@@ -73,6 +79,12 @@ class AsyncBillingClient:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
         await self.aclose()
+
+    async def balance_events(self, *, reconnect: bool = True) -> BalanceEvents:
+        """The caller's balance after every committed change (`GET /ws/balance`): checks that
+        the server takes the token, then `async with` the `AsyncBalanceEvents` it returns
+        to receive them (it connects again after a server restart)."""
+        return await BalanceEvents(self._http, self._bearer_token, reconnect).check()
 
     async def health(self) -> Health:
         return await self._send(_Routes.health())

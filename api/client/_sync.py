@@ -37,6 +37,7 @@ from ._results import (
     TransactionPage,
     UsageResult,
 )
+from ._ws import BalanceEvents, _read_refusal
 
 
 class BillingClient:
@@ -48,8 +49,10 @@ class BillingClient:
                  timeout: float = 10.0, retries: int = 3,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.retries = retries
+        self._bearer_token = bearer_token
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                  headers=_headers(service_key, admin_key, bearer_token))
+                                  headers=_headers(service_key, admin_key, bearer_token),
+                                  event_hooks={"response": [_read_refusal]})
 
     def _send(self, spec: _Spec[T]) -> T:
         attempts = _Attempts(spec, self.retries)
@@ -73,6 +76,11 @@ class BillingClient:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.close()
+
+    def balance_events(self, *, reconnect: bool = True) -> BalanceEvents:
+        """The caller's balance after every committed change (`GET /ws/balance`), an
+        iterator that connects again after a server restart (see `BalanceEvents`)."""
+        return BalanceEvents(self._http, self._bearer_token, reconnect)
 
     def health(self) -> Health:
         return self._send(_Routes.health())
