@@ -40,9 +40,10 @@ from engine.grants import (
     SignupGrant,
     utc_day,
 )
-from engine.ids import AgentId, TransactionId, UserId, parse_key
+from engine.ids import AgentId, TransactionId, UserId, parse_key, validate_email
 from engine.ledger import EntryType
-from engine.metering import UsageRequest, usage_command, validate_metadata
+from engine.metadata import validate_metadata
+from engine.metering import UsageRequest, usage_command
 from engine.money import (
     AMOUNT_CENTS_MAX,
     micros_to_cents_ceil,
@@ -130,8 +131,11 @@ class Billing:
 
     # --- accounts ----------------------------------------------------------------------------
 
-    async def open_account(self, user_id: UserId, *, must_be_new: bool = False) -> Account:
-        reply = await self._system.call(OpenAccount(user_id, must_be_new), Account)
+    async def open_account(self, user_id: UserId, *, must_be_new: bool = False,
+                           email: str | None = None) -> Account:
+        if email is not None:
+            email = validate_email(email)
+        reply = await self._system.call(OpenAccount(user_id, must_be_new, email), Account)
         return reply
 
     async def get_account(self, user_id: UserId) -> Account:

@@ -47,7 +47,7 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
         cost_micros=body.cost_micros,
         agent_id=agent_id(body.agent_id),
         occurred_at_ms=int(timestamp.timestamp() * 1000) if timestamp is not None else None,
-        metadata=body.metadata,
+        metadata=body.metadata or {},  # null reads as none, as the original reads it
     )
 
 
@@ -114,6 +114,7 @@ def transaction_reply(entry: LedgerEntry) -> schemas.TransactionReply:
     return schemas.TransactionReply(
         id=transaction_id_str(entry.transaction_id),
         type=entry.entry_type.value,
+        transaction_type=entry.entry_type.value,
         amount_cents=entry.amount,
         balance_after_cents=entry.balance_after,
         description=entry.description,
@@ -197,6 +198,7 @@ def quote_reply(quoted: Quote) -> schemas.QuoteReply:
         default_price=quoted.default_price,
         long_context=quoted.long_context,
         min_charge_applied=quoted.min_charge_applied,
+        currency="USD_CENTS",  # the original's unit name: 1 credit = 1 US cent
     )
 
 

@@ -77,7 +77,7 @@ async def serve(settings: Settings) -> None:
             nursery.start_soon(_stop_on_signal, stop)
             if stripe is not None:
                 await nursery.start(stripe.refills.run)
-            await hypercorn_serve(app, config,  # type: ignore[arg-type]
+            await hypercorn_serve(_CloseAfterReply(app), config,  # type: ignore[arg-type]
                                   shutdown_trigger=partial(_stopping, stop, billing.balance_feed))
             nursery.cancel_scope.cancel()
     print("z-billing stopped; journal flushed", flush=True)
@@ -209,6 +209,39 @@ class _ListenConfig(Config):
         return Sockets(secure_sockets=[], insecure_sockets=[listener], quic_sockets=[])
 
 
+class _CloseAfterReply:
+    """ASGI middleware: once a reply has started, a client's disconnect is not passed on.
+
+    hypercorn closes a `Connection: close` reply's connection from inside the app's last
+    send, and tells the app `http.disconnect` just before; quart-trio's receiving task then
+    ends and cancels the request's nursery, which cancels that close half-way (measured: the
+    connection stayed open until shutdown). Held back, the request finishes its reply and
+    its own task ends the app. A disconnect before any reply still cancels the handler."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Awaitable[Any]],
+                       send: Callable[..., Awaitable[Any]]) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        replying = False
+
+        async def receive_until_replying() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" and replying:
+                await trio.sleep_forever()  # the app ends once its reply is out
+            return message
+
+        async def send_noting(message: dict[str, Any]) -> None:
+            nonlocal replying
+            replying = replying or message["type"] == "http.response.start"
+            await send(message)
+
+        await self._app(scope, receive_until_replying, send_noting)
+
+
 class _FreshEngineMetrics:
     """ASGI middleware: fetch the engine's metrics before the app answers /metrics
     (prometheus collectors are synchronous, so the await happens here)."""
@@ -251,7 +284,8 @@ async def serve_worker(settings: Settings, metrics_dir: Path, ready: Callable[[]
         await _first_of(link.wait_connected, stop.wait)
         if not stop.is_set():
             async with trio.open_nursery() as http:
-                await http.start(partial(hypercorn_serve, _FreshEngineMetrics(app, registry, link),
+                await http.start(partial(hypercorn_serve,
+                                         _CloseAfterReply(_FreshEngineMetrics(app, registry, link)),
                                          config, shutdown_trigger=partial(
                                              _stopping, stop, billing.balance_feed)))
                 ready()

@@ -58,6 +58,8 @@ class OpenAccount(CommandBase):
 
     user_id: UserId
     must_be_new: bool = False
+    # For the customers integrations create (Lago now, Stripe from the route); not stored.
+    email: str | None = None
 
 
 class GetAccount(CommandBase):

@@ -66,7 +66,7 @@ def _open(account: Account | None, command: OpenAccount, context: Context) -> Tr
     created = Account(
         user_id=command.user_id, created_at_ms=context.now_ms, updated_at_ms=context.now_ms
     )
-    return Transition(created, (AccountOpened(command.user_id),), created)
+    return Transition(created, (AccountOpened(command.user_id, email=command.email),), created)
 
 
 def _get(account: Account | None, command: GetAccount, context: Context) -> Transition:

@@ -111,6 +111,9 @@ def test_every_route_the_server_answers_is_documented(server, document):
         ("post", "/v1/subscriptions/cancel"), ("post", "/v1/subscriptions/portal"),
         ("post", "/webhooks/stripe"), ("post", "/webhooks/lago"),
         ("post", "/v1/admin/subscriptions"),
+        ("post", "/v1/credits/signup-grant"), ("post", "/v1/credits/daily-grant"),
+        ("post", "/v1/credits/referral-grant"), ("get", "/ws/balance"),
+        ("get", "/checkout/success"), ("get", "/checkout/cancelled"),
     }
     documented = {(method, path) for path, item in document["paths"].items()
                   for method in item}

@@ -169,8 +169,12 @@ class AsyncBillingClient:
     async def report_usage_batch(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         return await self._send(_Routes.report_usage_batch(events))
 
-    async def check_balance(self, user_id: object, required_cents: int) -> BalanceCheck:
-        return await self._send(_Routes.check_balance(user_id, required_cents))
+    async def check_balance(self, user_id: object, required_cents: int = 0, *,
+                            provider: str | None = None, model: str | None = None
+                            ) -> BalanceCheck:
+        """With `provider` and `model` and no `required_cents`: the model's reserve."""
+        return await self._send(_Routes.check_balance(user_id, required_cents, provider,
+                                                      model))
 
     async def quote(self, metric: Mapping[str, Any]) -> Quote:
         return await self._send(_Routes.quote(metric))

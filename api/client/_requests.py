@@ -366,8 +366,10 @@ class _Routes:
                      retry=True)
 
     @staticmethod
-    def check_balance(user_id: object, required_cents: int) -> _Spec[BalanceCheck]:
-        body = {"user_id": str(user_id), "required_cents": required_cents}
+    def check_balance(user_id: object, required_cents: int, provider: str | None,
+                      model: str | None) -> _Spec[BalanceCheck]:
+        body = {"user_id": str(user_id), "required_cents": required_cents,
+                **_fields(provider=provider, model=model)}
         return _Spec("POST", "/v1/usage/check", _plain(BalanceCheck), body=body, retry=True)
 
     @staticmethod

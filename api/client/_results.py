@@ -17,6 +17,8 @@ class _Result(msgspec.Struct, frozen=True, kw_only=True):
 class Health(_Result):
     status: str
     timestamp: str | None = None
+    service: str | None = None
+    version: str | None = None
 
 
 class Ready(_Result):
@@ -111,6 +113,8 @@ class Transaction(_Result):
     type: str
     amount_cents: int
     balance_after_cents: int
+    # The original service's name for `type`.
+    transaction_type: str | None = None
     description: str = ""
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     event_id: str | None = None
@@ -186,6 +190,7 @@ class Quote(_Result):
     default_price: bool = False
     long_context: bool = False
     min_charge_applied: bool = False
+    currency: str = "USD_CENTS"
 
 
 class ReservationHeld(_Result):

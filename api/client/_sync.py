@@ -163,8 +163,10 @@ class BillingClient:
     def report_usage_batch(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         return self._send(_Routes.report_usage_batch(events))
 
-    def check_balance(self, user_id: object, required_cents: int) -> BalanceCheck:
-        return self._send(_Routes.check_balance(user_id, required_cents))
+    def check_balance(self, user_id: object, required_cents: int = 0, *,
+                      provider: str | None = None, model: str | None = None) -> BalanceCheck:
+        """With `provider` and `model` and no `required_cents`: the model's reserve."""
+        return self._send(_Routes.check_balance(user_id, required_cents, provider, model))
 
     def quote(self, metric: Mapping[str, Any]) -> Quote:
         return self._send(_Routes.quote(metric))

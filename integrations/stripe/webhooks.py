@@ -85,7 +85,7 @@ class StripeWebhooks:
             if obj.get("mode") != "payment" or obj.get("payment_status") != "paid":
                 return "ignored"
             payment_id = obj.get("payment_intent") or obj["id"]
-            return await self._credit(str(payment_id), obj.get("metadata") or {}, marker,
+            return await self._credit(str(payment_id), session_metadata(obj), marker,
                                       {"checkout_session": str(obj["id"])})
         if event_type == "payment_intent.succeeded":
             return await self._credit(str(obj["id"]), obj.get("metadata") or {}, marker, {})
@@ -134,6 +134,17 @@ class StripeWebhooks:
             webhook=marker,
         )
         return "applied"
+
+
+def session_metadata(session: dict[str, Any]) -> dict[str, Any]:
+    """A Checkout Session's metadata as ours. A session the original service created (before
+    a switch to us) carries `user_id` (or only `client_reference_id`) and `credits_amount`
+    and no `kind`: it is read as our purchase, credited once on its PaymentIntent like ours."""
+    metadata = dict(session.get("metadata") or {})
+    if "kind" not in metadata and "credits_amount" in metadata:
+        metadata.setdefault("user_id", session.get("client_reference_id"))
+        metadata.update(kind="purchase", credits=metadata["credits_amount"])
+    return metadata
 
 
 def _positive(value: object) -> int:
