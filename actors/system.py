@@ -207,7 +207,7 @@ class ActorSystem:
         reservation = (self.find_reservation(reservation_id) if reservation_id is not None
                        else None)
         others = tuple(journal.inflight_outcome(*other) or self._store.get_outcome(*other)
-                       for other in other_keys)
+                       for other in other_keys) if other_keys else ()
         now_ms = self._wall_clock_ms()
         self._last_transaction_id = next_transaction_id(
             self._last_transaction_id, now_ms, _ULID_RANDOM.getrandbits(80)

@@ -177,15 +177,20 @@ def reply(payload: Any, status: int = 200, *, msgpack_ok: bool = False) -> Respo
     return Response(_json_encoder.encode(payload), status, content_type=JSON)
 
 
+async def read_raw_body() -> bytes:
+    """The request body as sent (webhooks verify signatures over it), read whole."""
+    raw = await request.get_data()
+    request.body_read_whole = True  # type: ignore[attr-defined]
+    return raw
+
+
 async def read_body(route: Route, decoder: BodyDecoder) -> Any:
     content_type = request.mimetype or JSON
     if content_type != JSON and not (route.msgpack and content_type == MSGPACK):
         raise ApiError("unsupported_media_type", f"send {JSON}" +
                        (f" or {MSGPACK}" if route.msgpack else ""))
     # No body at all reads as `{}` (so the EmptyBody routes take none).
-    raw = await request.get_data()
-    request.body_read_whole = True  # type: ignore[attr-defined]
-    return decoder.decode(raw or b"{}", content_type)
+    return decoder.decode(await read_raw_body() or b"{}", content_type)
 
 
 class Endpoints:
@@ -297,8 +302,8 @@ def not_configured(endpoint: Register, method: str, path: str, what: str) -> Non
 
 
 def install_request_hooks(app: QuartTrio, registry: CollectorRegistry) -> None:
-    """Requests by route, method and status, and latency by route; and every request body
-    read to its end."""
+    """Requests by route, method and status, and latency by route; and `Connection: close`
+    after a reply to a request whose body was not read whole."""
     requests_total = Counter("zbilling_http_requests", "HTTP requests by route and status",
                              ["route", "method", "status"], registry=registry)
     latency = Histogram("zbilling_http_request_duration_seconds", "HTTP request latency by route",

@@ -304,6 +304,7 @@ def test_a_paid_session_of_the_original_service_is_credited_once(server, keys, i
         delivered = stripe_fake.deliver(stripe_fake.event("checkout.session.completed",
                                                           session))
         assert delivered.status_code == 200, delivered.text
+        assert delivered.headers.get("connection") != "close"  # its body was read whole
     balance = httpx.get(f"{server.url}/v1/credits/balance", headers=bearer(keys, issuer, user))
     assert balance.json()["balance_cents"] == 701
 
