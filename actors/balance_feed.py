@@ -67,7 +67,8 @@ class SlowReader(Exception):
 
 
 class FeedFull(Overloaded):
-    """This process already holds SUBSCRIPTIONS_MAX subscriptions (503, Retry-After)."""
+    """This process already holds SUBSCRIPTIONS_MAX subscriptions, or is stopping (503,
+    Retry-After)."""
 
 
 class Sink(Protocol):
@@ -169,6 +170,7 @@ class BalanceFeed:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._sinks = Sinks()
+        self._ended = False
         self.pushed = 0
 
     @property
@@ -196,8 +198,7 @@ class BalanceFeed:
 
     async def subscribe(self, user_id: UserId) -> Subscription:
         """A subscription in this process (one-process mode); `unsubscribe` ends it."""
-        if len(self._sinks) >= SUBSCRIPTIONS_MAX:
-            raise FeedFull(f"{SUBSCRIPTIONS_MAX} balance subscriptions are open")
+        _check_room(self._sinks, self._ended)
         subscription = Subscription(user_id)
         self.attach(user_id, subscription)
         return subscription
@@ -206,10 +207,19 @@ class BalanceFeed:
         self.detach(subscription.user_id, subscription)
 
     def end_all(self) -> None:
-        """The server is stopping: every subscription ends (its WebSocket closes, 1001)."""
+        """The server is stopping: every subscription ends (its WebSocket closes, 1001), and
+        new ones are refused (a socket opened now would hold the shutdown up)."""
+        self._ended = True
         for sink in self._sinks.each():
             if isinstance(sink, Subscription):
                 sink.end()
+
+
+def _check_room(sinks: Sinks, ended: bool) -> None:
+    if ended:
+        raise FeedFull("the server is stopping; connect again shortly")
+    if len(sinks) >= SUBSCRIPTIONS_MAX:
+        raise FeedFull(f"{SUBSCRIPTIONS_MAX} balance subscriptions are open")
 
 
 class FeedLink(Protocol):
@@ -234,6 +244,7 @@ class RemoteBalanceFeed:
     def __init__(self, link: FeedLink) -> None:
         self._link = link
         self._sinks = Sinks()
+        self._ended = False
         self._decode: Callable[[bytes], BalanceUpdate] = msgspec.json.Decoder(
             BalanceUpdate).decode
 
@@ -242,8 +253,7 @@ class RemoteBalanceFeed:
         self._sinks.publish(self._decode(body))
 
     async def subscribe(self, user_id: UserId) -> Subscription:
-        if len(self._sinks) >= SUBSCRIPTIONS_MAX:
-            raise FeedFull(f"{SUBSCRIPTIONS_MAX} balance subscriptions are open")
+        _check_room(self._sinks, self._ended)
         subscription = Subscription(user_id)
         self._sinks.add(user_id, subscription)
         try:
@@ -271,6 +281,7 @@ class RemoteBalanceFeed:
             log.warning("balance subscriptions not renewed: %s", error)
 
     def end_all(self) -> None:
+        self._ended = True
         for sink in self._sinks.each():
             if isinstance(sink, Subscription):
                 sink.end()

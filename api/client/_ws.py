@@ -24,7 +24,7 @@ import anyio
 import httpx
 import msgspec
 
-from ._errors import BillingApiError
+from ._errors import BillingApiError, Overloaded
 from ._requests import _error
 from ._results import BalanceEvent
 
@@ -55,8 +55,9 @@ def _broken() -> tuple[type[Exception], ...]:
 
 
 def _unreachable() -> tuple[type[Exception], ...]:
-    """What may fail a reconnect (a refusal, with its error code, fails at once)."""
-    return (_lib().WebSocketNetworkError, httpx.TransportError)
+    """What may fail a reconnect and be tried again: the network, or a 503 (the server is
+    stopping or busy); any other refusal, with its error code, fails at once."""
+    return (_lib().WebSocketNetworkError, httpx.TransportError, Overloaded)
 
 
 def _closing() -> tuple[type[BaseException], ...]:
@@ -222,10 +223,11 @@ class AsyncBalanceEvents:
                             await self._send.send(_decode(await session.receive_text()))
                 except Exception as error:  # sorted out below
                     failure = _leaf(error)
-                    if isinstance(failure, BillingApiError):  # refused on a reconnect
+                    if isinstance(failure, BillingApiError) and \
+                            not isinstance(failure, Overloaded):  # refused on a reconnect
                         await self._send.send(failure)
                         return
-                    if not isinstance(failure, _broken()):
+                    if not isinstance(failure, (*_broken(), Overloaded)):
                         raise
                     if self._reconnects.ends(failure):
                         return
