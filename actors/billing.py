@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from actors.balance_feed import BalanceFeed
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
 from actors.lots import CreditLots, checked_reason
@@ -31,10 +32,20 @@ from engine.commands import (
 )
 from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
-from engine.ids import AgentId, TransactionId, UserId, parse_key
+from engine.grants import (
+    DailyGrant,
+    GrantOutcome,
+    ReferralGrant,
+    ReferralOutcome,
+    ReferralSide,
+    SignupGrant,
+    utc_day,
+)
+from engine.ids import AgentId, TransactionId, UserId, parse_key, validate_email
 from engine.ledger import EntryType
-from engine.lots import LotDefaults, LotRequest
-from engine.metering import UsageRequest, usage_command, validate_metadata
+from engine.lots import LotDefaults, LotRequest, LotTerms
+from engine.metadata import validate_metadata
+from engine.metering import UsageRequest, usage_command
 from engine.money import (
     AMOUNT_CENTS_MAX,
     micros_to_cents_ceil,
@@ -64,6 +75,12 @@ TRANSACTIONS_PAGE_MAX = 100
 USAGE_BATCH_EVENTS_MAX = 1000
 
 
+def _grant_amount(amount_cents: int) -> int:
+    """A configured grant: 0 switches it off, else an amount within the ledger's bounds."""
+    return amount_cents if amount_cents == 0 else require_amount_cents("amount_cents",
+                                                                       amount_cents)
+
+
 class Billing:
     def __init__(
         self,
@@ -76,10 +93,13 @@ class Billing:
         wall_clock_ms: WallClock,
         metrics: EngineMetrics,
         deadlines: Deadlines,
+        balance_feed: BalanceFeed,
         exporter: Exporter | None = None,
         lot_defaults: LotDefaults | None = None,
     ) -> None:
         self._exporter = exporter
+        # Committed balances pushed to subscribers (GET /ws/balance), a journal listener.
+        self.balance_feed = balance_feed
         self._store = store
         self._journal = journal
         self._system = system
@@ -126,8 +146,11 @@ class Billing:
 
     # --- accounts ----------------------------------------------------------------------------
 
-    async def open_account(self, user_id: UserId, *, must_be_new: bool = False) -> Account:
-        reply = await self._system.call(OpenAccount(user_id, must_be_new), Account)
+    async def open_account(self, user_id: UserId, *, must_be_new: bool = False,
+                           email: str | None = None) -> Account:
+        if email is not None:
+            email = validate_email(email)
+        reply = await self._system.call(OpenAccount(user_id, must_be_new, email), Account)
         return reply
 
     async def get_account(self, user_id: UserId) -> Account:
@@ -174,6 +197,45 @@ class Billing:
         )
         reply = await self._system.call(command, CreditResult)
         return reply
+
+    # --- promotional grants (engine/grants.py) ----------------------------------------------
+
+    def _grant_lot(self, source: EntryType) -> LotTerms:
+        """The lot a promotional grant opens: `[lot_defaults.<type>]`, else promotional and
+        never expiring."""
+        return self.lot_defaults.terms(source, self._wall_clock_ms())
+
+    async def signup_grant(self, user_id: UserId, amount_cents: int) -> GrantOutcome:
+        """`amount_cents` once per account (0: switched off); opens the account if needed."""
+        command = SignupGrant(user_id, _grant_amount(amount_cents),
+                              self._grant_lot(EntryType.SIGNUP_GRANT))
+        return await self._system.call(command, GrantOutcome)
+
+    async def daily_grant(self, user_id: UserId) -> GrantOutcome:
+        """The plan's `daily_grant_credits` once per UTC day, after the signup grant."""
+        command = DailyGrant(user_id, utc_day(self._wall_clock_ms()),
+                             self.plans.daily_grant_credits(),
+                             self._grant_lot(EntryType.DAILY_GRANT))
+        return await self._system.call(command, GrantOutcome)
+
+    async def referral_grant(self, inviter_id: UserId, invitee_id: UserId, amount_cents: int
+                             ) -> ReferralOutcome:
+        """`amount_cents` to each side, once per invitee: both sides or neither, in one
+        commit (`ActorSystem.apply_together`)."""
+        if inviter_id == invitee_id:
+            raise InvalidInput("a user cannot refer themselves",
+                               {"field": "invitee_user_id"})
+        amount_cents = _grant_amount(amount_cents)
+        lot = self._grant_lot(EntryType.REFERRAL_GRANT)
+        invitee, inviter = self._system.apply_together([
+            ReferralGrant(invitee_id, invitee_id, ReferralSide.INVITEE, amount_cents, lot),
+            ReferralGrant(inviter_id, invitee_id, ReferralSide.INVITER, amount_cents, lot),
+        ])
+        invitee_outcome = await invitee.settle()
+        inviter_outcome = await inviter.settle()
+        assert isinstance(invitee_outcome, GrantOutcome)
+        assert isinstance(inviter_outcome, GrantOutcome)
+        return ReferralOutcome(invitee_outcome, inviter_outcome)
 
     # --- usage -------------------------------------------------------------------------------
 

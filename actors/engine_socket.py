@@ -9,6 +9,11 @@ framing is dropped with a log line; the others are not affected.
 
 Bounds: CONNECTIONS_MAX connections, CONNECTION_CALLS_MAX calls in flight per connection (a
 call past it is answered `overloaded` at once), frames of at most FRAME_BYTES_MAX bytes.
+
+A worker with open balance WebSockets subscribes the accounts (`$subscribe`): the engine's
+`BalanceFeed` then pushes each committed balance of those accounts to the connection as a
+frame with request id PUSH_ID. A connection that lets CONNECTION_FRAMES_WAITING_MAX frames
+wait unwritten is dropped (the worker reconnects and subscribes again), never waited for.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actors.balance_feed import PUSH_ID, SUBSCRIBE, UNSUBSCRIBE, BalanceFeed, BalanceUpdate
 from actors.wire import (
     ERROR,
     FAILED,
@@ -49,6 +55,7 @@ from actors.wire import (
     remote_methods,
 )
 from engine.errors import BillingError, Overloaded
+from engine.ids import UserId, parse_user_id
 
 log = logging.getLogger("zbilling.engine_socket")
 
@@ -58,6 +65,8 @@ CONNECTION_CALLS_MAX = 1024
 # Calls of one read joined into one batch-form call (well below Billing's 1000 a batch).
 BATCH_CALLS_MAX = 256
 RECEIVE_BYTES = 256 * 1024
+# Frames (replies and pushed balances) waiting to be written to one connection.
+CONNECTION_FRAMES_WAITING_MAX = 8192
 # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd (Linux).
 UNIX_PATH_BYTES_MAX = 100
 ROLE_WORKER = "worker"
@@ -125,6 +134,7 @@ class _Connection:
         self.ready = trio.Event()
         self.closed = False
         self.scope = trio.CancelScope()
+        self.subscribed: set[UserId] = set()
 
     def __str__(self) -> str:
         return f"connection {self.number} ({self.role}, pid {self.pid})"
@@ -134,8 +144,10 @@ class EngineSocket:
     def __init__(self, facades: Facades, codec: Codec, *,
                  accepting_writes: Callable[[], bool], registry: CollectorRegistry,
                  owned_slots: Container[int] = range(SLOTS),
-                 batch_forms: Mapping[str, str] | None = None) -> None:
+                 batch_forms: Mapping[str, str] | None = None,
+                 feed: BalanceFeed | None = None) -> None:
         self._facades = facades
+        self._feed = feed
         self._codec = codec
         self._accepting_writes = accepting_writes
         self._registry = registry
@@ -206,6 +218,9 @@ class EngineSocket:
         finally:
             connection.closed = True
             self._connections.discard(connection)
+            if self._feed is not None:
+                for user_id in connection.subscribed:
+                    self._feed.detach(user_id, _PushSink(self, connection))
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -401,7 +416,43 @@ class EngineSocket:
             return {"accepting_writes": self._accepting_writes()}
         if path == METRICS:
             return wire_families(self._registry)
+        if path in (SUBSCRIBE, UNSUBSCRIBE) and self._feed is not None:
+            try:
+                user_id = parse_user_id(msgspec.json.decode(params, type=_Subscribe).user_id)
+            except (msgspec.DecodeError, msgspec.ValidationError, BillingError) as error:
+                raise ProtocolError(f"bad {path}: {error}") from None
+            sink = _PushSink(self, connection)
+            if path == SUBSCRIBE:
+                connection.subscribed.add(user_id)
+                self._feed.attach(user_id, sink)  # pushes the balance before this answer
+            else:
+                connection.subscribed.discard(user_id)
+                self._feed.detach(user_id, sink)
+            return None
         raise ProtocolError(f"unknown built-in {path!r}")
+
+
+class _Subscribe(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: str
+
+
+@dataclass(frozen=True)
+class _PushSink:
+    """A connection as a balance feed sink (equal for the same connection, so the feed holds
+    it once per account however often the worker subscribes)."""
+
+    server: EngineSocket
+    connection: _Connection
+
+    def offer(self, update: BalanceUpdate) -> bool:
+        connection = self.connection
+        if len(connection.outgoing) >= CONNECTION_FRAMES_WAITING_MAX:
+            log.warning("engine socket: %s lets %d frames wait: disconnected", connection,
+                        CONNECTION_FRAMES_WAITING_MAX)
+            connection.scope.cancel()
+            return False
+        self.server._reply(connection, (PUSH_ID, OK, update))
+        return True
 
 
 class _Hello(msgspec.Struct, forbid_unknown_fields=True):

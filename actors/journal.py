@@ -137,10 +137,12 @@ class Journal:
 
     # --- the side the actors use (synchronous: no checkpoint between decide and submit) ----
 
-    def check_accepting(self) -> None:
+    def check_accepting(self, commands: int = 1) -> None:
+        """Raise unless `commands` more commands may be submitted now."""
         if self.failure is not None or self._closing:
             raise EngineStopped("the engine is not accepting writes")
-        if len(self._open.submitters) + self._committing_commands >= self._pending_commands_max:
+        if (len(self._open.submitters) + self._committing_commands + commands
+                > self._pending_commands_max):
             raise Overloaded("the journal is full; retry shortly")
 
     def submit(

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from actors.balance_feed import PUSH_ID, RemoteBalanceFeed
 from actors.billing import Billing
 from actors.engine_socket import RECEIVE_BYTES, WireFamily, unix_address
 from actors.lots import CreditLots
@@ -115,6 +116,10 @@ class EngineLink:
                       ["method"], buckets=ROUND_TRIP_BUCKETS, registry=registry)
             if registry is not None else None)
         self._round_trip_children: dict[str, Any] = {}
+        # Balance updates the engine pushes (actors.balance_feed), and what to do each time
+        # the link is up again (subscribe them again).
+        self.on_push: Callable[[bytes], None] | None = None
+        self.on_connected: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def up(self) -> bool:
@@ -165,6 +170,8 @@ class EngineLink:
                 self._up = True
                 self._connected.set()
                 log.info("connected to the engine (pid %s)", hello["pid"])
+                for hook in self.on_connected:
+                    nursery.start_soon(hook)
                 while True:
                     await trio.sleep(HEARTBEAT_S)
                     with trio.fail_after(HEARTBEAT_TIMEOUT_S):
@@ -197,6 +204,10 @@ class EngineLink:
                         request_id, status, body = envelope.decode(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as error:
                         raise ProtocolError(f"not a reply frame: {error}") from None
+                    if request_id == PUSH_ID:
+                        if self.on_push is not None and status == OK:
+                            self.on_push(body)
+                        continue
                     task = self._pending.pop(request_id, None)
                     if task is not None:  # else its caller gave up (timeout, cancelled)
                         trio.lowlevel.reschedule(task, outcome.Value((status, body)))
@@ -244,6 +255,12 @@ class EngineLink:
         assert deadline.cancelled_caught
         raise EngineUnavailable(f"the engine did not answer within {self._call_timeout_s} s; "
                                 "the call may still be applied")
+
+    async def builtin(self, path: str, params: dict[str, Any]) -> Any:
+        """A call the engine socket answers itself (`$subscribe`, ...), once the link is up."""
+        if not self._up:
+            raise EngineUnavailable("the engine is not reachable; retry shortly")
+        return await self._builtin(path, params)
 
     async def _builtin(self, path: str, params: dict[str, Any]) -> Any:
         status, body = await self._exchange(path, [], params, builtin=True)
@@ -327,6 +344,9 @@ class RemoteBilling(RemoteFacade):
         self.pricing = pricing
         self.plans = plans
         self.metrics = WorkerMetrics(registry)
+        self.balance_feed = RemoteBalanceFeed(link)
+        link.on_push = self.balance_feed.pushed
+        link.on_connected.append(self.balance_feed.resubscribe)
         for name, cls in SUB_FACADES.items():
             setattr(self, name, RemoteFacade(link, cls, f"billing.{name}"))
 

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry
 
+from actors.balance_feed import BalanceFeed
 from actors.billing import Billing
 from actors.config import load_pricing
 from actors.deadlines import Deadlines
@@ -87,7 +88,8 @@ async def open_billing(
                 last_transaction_id=store.last_transaction_id(),
             )
             deadlines = Deadlines(system, store, wall_clock_ms)
-            journal.listeners += [metrics.observe_commit, deadlines.committed]
+            feed = BalanceFeed(store)
+            journal.listeners += [metrics.observe_commit, deadlines.committed, feed.committed]
             journal.checkpoint_listeners.append(metrics.checkpoint_seconds.observe)
             for hold in store.iter_open_holds():
                 system.counters.held_cents += hold.amount_cents
@@ -107,6 +109,7 @@ async def open_billing(
                 deadlines=deadlines,
                 exporter=export,
                 lot_defaults=lot_defaults if lot_defaults is not None else LotDefaults(),
+                balance_feed=feed,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)

@@ -20,7 +20,7 @@ import trio
 
 from actors.journal import Batch, Journal
 from engine.account import Account
-from engine.commands import Context, PriorOutcome, UsageResult
+from engine.commands import Context, PriorOutcome, Transition, UsageResult
 from engine.errors import (
     BillingError,
     DuplicateEvent,
@@ -179,19 +179,44 @@ class ActorSystem:
             self._count(error)
             return Pending(None, error, self._journal.pending_barrier())
 
+    def apply_together(self, commands: list[AnyCommand]) -> list[Pending]:
+        """Decide commands for distinct accounts all or none: if any is refused, none is
+        queued. Queued with no checkpoint between them, they share the open batch, so they
+        become durable in one log record (a crash keeps both or neither)."""
+        require(len({command.user_id for command in commands}) == len(commands),
+                "commands applied together name distinct accounts")
+        try:
+            self._journal.check_accepting(len(commands))
+            decided = []
+            for command in commands:
+                actor = self._actor(command.user_id)
+                if actor.in_flight >= MAILBOX_CAPACITY:
+                    raise Overloaded(f"account {actor.user_id} has too many commands in flight")
+                decided.append((actor, self._transition(actor, command)))
+        except BillingError as error:
+            self._count(error)
+            return [Pending(None, error, self._journal.pending_barrier())] * len(commands)
+        return [self._submit(actor, transition) for actor, transition in decided]
+
     def _decide(self, actor: AccountActor, command: AnyCommand) -> Pending:
+        return self._submit(actor, self._transition(actor, command))
+
+    def _transition(self, actor: AccountActor, command: AnyCommand) -> Transition:
         journal = self._journal
-        key, reservation_id = command.reads()
+        key, reservation_id, other_keys = command.reads()
         prior: PriorOutcome | None = None
         if key is not None:
             prior = journal.inflight_outcome(*key) or self._store.get_outcome(*key)
         reservation = (self.find_reservation(reservation_id) if reservation_id is not None
                        else None)
+        others = tuple(journal.inflight_outcome(*other) or self._store.get_outcome(*other)
+                       for other in other_keys) if other_keys else ()
         now_ms = self._wall_clock_ms()
         self._last_transaction_id = next_transaction_id(
             self._last_transaction_id, now_ms, _ULID_RANDOM.getrandbits(80)
         )
-        context = Context(now_ms, TransactionId(self._last_transaction_id), prior, reservation)
+        context = Context(now_ms, TransactionId(self._last_transaction_id), prior, reservation,
+                          others)
         try:
             # The transition checks the key before the account: a retry of an applied event
             # gets its original result even if the account was closed since.
@@ -205,6 +230,10 @@ class ActorSystem:
             log.exception("command %s failed on account %s", type(command).__name__,
                           actor.user_id)
             raise BillingError("internal error while applying the command") from error
+        return transition
+
+    def _submit(self, actor: AccountActor, transition: Transition) -> Pending:
+        journal = self._journal
         if transition.account is actor.state and not transition.records:
             return Pending(transition.reply, None, actor.uncommitted())
         if actor.in_flight >= MAILBOX_CAPACITY:

@@ -17,18 +17,34 @@ from api.replies import (
     transaction_reply,
 )
 from api.routes import ERRORS_USER, Caller, Route
-from engine.account import AccountAt, AutoRefillSettings
+from engine.account import AutoRefillSettings
+from engine.errors import AccountExists
 from engine.ids import UserId, parse_transaction_id
 from engine.ledger import EntryType
+from integrations.stripe.service import StripeService
 
 
-def register_account_routes(endpoint: Register, billing: Billing) -> None:
+def register_account_routes(endpoint: Register, billing: Billing,
+                            stripe: StripeService | None) -> None:
     @endpoint(Route("POST", "/v1/accounts", "Open the caller's account", Caller.USER,
-                    body=schemas.EmptyBody, reply=schemas.AccountReply, status=201,
-                    errors=(400, 401, 409, 415, 503)))
-    async def create_account(user: UserId, _: schemas.EmptyBody) -> schemas.AccountReply:
-        created = await billing.open_account(user, must_be_new=True)
-        return account_reply(AccountAt(created, created.created_at_ms))
+                    body=schemas.AccountCreateBody, reply=schemas.AccountReply, status=201,
+                    errors=(400, 401, 409, 415, 502, 503)))
+    async def create_account(user: UserId, body: schemas.AccountCreateBody
+                             ) -> schemas.AccountReply:
+        try:
+            await billing.open_account(user, must_be_new=True, email=body.email)
+        except AccountExists:
+            # A retry of a call whose Stripe step failed still gets its customer, once.
+            await _stripe_customer(user, body.email)
+            raise
+        await _stripe_customer(user, body.email)
+        return account_reply(await billing.lots.account_at(user))
+
+    async def _stripe_customer(user: UserId, email: str | None) -> None:
+        """With Stripe on, the account's customer is created with the account (as the
+        original does), named by its email; Stripe's idempotency key makes it one."""
+        if stripe is not None:
+            await stripe.customer(await billing.get_account(user), email=email)
 
     @endpoint(Route("GET", "/v1/accounts/me", "The caller's account (opened on first use)",
                     Caller.USER, reply=schemas.AccountReply, errors=ERRORS_USER))

@@ -13,6 +13,10 @@ from quart_trio import QuartTrio
 from actors.billing import Billing
 from api.account_routes import register_account_routes
 from api.auth import Authenticator
+from api.balance_routes import register_balance_socket
+from api.checkout_pages import register_checkout_pages
+from api.cors import install_cors
+from api.grant_routes import register_grant_routes
 from api.http import Endpoints, install_error_handlers, install_request_hooks
 from api.lot_routes import register_lot_routes
 from api.payment_routes import register_payment_routes
@@ -35,13 +39,18 @@ def create_app(
     registry = billing.metrics.registry
     install_request_hooks(app, registry)
     install_error_handlers(app, settings.max_body_bytes)
-    endpoint = Endpoints(app, auth, settings.metrics_token, registry)
-    register_account_routes(endpoint, billing)
+    endpoint = Endpoints(app, auth, settings.metrics_token, registry,
+                         request_timeout_s=settings.request_timeout_s)
+    install_cors(app, settings.cors_origins)
+    register_account_routes(endpoint, billing, stripe)
     register_lot_routes(endpoint, billing)
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
+    register_grant_routes(endpoint, billing, settings)
     register_payment_routes(endpoint, billing, stripe)
     register_subscription_routes(endpoint, billing, stripe)
     register_lago_routes(endpoint, lago_webhooks, settings)
+    register_balance_socket(app, endpoint, billing, auth, registry)
+    register_checkout_pages(endpoint)
     register_system_routes(endpoint, billing, registry)
     return app

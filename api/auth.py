@@ -99,14 +99,21 @@ class Authenticator:
 
     async def user(self, headers: Mapping[str, str]) -> UserId:
         scheme, _, token = headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token or len(token) > TOKEN_LENGTH_MAX:
+        if scheme.lower() != "bearer" or not token:
+            raise unauthorized("missing bearer token")
+        return await self.user_of_token(token)
+
+    async def user_of_token(self, token: str) -> UserId:
+        """The user a token names (a bearer header's, or `?token=` of the WebSocket)."""
+        if not token or len(token) > TOKEN_LENGTH_MAX:
             raise unauthorized("missing bearer token")
         if token.startswith(DEV_TOKEN_PREFIX):
             if not self._settings.dev:
                 raise unauthorized("test tokens work only in --dev mode")
             return _user_id(token[len(DEV_TOKEN_PREFIX):])
         claims = await self._verify(token)
-        return _user_id(claims.get("sub"))
+        # ZID's tokens name the user in `id`; others in `sub` (the original reads both).
+        return _user_id(claims["id"] if "id" in claims else claims.get("sub"))
 
     async def _verify(self, token: str) -> dict[str, Any]:
         try:
@@ -114,7 +121,7 @@ class Authenticator:
         except jwt.PyJWTError:
             raise unauthorized("malformed token") from None
         algorithm = header.get("alg")
-        options: dict[str, Any] = {"require": ["exp", "sub", "aud", "iss"]}
+        options: dict[str, Any] = {"require": ["exp", "aud", "iss"]}
         try:
             if algorithm == "HS256" and self._settings.auth_hs256_secret:
                 key: Any = self._settings.auth_hs256_secret

@@ -25,6 +25,7 @@ STATUS_BY_CODE = {
     "engine_stopped": 503,
     "engine_unavailable": 503,
     "external_service_error": 502,
+    "request_timeout": 504,
     "internal_error": 500,
 }
 

@@ -8,7 +8,6 @@ work; `Endpoints` registers it with Quart behind this plumbing and keeps the dec
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hmac
 import logging
@@ -16,10 +15,10 @@ import time
 import typing
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Any, TypeVar
 
 import msgspec
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -31,7 +30,7 @@ from api.errors import ApiError, error_body, render
 from api.routes import Caller, Route
 from api.schemas import DECIMAL_RULES, DecimalRule
 from api.settings import KeyScope
-from engine.errors import BillingError, InvalidInput
+from engine.errors import BillingError, InvalidInput, Overloaded
 from engine.ids import UserId
 from engine.usage import invalid_input
 
@@ -42,6 +41,9 @@ JSON = "application/json"
 SERVICE_LABELS_MAX = 50
 SERVICE_NAME_LENGTH_MAX = 64
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+# Requests one route may have in flight in one HTTP process; past it 503 `overloaded` with
+# Retry-After at once (the original queued 50 per route until its time-out).
+ROUTE_REQUESTS_IN_FLIGHT_MAX = 256
 
 Handler = Callable[..., Awaitable[Any]]
 Register = Callable[[Route], Callable[[Handler], Handler]]
@@ -175,13 +177,20 @@ def reply(payload: Any, status: int = 200, *, msgpack_ok: bool = False) -> Respo
     return Response(_json_encoder.encode(payload), status, content_type=JSON)
 
 
+async def read_raw_body() -> bytes:
+    """The request body as sent (webhooks verify signatures over it), read whole."""
+    raw = await request.get_data()
+    request.body_read_whole = True  # type: ignore[attr-defined]
+    return raw
+
+
 async def read_body(route: Route, decoder: BodyDecoder) -> Any:
     content_type = request.mimetype or JSON
     if content_type != JSON and not (route.msgpack and content_type == MSGPACK):
         raise ApiError("unsupported_media_type", f"send {JSON}" +
                        (f" or {MSGPACK}" if route.msgpack else ""))
     # No body at all reads as `{}` (so the EmptyBody routes take none).
-    return decoder.decode(await request.get_data() or b"{}", content_type)
+    return decoder.decode(await read_raw_body() or b"{}", content_type)
 
 
 class Endpoints:
@@ -193,8 +202,10 @@ class Endpoints:
     """
 
     def __init__(self, app: QuartTrio, auth: Authenticator, metrics_token: str | None,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, *, request_timeout_s: float) -> None:
         self.routes: list[Route] = []
+        self._request_timeout_s = request_timeout_s
+        self._in_flight: dict[str, int] = {}
         self._app = app
         self._auth = auth
         self._metrics_token = metrics_token
@@ -211,6 +222,20 @@ class Endpoints:
             decoder = BodyDecoder(route.body) if route.body is not None else None
 
             async def view(**path: str) -> Response:
+                name = route.rule
+                in_flight = self._in_flight.get(name, 0)
+                if in_flight >= ROUTE_REQUESTS_IN_FLIGHT_MAX:
+                    raise Overloaded(f"{ROUTE_REQUESTS_IN_FLIGHT_MAX} requests to this route "
+                                     "are in flight; retry shortly")
+                self._in_flight[name] = in_flight + 1
+                try:
+                    with trio.move_on_after(self._request_timeout_s):
+                        return await answer(**path)
+                finally:
+                    self._in_flight[name] -= 1
+                raise ApiError("request_timeout", timed_out_message(self._request_timeout_s))
+
+            async def answer(**path: str) -> Response:
                 arguments: list[Any] = []
                 user = await self._check_caller(route.caller)
                 if user is not None:
@@ -260,6 +285,12 @@ class Endpoints:
                 raise ApiError("unauthorized", "metrics need the bearer token")
 
 
+def timed_out_message(timeout_s: float) -> str:
+    return (f"no answer within {timeout_s:g} s (REQUEST_TIMEOUT_SECONDS); a debit or grant "
+            "may still have committed: retry with the same event id or Idempotency-Key to "
+            "learn its result")
+
+
 def not_configured(endpoint: Register, method: str, path: str, what: str) -> None:
     """A stand-in for a route whose integration is off: 503 `not_configured`, documented."""
 
@@ -271,8 +302,8 @@ def not_configured(endpoint: Register, method: str, path: str, what: str) -> Non
 
 
 def install_request_hooks(app: QuartTrio, registry: CollectorRegistry) -> None:
-    """Requests by route, method and status, and latency by route; and every request body
-    read to its end."""
+    """Requests by route, method and status, and latency by route; and `Connection: close`
+    after a reply to a request whose body was not read whole."""
     requests_total = Counter("zbilling_http_requests", "HTTP requests by route and status",
                              ["route", "method", "status"], registry=registry)
     latency = Histogram("zbilling_http_request_duration_seconds", "HTTP request latency by route",
@@ -293,14 +324,20 @@ def install_request_hooks(app: QuartTrio, registry: CollectorRegistry) -> None:
         return response
 
     @app.after_request
-    async def drained(response: Response) -> Response:
+    async def closed_if_unread(response: Response) -> Response:
         # hypercorn starts a connection's next request only once this one's body is read: a
-        # body left unread (the request refused before, with 401, 405 or 415) can stall the
-        # client's next request on that kept-alive connection until it times out.
-        if response.status_code != HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-            with contextlib.suppress(HTTPException):
-                await request.get_data()
+        # body left unread (the request refused before it, with 401, 405, 413 or 415) would
+        # stall the client's next request on that kept-alive connection. Closing the
+        # connection after the reply (h11 honours the header) costs one reconnect and never
+        # reads a body nobody will use.
+        if _has_body() and not getattr(request, "body_read_whole", False):
+            response.headers["Connection"] = "close"
         return response
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or "chunked" in request.headers.get(
+        "Transfer-Encoding", "").lower()
 
 
 def install_error_handlers(app: QuartTrio, max_body_bytes: int) -> None:

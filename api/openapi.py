@@ -20,7 +20,6 @@ from api.schemas import (
     PATH_SEGMENT_REF,
     PRINTABLE_REF,
     USER_ID_PATH_SCHEMA,
-    EmptyBody,
     ErrorReply,
     UsageFailure,
     UsageReply,
@@ -121,8 +120,11 @@ def _request_body(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, An
     schema = ref[route.body]
     if route.body_rules is not None:
         schema = {"allOf": [schema, dict(route.body_rules)]}
-    # A missing body reads as `{}`, which only EmptyBody takes.
-    return {"required": route.body is not EmptyBody, "content": _content(schema, route)}
+    # A missing body reads as `{}`, which only a body whose every field is optional, with no
+    # rule between its fields, takes.
+    required = bool(route.body.json_schema_rules) or any(
+        field.required for field in msgspec.structs.fields(route.body))
+    return {"required": required, "content": _content(schema, route)}
 
 
 def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from quart import request
 
 from actors.billing import Billing
 from api import schemas
-from api.http import Register, not_configured
+from api.http import Register, not_configured, read_raw_body
 from api.replies import payment_reply, purchase_reply
 from api.routes import Caller, Route
 from engine.ids import UserId
@@ -50,5 +50,5 @@ def register_payment_routes(endpoint: Register, billing: Billing,
                     errors=(400, 409, 413, 503), headers=(schemas.STRIPE_SIGNATURE,)))
     async def stripe_webhook() -> schemas.WebhookReply:
         outcome = await service.handle_webhook(
-            await request.get_data(), request.headers.get(schemas.STRIPE_SIGNATURE.name))
+            await read_raw_body(), request.headers.get(schemas.STRIPE_SIGNATURE.name))
         return schemas.WebhookReply(True, outcome)

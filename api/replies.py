@@ -18,6 +18,7 @@ from api.schemas import iso_ms
 from engine.account import Account, AccountAt
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
+from engine.grants import GrantOutcome, ReferralOutcome
 from engine.ids import AgentId, UserId, parse_agent_id, parse_key, transaction_id_str
 from engine.ledger import LedgerEntry
 from engine.lots import Lot, LotCategory, LotRequest, LotSummary, summarize
@@ -47,7 +48,7 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
         cost_micros=body.cost_micros,
         agent_id=agent_id(body.agent_id),
         occurred_at_ms=int(timestamp.timestamp() * 1000) if timestamp is not None else None,
-        metadata=body.metadata,
+        metadata=body.metadata or {},  # null reads as none, as the original reads it
     )
 
 
@@ -181,6 +182,7 @@ def transaction_reply(entry: LedgerEntry) -> schemas.TransactionReply:
     return schemas.TransactionReply(
         id=transaction_id_str(entry.transaction_id),
         type=entry.entry_type.value,
+        transaction_type=entry.entry_type.value,
         amount_cents=entry.amount,
         balance_after_cents=entry.balance_after,
         description=entry.description,
@@ -201,6 +203,32 @@ def credit_reply(result: CreditResult) -> schemas.CreditReply:
         amount_cents=result.amount_cents,
         balance_cents=result.balance_cents,
         balance_formatted=format_usd(result.balance_cents),
+    )
+
+
+def grant_reply(outcome: GrantOutcome) -> schemas.GrantReply:
+    return schemas.GrantReply(
+        granted=outcome.granted,
+        reason=outcome.reason.value if outcome.reason is not None else None,
+        user_id=outcome.user_id,
+        amount_cents=outcome.amount_cents,
+        balance_cents=outcome.balance_cents,
+        transaction_id=(transaction_id_str(outcome.transaction_id)
+                        if outcome.transaction_id is not None else None),
+    )
+
+
+def referral_reply(outcome: ReferralOutcome) -> schemas.ReferralGrantReply:
+    invitee, inviter = outcome.invitee, outcome.inviter
+    # Both sides are decided together, so they agree on `granted`.
+    reason = invitee.reason or inviter.reason
+    return schemas.ReferralGrantReply(
+        granted=invitee.granted and inviter.granted,
+        reason=reason.value if reason is not None else None,
+        invitee_amount_cents=invitee.amount_cents,
+        inviter_amount_cents=inviter.amount_cents,
+        invitee_balance_cents=invitee.balance_cents,
+        inviter_balance_cents=inviter.balance_cents,
     )
 
 
@@ -240,6 +268,7 @@ def quote_reply(quoted: Quote) -> schemas.QuoteReply:
         default_price=quoted.default_price,
         long_context=quoted.long_context,
         min_charge_applied=quoted.min_charge_applied,
+        currency="USD_CENTS",  # the original's unit name: 1 credit = 1 US cent
     )
 
 

@@ -21,6 +21,7 @@ from msgspec import Meta
 
 from actors.billing import TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
 from actors.lots import DESCRIPTION_LENGTH_MAX
+from api.auth import TOKEN_LENGTH_MAX
 from api.routes import Header
 from engine.account import (
     AUTO_REFILL_AMOUNT_CENTS_DEFAULT,
@@ -30,13 +31,18 @@ from engine.account import (
     AUTO_REFILL_TRIGGER_CENTS_MIN,
 )
 from engine.errors import require
-from engine.ids import AGENT_ID_LENGTH_MAX, KEY_LENGTH_MAX
+from engine.ids import AGENT_ID_LENGTH_MAX, EMAIL_LENGTH_MAX, EMAIL_PATTERN, KEY_LENGTH_MAX
 from engine.lots import PRIORITY_MAX, PRIORITY_MIN
-from engine.metering import METADATA_ENTRIES_MAX, METADATA_VALUE_LENGTH_MAX
+from engine.metadata import (
+    METADATA_DEPTH_MAX,
+    METADATA_ENTRIES_MAX,
+    METADATA_KEY_LENGTH_MAX,
+    METADATA_VALUE_LENGTH_MAX,
+)
 from engine.money import AMOUNT_CENTS_MAX, AMOUNT_CENTS_MIN, COST_MICROS_MAX
 from engine.payments import PURCHASE_USD_MAX, PURCHASE_USD_MIN
 from engine.reservations import RESERVATION_TTL_S_DEFAULT, RESERVATION_TTL_S_MAX
-from engine.usage import QUANTITY_DECIMALS_MAX, QUANTITY_MAX, Metric, Quantity
+from engine.usage import NAME_LENGTH_MAX, QUANTITY_DECIMALS_MAX, QUANTITY_MAX, Metric, Quantity
 
 # --- text rules the document states by reference ----------------------------------------------
 
@@ -141,12 +147,28 @@ Key = Annotated[str, Meta(min_length=1, max_length=KEY_LENGTH_MAX,
 AmountCents = Annotated[int, Meta(ge=AMOUNT_CENTS_MIN, le=AMOUNT_CENTS_MAX)]
 CostCents = Annotated[int, Meta(ge=0, le=AMOUNT_CENTS_MAX)]
 CostMicros = Annotated[int, Meta(ge=0, le=COST_MICROS_MAX)]
+ModelName = Annotated[str, Meta(min_length=1, max_length=NAME_LENGTH_MAX)]
 AgentIdText = Annotated[str, Meta(min_length=1, max_length=AGENT_ID_LENGTH_MAX,
                                   pattern=r"^[A-Za-z0-9._:@/-]+$")]
-MetadataKey = Annotated[str, Meta(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, Meta(max_length=METADATA_VALUE_LENGTH_MAX)] | int | bool | None
+# engine/metadata.py's rules, level by level (the top object is level 1).
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_LENGTH_MAX)]
+MetadataScalar = (Annotated[str, Meta(max_length=METADATA_VALUE_LENGTH_MAX)] | int | float
+                  | bool | None)
+require(METADATA_DEPTH_MAX == 3, "the metadata types below spell three levels")
+MetadataLevel3 = (
+    MetadataScalar
+    | Annotated[list[MetadataScalar], Meta(max_length=METADATA_ENTRIES_MAX)]
+    | Annotated[dict[MetadataKey, MetadataScalar], Meta(max_length=METADATA_ENTRIES_MAX)])
+MetadataValue = (
+    MetadataScalar
+    | Annotated[list[MetadataLevel3], Meta(max_length=METADATA_ENTRIES_MAX)]
+    | Annotated[dict[MetadataKey, MetadataLevel3], Meta(max_length=METADATA_ENTRIES_MAX)])
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(
-    max_length=METADATA_ENTRIES_MAX, description="a small flat map stored with the entry")]
+    max_length=METADATA_ENTRIES_MAX,
+    description="any JSON object, stored verbatim with the entry: at most "
+                f"{METADATA_ENTRIES_MAX} members per object or array, "
+                f"{METADATA_DEPTH_MAX} levels, strings of at most "
+                f"{METADATA_VALUE_LENGTH_MAX} characters")]
 Timestamp = Annotated[str, Meta(description="RFC 3339 date-time, UTC, milliseconds",
                                 extra_json_schema={"format": "date-time"})]
 # A path parameter naming an account (api/openapi.py documents it so).
@@ -219,6 +241,12 @@ class EmptyBody(Body):
     pass
 
 
+class AccountCreateBody(Body):
+    """`{}` is fine; `email` names the account's Stripe and Lago customers."""
+
+    email: Annotated[str, Meta(max_length=EMAIL_LENGTH_MAX, pattern=EMAIL_PATTERN)] | None = None
+
+
 class AutoRefillBody(Body):
     enabled: bool
     trigger_below_cents: Annotated[int, Meta(ge=AUTO_REFILL_TRIGGER_CENTS_MIN,
@@ -273,7 +301,13 @@ class UsageBody(Body):
     cost_micros: CostMicros | None = None
     agent_id: AgentIdText | None = None
     timestamp: DateTimeText | None = None
-    metadata: Metadata = msgspec.field(default_factory=dict)
+    metadata: Metadata | None = None
+    # The original service's plan flag, in its four spellings: read, with no effect on the
+    # price (plans price purchases here, not usage).
+    zero_pro_user: bool | None = None
+    zero_pro_user_camel: bool | None = msgspec.field(default=None, name="zeroProUser")
+    is_zero_pro: bool | None = None
+    is_zero_pro_camel: bool | None = msgspec.field(default=None, name="isZeroPro")
 
     json_schema_rules: ClassVar[dict[str, Any]] = PRICED_ONCE
 
@@ -286,8 +320,14 @@ class UsageBatchBody(Body):
 
 
 class UsageCheckBody(Body):
+    """With `provider` and `model` and no positive `required_cents`, the requirement is the
+    model reserve: the price of 2,000 input and 1,000 output tokens of that model (rounded up
+    to credits, at least 1), as the original service reckons it."""
+
     user_id: uuid.UUID
-    required_cents: CostCents
+    required_cents: CostCents = 0
+    provider: ModelName | None = None
+    model: ModelName | None = None
 
 
 class QuoteBody(Body):
@@ -336,6 +376,10 @@ class TransactionsQuery(Query):
         pattern=f"^(?:{ULID_TEXT})?$",
         description="a transaction id (ULID): entries older than it; empty or absent: from "
                     "the newest")] = ""
+
+
+class BalanceSocketQuery(Query):
+    token: Annotated[str, Meta(max_length=TOKEN_LENGTH_MAX, description="the user's JWT")] = ""
 
 
 class PaymentsQuery(Query):
@@ -395,6 +439,8 @@ class ErrorReply(Reply):
 class HealthReply(Reply):
     status: str
     timestamp: Timestamp
+    service: str
+    version: str
 
 
 class ReadyReply(Reply):
@@ -495,6 +541,9 @@ class LotDrawReply(Reply):
 class TransactionReply(Reply):
     id: str
     type: str
+    # The original service's name for `type` (same values; it wrote them without
+    # underscores, e.g. "autorefill", where ours are snake_case).
+    transaction_type: str
     amount_cents: int
     balance_after_cents: int
     description: str
@@ -563,6 +612,7 @@ class QuoteReply(Reply):
     default_price: bool
     long_context: bool
     min_charge_applied: bool
+    currency: Literal["USD_CENTS"]
 
 
 ReservationStatusText = Literal["held", "committed", "released", "expired"]
@@ -667,3 +717,48 @@ class CheckoutReply(Reply):
 
 class PortalReply(Reply):
     url: str
+
+
+# --- promotional grants (service) --------------------------------------------------------------
+
+
+class SignupGrantBody(Body):
+    """`is_zero_pro` (also spelled `isZeroPro`) and `referred_by` are the original's fields:
+    accepted, with no effect (a referral is granted by /v1/credits/referral-grant)."""
+
+    user_id: uuid.UUID
+    is_zero_pro: bool | None = None
+    is_zero_pro_camel: bool | None = msgspec.field(default=None, name="isZeroPro")
+    referred_by: uuid.UUID | None = None
+
+
+class DailyGrantBody(Body):
+    user_id: uuid.UUID
+
+
+class ReferralGrantBody(Body):
+    inviter_user_id: uuid.UUID
+    invitee_user_id: uuid.UUID
+
+
+GrantReason = Annotated[str | None, Meta(
+    description="why nothing was granted: already_granted, already_granted_today, disabled "
+                "(the grant is configured to 0) or signup_grant_required; null when granted")]
+
+
+class GrantReply(Reply):
+    granted: bool
+    reason: GrantReason
+    user_id: uuid.UUID
+    amount_cents: int
+    balance_cents: int
+    transaction_id: str | None
+
+
+class ReferralGrantReply(Reply):
+    granted: bool
+    reason: GrantReason
+    invitee_amount_cents: int
+    inviter_amount_cents: int
+    invitee_balance_cents: int
+    inviter_balance_cents: int

@@ -24,6 +24,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from quart_trio import QuartTrio
 from werkzeug.datastructures import Headers
 
+from actors.balance_feed import BalanceFeed, RemoteBalanceFeed
 from actors.billing import Billing
 from actors.config import load_pricing
 from actors.engine_socket import ROLE_WORKER, SOCKET_NAME, EngineSocket
@@ -41,6 +42,7 @@ from actors.system import WallClock
 from actors.wire import Codec, Extension
 from api.app import create_app
 from api.auth import Authenticator
+from api.balance_routes import WEBSOCKET_MESSAGE_BYTES_MAX, WEBSOCKET_PING_S
 from api.settings import Settings
 from integrations.lago.client import LagoClient
 from integrations.lago.exporter import lago_exporter
@@ -55,6 +57,9 @@ log = logging.getLogger("zbilling.server")
 # How long in-flight requests may take to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 10.0
 KEEP_ALIVE_MAX_REQUESTS = 2**62
+# Kernel bytes one connection may have queued for its client (Linux doubles the figure). A
+# 1000-event batch reply (~300 KB) takes a few rounds on it; that is all it costs HTTP.
+SOCKET_SEND_BUFFER_BYTES = 64 * 1024
 
 
 async def serve(settings: Settings) -> None:
@@ -67,14 +72,15 @@ async def serve(settings: Settings) -> None:
         stripe = stripe_for(settings, billing)
         lago_webhooks = lago_webhooks_for(settings, billing)
         app = create_app(billing, settings, Authenticator(settings), stripe, lago_webhooks)
-        config = hypercorn_config(settings)
+        config = hypercorn_config(settings, _ListenConfig(reuse_port=False))
         stop = trio.Event()
         print_banner(settings)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
             if stripe is not None:
                 await nursery.start(stripe.refills.run)
-            await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+            await hypercorn_serve(_CloseAfterReply(app), config,  # type: ignore[arg-type]
+                                  shutdown_trigger=partial(_stopping, stop, billing.balance_feed))
             nursery.cancel_scope.cancel()
     print("z-billing stopped; journal flushed", flush=True)
 
@@ -95,6 +101,8 @@ def hypercorn_config(settings: Settings, config: Config | None = None) -> Config
     # one dropped connection per 1000 requests, BusyResourceError in the log). Gateways
     # keep their connections: recycle them practically never.
     config.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
+    config.websocket_ping_interval = WEBSOCKET_PING_S
+    config.websocket_max_message_size = WEBSOCKET_MESSAGE_BYTES_MAX
     return config
 
 
@@ -107,7 +115,7 @@ def lago_exporter_for(settings: Settings) -> ExporterFactory | None:
 def stripe_gateway(settings: Settings) -> StripeGateway:
     return StripeGateway(settings.stripe_api_key or "",
                          webhook_secret=settings.stripe_webhook_secret,
-                         frontend_url=settings.frontend_url,
+                         frontend_url=settings.checkout_return_url,
                          api_base=settings.stripe_api_base)
 
 
@@ -165,7 +173,8 @@ async def serve_engine(settings: Settings, ready: Callable[[], None]) -> None:
         engine_socket = EngineSocket(facades, Codec(WIRE_EXTENSIONS),
                                      accepting_writes=lambda: billing.accepting_writes,
                                      registry=billing.metrics.registry,
-                                     batch_forms=BILLING_BATCH_FORMS)
+                                     batch_forms=BILLING_BATCH_FORMS,
+                                     feed=billing.balance_feed)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, stop)
@@ -180,10 +189,18 @@ async def serve_engine(settings: Settings, ready: Callable[[], None]) -> None:
     print("z-billing engine stopped; journal flushed", flush=True)
 
 
-class _ReusePortConfig(Config):
-    """hypercorn's config, binding the listen address with SO_REUSEPORT: each worker has its
-    own listening socket and the kernel spreads connections over them (hypercorn sets the
-    option only when it forks workers itself, which share one accept queue)."""
+class _ListenConfig(Config):
+    """hypercorn's config, binding the listen address itself: with SO_REUSEPORT in a worker
+    (each worker has its own listening socket and the kernel spreads connections over them;
+    hypercorn sets the option only when it forks workers itself, which share one accept
+    queue), and with a bounded kernel send buffer on every connection (SO_SNDBUF, inherited
+    from the listening socket), so that a balance WebSocket whose reader stopped reading is
+    found after about SOCKET_SEND_BUFFER_BYTES / 170 updates, not after the 4 MB an
+    autotuned buffer grows to."""
+
+    def __init__(self, *, reuse_port: bool) -> None:
+        super().__init__()
+        self._reuse_port = reuse_port
 
     def create_sockets(self) -> Sockets:
         host, port = Settings(listen=self.bind[0]).host_port
@@ -191,11 +208,46 @@ class _ReusePortConfig(Config):
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                                  socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if self._reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER_BYTES)
         listener.bind((host, port))
         listener.setblocking(False)
         return Sockets(secure_sockets=[], insecure_sockets=[listener], quic_sockets=[])
+
+
+class _CloseAfterReply:
+    """ASGI middleware: once a reply has started, a client's disconnect is not passed on.
+
+    hypercorn closes a `Connection: close` reply's connection from inside the app's last
+    send, and tells the app `http.disconnect` just before; quart-trio's receiving task then
+    ends and cancels the request's nursery, which cancels that close half-way (measured: the
+    connection stayed open until shutdown). Held back, the request finishes its reply and
+    its own task ends the app. A disconnect before any reply still cancels the handler."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Awaitable[Any]],
+                       send: Callable[..., Awaitable[Any]]) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        replying = False
+
+        async def receive_until_replying() -> Any:
+            message = await receive()
+            if message["type"] == "http.disconnect" and replying:
+                await trio.sleep_forever()  # the app ends once its reply is out
+            return message
+
+        async def send_noting(message: dict[str, Any]) -> None:
+            nonlocal replying
+            replying = replying or message["type"] == "http.response.start"
+            await send(message)
+
+        await self._app(scope, receive_until_replying, send_noting)
 
 
 class _FreshEngineMetrics:
@@ -231,7 +283,7 @@ async def serve_worker(settings: Settings, metrics_dir: Path, ready: Callable[[]
     facade = cast(Billing, billing)
     app = create_app(facade, settings, Authenticator(settings), worker_stripe(settings, link,
                      facade), lago_webhooks)
-    config = hypercorn_config(settings, _ReusePortConfig())
+    config = hypercorn_config(settings, _ListenConfig(reuse_port=True))
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, stop)
@@ -240,8 +292,10 @@ async def serve_worker(settings: Settings, metrics_dir: Path, ready: Callable[[]
         await _first_of(link.wait_connected, stop.wait)
         if not stop.is_set():
             async with trio.open_nursery() as http:
-                await http.start(partial(hypercorn_serve, _FreshEngineMetrics(app, registry, link),
-                                         config, shutdown_trigger=stop.wait))
+                await http.start(partial(hypercorn_serve,
+                                         _CloseAfterReply(_FreshEngineMetrics(app, registry, link)),
+                                         config, shutdown_trigger=partial(
+                                             _stopping, stop, billing.balance_feed)))
                 ready()
         nursery.cancel_scope.cancel()
 
@@ -257,6 +311,13 @@ def worker_stripe(settings: Settings, link: EngineLink, billing: Billing) -> Str
                          cast(StripeWebhooks, RemoteFacade(link, StripeWebhooks, STRIPE_WEBHOOKS)),
                          RefillWorker(gateway, billing.payments, billing.plans),
                          billing.payments, billing.plans)
+
+
+async def _stopping(stop: trio.Event, feed: BalanceFeed | RemoteBalanceFeed) -> None:
+    """hypercorn's shutdown trigger: once stopping, the balance WebSockets close (1001)
+    rather than hold the graceful shutdown until its time-out."""
+    await stop.wait()
+    feed.end_all()
 
 
 async def _first_of(*waits: Callable[[], Awaitable[None]]) -> None:

@@ -17,7 +17,9 @@ LISTEN_DEFAULT = "127.0.0.1:8080"
 DATA_DIR_DEFAULT = "./data"
 AUDIENCE_DEFAULT = "z-billing"
 MAX_BODY_BYTES_DEFAULT = 1024 * 1024
-FRONTEND_URL_DEFAULT = "http://localhost:3000"
+SIGNUP_GRANT_CREDITS_DEFAULT = 5000
+REFERRAL_GRANT_CREDITS_DEFAULT = 5000
+REQUEST_TIMEOUT_S_DEFAULT = 30
 REFILL_RETRY_BASE_S_DEFAULT = 30
 
 
@@ -63,7 +65,14 @@ class Settings:
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     stripe_api_base: str | None = None
-    frontend_url: str = FRONTEND_URL_DEFAULT
+    # Where Stripe Checkout returns (`/checkout/success`, `/checkout/cancelled`); None: the
+    # pages this server serves itself.
+    frontend_url: str | None = None
+    signup_grant_credits: int = SIGNUP_GRANT_CREDITS_DEFAULT
+    referral_grant_credits: int = REFERRAL_GRANT_CREDITS_DEFAULT
+    # Origins allowed by CORS; empty: no CORS headers. "*" mirrors any Origin.
+    cors_origins: tuple[str, ...] = ()
+    request_timeout_s: int = REQUEST_TIMEOUT_S_DEFAULT
     refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
     pricing_path: Path | None = None
     plans: Plans = field(default_factory=lambda: Plans.from_config(None))
@@ -79,6 +88,11 @@ class Settings:
         if not host or not port.isdigit():
             raise SettingsError(f"--listen must be HOST:PORT, got {self.listen!r}")
         return host, int(port)
+
+    @property
+    def checkout_return_url(self) -> str:
+        """The base of the Checkout success and cancel pages."""
+        return (self.frontend_url or f"http://{self.listen}").rstrip("/")
 
     @property
     def stripe_enabled(self) -> bool:
@@ -114,13 +128,24 @@ class Settings:
         return f"on{api}; webhooks {hooks}"
 
 
-def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+def _int_env(environ: Mapping[str, str], name: str, default: int, *, zero_ok: bool = False
+             ) -> int:
     value = environ.get(name)
     if value is None:
         return default
-    if not value.isdigit() or int(value) <= 0:
-        raise SettingsError(f"{name} must be a positive integer, got {value!r}")
+    if not value.isdigit() or int(value) < (0 if zero_ok else 1) or int(value) > 10**12:
+        kind = "a non-negative" if zero_ok else "a positive"
+        raise SettingsError(f"{name} must be {kind} integer (at most 10**12), got {value!r}")
     return int(value)
+
+
+def _origins_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in
+                    environ.get("CORS_ORIGINS", "").split(",") if origin.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise SettingsError(f"CORS_ORIGINS: {origin!r} is not * or an http(s) origin")
+    return origins
 
 
 def load_settings(
@@ -181,7 +206,13 @@ def load_settings(
         stripe_api_key=env.get("STRIPE_API_KEY") or None,
         stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
         stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,
-        frontend_url=env.get("FRONTEND_URL", FRONTEND_URL_DEFAULT),
+        frontend_url=env.get("FRONTEND_URL") or None,
+        signup_grant_credits=_int_env(env, "SIGNUP_GRANT_CREDITS",
+                                      SIGNUP_GRANT_CREDITS_DEFAULT, zero_ok=True),
+        referral_grant_credits=_int_env(env, "REFERRAL_GRANT_CREDITS",
+                                        REFERRAL_GRANT_CREDITS_DEFAULT, zero_ok=True),
+        cors_origins=_origins_env(env),
+        request_timeout_s=_int_env(env, "REQUEST_TIMEOUT_SECONDS", REQUEST_TIMEOUT_S_DEFAULT),
         refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
         pricing_path=pricing_path,
         plans=plans or Plans.from_config(None),

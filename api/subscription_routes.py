@@ -11,7 +11,7 @@ from quart import request
 from actors.billing import Billing
 from api import schemas
 from api.errors import ApiError
-from api.http import Register, not_configured
+from api.http import Register, not_configured, read_raw_body
 from api.replies import checkout_reply, subscription_reply
 from api.routes import Caller, Route
 from api.schemas import absent, present
@@ -150,5 +150,5 @@ def register_lago_routes(endpoint: Register, lago_webhooks: LagoWebhooks | None,
                     headers=(schemas.LAGO_SIGNATURE, schemas.lago_signature_algorithm(algorithms),
                              schemas.LAGO_UNIQUE_KEY)))
     async def lago_webhook() -> schemas.WebhookReply:
-        outcome = await lago_webhooks.handle(await request.get_data(), request.headers)
+        outcome = await lago_webhooks.handle(await read_raw_body(), request.headers)
         return schemas.WebhookReply(True, outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 
 import msgspec
@@ -16,6 +17,12 @@ from api.openapi import openapi_document
 from api.routes import Caller, Route
 from api.schemas import iso_ms
 
+SERVICE = "z-billing"
+try:
+    VERSION = importlib.metadata.version(SERVICE)
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+    VERSION = "unknown"
+
 
 def register_system_routes(endpoint: Endpoints, billing: Billing,
                            registry: CollectorRegistry) -> None:
@@ -23,7 +30,8 @@ def register_system_routes(endpoint: Endpoints, billing: Billing,
 
     @endpoint(Route("GET", "/health", "Liveness", Caller.PUBLIC, reply=schemas.HealthReply))
     async def health() -> schemas.HealthReply:
-        return schemas.HealthReply("healthy", iso_ms(time.time_ns() // 1_000_000))
+        return schemas.HealthReply("healthy", iso_ms(time.time_ns() // 1_000_000), SERVICE,
+                                   VERSION)
 
     @endpoint(Route("GET", "/ready", "Readiness: storage open and taking writes",
                     Caller.PUBLIC, reply=schemas.ReadyReply, errors=(503,)))

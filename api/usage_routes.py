@@ -16,6 +16,7 @@ from engine.commands import UsageResult
 from engine.errors import BillingError
 from engine.ids import UserId
 from engine.metering import UsageRequest
+from engine.pricing import model_reserve_cents
 
 _usage_decoder = BodyDecoder(schemas.UsageBody)
 _generic_json = msgspec.json.Decoder()
@@ -62,7 +63,10 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                     reply=schemas.UsageCheckReply, msgpack=True,
                     errors=(*ERRORS_SERVICE, 404, 409)))
     async def usage_check(body: schemas.UsageCheckBody) -> schemas.UsageCheckReply:
-        check = await billing.check_balance(UserId(body.user_id), body.required_cents)
+        required = body.required_cents
+        if required <= 0 and body.provider is not None and body.model is not None:
+            required = model_reserve_cents(billing.pricing, body.provider, body.model)
+        check = await billing.check_balance(UserId(body.user_id), required)
         return schemas.UsageCheckReply(check.sufficient, check.balance_cents,
                                        check.available_cents, check.required_cents)
 

@@ -69,6 +69,10 @@ def _audit_balance(
             purchased += entry.amount
         elif entry.entry_type in GRANTED_TYPES:
             granted += entry.amount
+            # Subscription and promotional grants only ever add credits.
+            if entry.amount <= 0:
+                problems.append(f"{entry.entry_type.value} entry {entry.transaction_id} of "
+                                f"{entry.amount} credits")
         elif entry.entry_type in OTHER_CREDIT_TYPES:
             other += entry.amount
             # A Stripe refund takes back credits the user may already have spent.
@@ -83,6 +87,20 @@ def _audit_balance(
         )
     if account.held_cents != open_holds_cents:
         problems.append(f"held {account.held_cents} != {open_holds_cents} in open reservations")
+    problems.extend(_lifetime_problems(account, purchased, granted, used, other))
+    if account.seq != count:
+        problems.append(f"seq {account.seq} != {count} entries")
+    if not 0 <= account.unbilled_micros < MICROS_PER_CREDIT:
+        problems.append(f"unbilled_micros {account.unbilled_micros} out of range")
+    if account.held_cents < 0:
+        problems.append(f"held {account.held_cents} is negative")
+    return problems
+
+
+def _lifetime_problems(account: Account, purchased: int, granted: int, used: int, other: int
+                       ) -> list[str]:
+    """Invariant 4, and each lifetime counter against the sum of its entries."""
+    problems = []
     lifetime = (account.lifetime_purchased_cents + account.lifetime_granted_cents + other
                 - account.lifetime_used_cents)
     if lifetime != account.balance_cents:
@@ -97,12 +115,6 @@ def _audit_balance(
     ):
         if stored != derived:
             problems.append(f"{name} {stored} != {derived} from the entries")
-    if account.seq != count:
-        problems.append(f"seq {account.seq} != {count} entries")
-    if not 0 <= account.unbilled_micros < MICROS_PER_CREDIT:
-        problems.append(f"unbilled_micros {account.unbilled_micros} out of range")
-    if account.held_cents < 0:
-        problems.append(f"held {account.held_cents} is negative")
     return problems
 
 

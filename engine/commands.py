@@ -32,10 +32,12 @@ class _Value(msgspec.Struct, frozen=True, gc=False):
 
 class Reads(NamedTuple):
     """What the actor looks up before deciding a command: the outcome of an idempotency key
-    `(scope, key)` and the reservation a command names (TigerBeetle's prefetch)."""
+    `(scope, key)`, the reservation a command names (TigerBeetle's prefetch), and the
+    outcomes of other keys a rule depends on (a daily grant needs the signup grant's)."""
 
     key: tuple[str, str] | None = None
     reservation_id: str | None = None
+    other_keys: tuple[tuple[str, str], ...] = ()
 
 
 NO_READS = Reads()
@@ -57,6 +59,8 @@ class OpenAccount(CommandBase):
 
     user_id: UserId
     must_be_new: bool = False
+    # For the customers integrations create (Lago now, Stripe from the route); not stored.
+    email: str | None = None
 
 
 class GetAccount(CommandBase):
@@ -218,12 +222,14 @@ PriorOutcome = KeyRecord | UsageEventRecord
 
 
 class Context(_Value):
-    """The time, a fresh transaction id, and what the command's `reads()` found."""
+    """The time, a fresh transaction id, and what the command's `reads()` found
+    (`others`: the outcomes of `Reads.other_keys`, in their order)."""
 
     now_ms: int
     transaction_id: TransactionId
     prior: PriorOutcome | None = None
     reservation: Reservation | None = None
+    others: tuple[PriorOutcome | None, ...] = ()
 
 
 class Transition(_Value):

@@ -53,16 +53,26 @@ class AccountOpened(msgspec.Struct, frozen=True, gc=False):
 
     user_id: UserId
     stripe_customer_id: str | None = None
+    email: str | None = None
 
     def to_lago(self) -> dict[str, Any]:
-        """An outbox row for `POST /api/v1/customers` (create or update, by external id)."""
-        customer: dict[str, Any] = {"external_id": str(self.user_id)}
+        """An outbox row for `POST /api/v1/customers` (create or update, by external id);
+        named by the email, else `User <id>`, as the original names its customers."""
+        customer: dict[str, Any] = {"external_id": str(self.user_id),
+                                    "name": customer_name(self.user_id, self.email)}
+        if self.email is not None:
+            customer["email"] = self.email
         if self.stripe_customer_id is not None:
             customer["billing_configuration"] = {
                 "payment_provider": "stripe",
                 "provider_customer_id": self.stripe_customer_id,
             }
         return {"customer": customer}
+
+
+def customer_name(user_id: UserId, email: str | None) -> str:
+    """The name of the account's Lago and Stripe customers."""
+    return email if email is not None else f"User {user_id}"
 
 
 def outbox_rows(record: object) -> tuple[dict[str, Any], ...]:

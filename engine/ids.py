@@ -22,6 +22,20 @@ KEY_LENGTH_MAX = 256
 _AGENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._:@/-]+")
 
 
+EMAIL_LENGTH_MAX = 254  # RFC 5321's path limit
+# One @, no spaces or control characters, a dot in the domain: what a mailbox looks like
+# (deliverability is the mail system's to decide).
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+
+
+def validate_email(text: object) -> str:
+    if not isinstance(text, str) or len(text) > EMAIL_LENGTH_MAX or \
+            re.fullmatch(EMAIL_PATTERN, text) is None:
+        raise InvalidInput(f"email must be an address of at most {EMAIL_LENGTH_MAX} "
+                           "characters", {"field": "email"})
+    return text
+
+
 def parse_user_id(text: object) -> UserId:
     if isinstance(text, uuid.UUID):
         return UserId(text)

@@ -25,11 +25,16 @@ class EntryType(StrEnum):
     VOID = "void"
     DEBIT = "debit"
     REVERSAL = "reversal"
+    # Promotional grants (engine/grants.py).
+    SIGNUP_GRANT = "signup_grant"
+    DAILY_GRANT = "daily_grant"
+    REFERRAL_GRANT = "referral_grant"
 
 
 # Which lifetime counter each entry type feeds (invariant 4, README "Ledger invariants").
 PURCHASED_TYPES = frozenset({EntryType.PURCHASE, EntryType.AUTO_REFILL})
-GRANTED_TYPES = frozenset({EntryType.SUBSCRIPTION_GRANT})
+GRANTED_TYPES = frozenset({EntryType.SUBSCRIPTION_GRANT, EntryType.SIGNUP_GRANT,
+                           EntryType.DAILY_GRANT, EntryType.REFERRAL_GRANT})
 # Types an operator may grant by hand through the admin API.
 ADMIN_GRANT_TYPES = frozenset({EntryType.REFUND, EntryType.BONUS, EntryType.ADJUSTMENT})
 OTHER_CREDIT_TYPES = ADMIN_GRANT_TYPES | {EntryType.EXPIRY, EntryType.VOID, EntryType.DEBIT,

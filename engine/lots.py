@@ -73,6 +73,10 @@ LOT_DEFAULTS: Mapping[EntryType, LotTerms] = {
     EntryType.REFUND: PAID_FOREVER,
     EntryType.ADJUSTMENT: PAID_FOREVER,
     EntryType.REVERSAL: PAID_FOREVER,
+    # Promotional grants (engine/grants.py): free credits that never expire by default.
+    EntryType.SIGNUP_GRANT: PROMOTIONAL_FOREVER,
+    EntryType.DAILY_GRANT: PROMOTIONAL_FOREVER,
+    EntryType.REFERRAL_GRANT: PROMOTIONAL_FOREVER,
 }
 
 

@@ -20,6 +20,7 @@ from engine.errors import InsufficientCredits, InvalidInput, require
 from engine.ids import AgentId, UserId
 from engine.ledger import EntryType
 from engine.lots import Draw
+from engine.metadata import validate_metadata
 from engine.money import (
     AMOUNT_CENTS_MAX,
     COST_MICROS_MAX,
@@ -32,9 +33,6 @@ from engine.payments import refill_if_low
 from engine.posting import check_prior, post_entry
 from engine.pricing import PricingConfig, price_micros
 from engine.usage import Metric
-
-METADATA_ENTRIES_MAX = 32
-METADATA_VALUE_LENGTH_MAX = 512
 
 
 class UsageRequest(msgspec.Struct, frozen=True, gc=False):
@@ -50,36 +48,6 @@ class UsageRequest(msgspec.Struct, frozen=True, gc=False):
     agent_id: AgentId | None = None
     occurred_at_ms: int | None = None
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
-
-
-def validate_metadata(metadata: object) -> dict[str, str | int | bool | None]:
-    """Metadata is a small flat map of scalars: it is stored with every entry."""
-    if type(metadata) is dict and not metadata:
-        return {}  # most events carry none: skip the abstract-class check
-    if not isinstance(metadata, Mapping):
-        raise InvalidInput("metadata must be an object", {"field": "metadata"})
-    if len(metadata) > METADATA_ENTRIES_MAX:
-        raise InvalidInput(
-            f"metadata holds at most {METADATA_ENTRIES_MAX} entries", {"field": "metadata"}
-        )
-    clean: dict[str, str | int | bool | None] = {}
-    for name, value in metadata.items():
-        if not isinstance(name, str) or not 0 < len(name) <= 64:
-            raise InvalidInput("metadata keys are strings of 1..64 characters",
-                               {"field": "metadata"})
-        if isinstance(value, str):
-            if len(value) > METADATA_VALUE_LENGTH_MAX:
-                raise InvalidInput(
-                    f"metadata values are at most {METADATA_VALUE_LENGTH_MAX} characters",
-                    {"field": f"metadata.{name}"},
-                )
-        elif value is not None and type(value) not in (int, bool):
-            raise InvalidInput(
-                "metadata values are strings, integers, booleans or null",
-                {"field": f"metadata.{name}"},
-            )
-        clean[name] = value
-    return clean
 
 
 def override_micros(request: UsageRequest) -> int | None:

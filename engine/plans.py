@@ -33,6 +33,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # What is left of a period's grant at its end: "none" expires, "all" rolls over (the
     # grant never expires), a number keeps at most that many credits one more period.
     grant_rollover: Literal["none", "all"] | Cents = "none"
+    # Credits of the daily grant (POST /v1/credits/daily-grant); 0 or less: none.
+    daily_grant_credits: Annotated[int, msgspec.Meta(le=AMOUNT_CENTS_MAX)] = 0
 
 
 PLANS_DEFAULT: dict[str, Plan] = {
@@ -66,6 +68,11 @@ class Plans:
             raise InvalidInput(f"unknown plan {code!r}; plans: {', '.join(self._plans)}",
                                {"field": "plan"})
         return plan
+
+    def daily_grant_credits(self) -> dict[str, int]:
+        """Each plan's daily grant, for the plans that have one."""
+        return {code: plan.daily_grant_credits for code, plan in self._plans.items()
+                if plan.daily_grant_credits > 0}
 
     def by_stripe_price(self, price_id: str) -> str | None:
         return next((code for code, plan in self._plans.items()

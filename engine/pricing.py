@@ -25,7 +25,7 @@ from math import lcm
 from types import MappingProxyType
 from typing import Any
 
-from engine.money import MICROS_PER_CREDIT, round_half_even
+from engine.money import MICROS_PER_CREDIT, micros_to_cents_ceil, round_half_even
 from engine.usage import TOKENS_MAX, ApiCalls, Compute, LlmTokens, Metric, Storage
 
 __all__ = [
@@ -412,6 +412,19 @@ def price_micros(pricing: PricingConfig, metric: Metric) -> int:
     if 0 < cost < pricing._min_micros:
         return pricing._min_micros
     return cost
+
+
+# The original service's model reserve: what `/v1/usage/check` requires for a model when the
+# caller names no amount, the price of a typical call.
+MODEL_RESERVE_INPUT_TOKENS = 2_000
+MODEL_RESERVE_OUTPUT_TOKENS = 1_000
+
+
+def model_reserve_cents(pricing: PricingConfig, provider: str, model: str) -> int:
+    """The price of MODEL_RESERVE_INPUT_TOKENS + MODEL_RESERVE_OUTPUT_TOKENS of the model,
+    exact micro-credits rounded up to whole credits, at least 1."""
+    tokens = LlmTokens(provider, model, MODEL_RESERVE_INPUT_TOKENS, MODEL_RESERVE_OUTPUT_TOKENS)
+    return max(1, micros_to_cents_ceil(price_micros(pricing, tokens)))
 
 
 def quote(pricing: PricingConfig, metric: Metric) -> Quote:

@@ -2,7 +2,7 @@
 
 This module holds `apply`, the one dispatch, and the account and credit rules; each other
 feature is one module exporting its `HANDLERS` (usage: `metering`, `reservations`,
-`payments`, `subscriptions`). Domain errors are raised; an actor turns them into replies.
+`payments`, `subscriptions`, `grants`). Domain errors are raised; an actor turns them into replies.
 Nothing is recorded for a command that raised, so a rejected event id may be retried after
 the cause is fixed (say, a top-up).
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine import expiry, metering, payments, reservations, subscriptions, undo
+from engine import expiry, grants, metering, payments, reservations, subscriptions, undo
 from engine.account import Account, AccountStatus, live_account
 from engine.commands import (
     AddCredits,
@@ -33,6 +33,7 @@ from engine.commands import (
 from engine.errors import AccountExists, AccountNotFound, InvalidInput, require
 from engine.expiry import ExpireLots, rearm
 from engine.export import AccountOpened
+from engine.grants import GrantCommand
 from engine.ledger import EntryType
 from engine.lots import validate_terms
 from engine.money import MICROS_PER_CREDIT
@@ -43,7 +44,7 @@ from engine.subscriptions import SubscriptionCommand
 from engine.undo import UndoCommand
 
 AnyCommand = (Command | ReservationCommand | PaymentCommand | SubscriptionCommand | ExpireLots
-              | UndoCommand)
+              | UndoCommand | GrantCommand)
 Handler = Callable[[Account | None, Any, Context], Transition]
 
 
@@ -71,7 +72,7 @@ def _open(account: Account | None, command: OpenAccount, context: Context) -> Tr
     created = Account(
         user_id=command.user_id, created_at_ms=context.now_ms, updated_at_ms=context.now_ms
     )
-    return Transition(created, (AccountOpened(command.user_id),), created)
+    return Transition(created, (AccountOpened(command.user_id, email=command.email),), created)
 
 
 def _get(account: Account | None, command: GetAccount, context: Context) -> Transition:
@@ -161,6 +162,7 @@ _FEATURE_HANDLERS: tuple[dict[type, Handler], ...] = (
     subscriptions.HANDLERS,  # type: ignore[dict-item]
     expiry.HANDLERS,  # type: ignore[dict-item]
     undo.HANDLERS,  # type: ignore[dict-item]
+    grants.HANDLERS,  # type: ignore[dict-item]
 )
 _HANDLERS: dict[type, Handler] = {
     command: handler for handlers in _FEATURE_HANDLERS for command, handler in handlers.items()

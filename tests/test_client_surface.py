@@ -29,6 +29,8 @@ NOT_FOR_THE_CLIENT = {
     ("post", "/webhooks/lago"),  # Lago calls it, signed with its HMAC key
     ("get", "/metrics"),  # Prometheus scrapes it, in its text format
     ("get", "/openapi.json"),  # for tools that generate or check clients
+    ("get", "/checkout/success"),  # a browser lands there after Stripe Checkout
+    ("get", "/checkout/cancelled"),  # likewise, after a cancelled one
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 # httpx's naming: the async client's close is `aclose`.
@@ -39,6 +41,8 @@ LIFECYCLE = {"close", "aclose"}
 # makes the route test fail with a KeyError naming it until it is added here.
 SAMPLE_ARGUMENTS: dict[str, Any] = {
     "user_id": uuid.UUID(int=1),
+    "inviter_user_id": uuid.UUID(int=2),
+    "invitee_user_id": uuid.UUID(int=3),
     "reservation_id": "r-1",
     "plan": "standard",
     "amount_cents": 100,

@@ -59,7 +59,7 @@ class Ledger:
         self.tid = 10
 
     def run(self, command, now_ms: int = START):
-        key, _ = command.reads()
+        key = command.reads().key
         prior = self.keys.get(key) if key is not None else None
         self.tid += 1
         transition = apply(self.account, command, ctx(now_ms, prior, self.tid))

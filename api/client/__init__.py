@@ -10,10 +10,11 @@ carry an event or reservation id, credits that carry an Idempotency-Key). When a
 attempt may have landed (a transport error or a 502/504), a `duplicate_event` answer means our
 own request was applied once, so the original result it carries is returned as success.
 
-The package imports only httpx, anyio and msgspec, never the server's code, so an application
-can use it without the server's dependencies. Its private modules: `_results` (typed results),
-`_errors` (one exception per error code), `_requests` (every decision of a call, no I/O),
-`_sync` and `_async` (the clients, which only send and sleep).
+The package imports only httpx (with httpx-ws for the balance WebSocket), anyio and msgspec,
+never the server's code, so an application can use it without the server's dependencies. Its
+private modules: `_results` (typed results), `_errors` (one exception per error code),
+`_requests` (every decision of a call, no I/O), `_sync` and `_async` (the clients, which only
+send and sleep), `_ws` (the balance event iterators, sync and async).
 """
 
 from ._async import AsyncBillingClient
@@ -35,6 +36,7 @@ from ._errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     ReservationExpired,
     Unauthorized,
     UnsupportedMediaType,
@@ -43,6 +45,7 @@ from ._results import (
     AutoRefill,
     Balance,
     BalanceCheck,
+    BalanceEvent,
     BatchItem,
     BatchResult,
     BillingAccount,
@@ -51,6 +54,7 @@ from ._results import (
     CreditResult,
     Deleted,
     ErrorInfo,
+    GrantResult,
     Health,
     Lot,
     LotDraw,
@@ -62,6 +66,7 @@ from ._results import (
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -71,14 +76,18 @@ from ._results import (
     UsageResult,
 )
 from ._sync import BillingClient
+from ._ws import AsyncBalanceEvents, BalanceEvents
 
 __all__ = [
     "AccountNotFound",
+    "AsyncBalanceEvents",
     "AsyncBillingClient",
     "AutoRefill",
     "BadRequest",
     "Balance",
     "BalanceCheck",
+    "BalanceEvent",
+    "BalanceEvents",
     "BatchItem",
     "BatchResult",
     "BillingAccount",
@@ -95,6 +104,7 @@ __all__ = [
     "ErrorInfo",
     "ExternalServiceError",
     "Forbidden",
+    "GrantResult",
     "Health",
     "IdempotencyConflict",
     "InsufficientCredits",
@@ -114,7 +124,9 @@ __all__ = [
     "Purchase",
     "Quote",
     "Ready",
+    "ReferralGrantResult",
     "ReleaseResult",
+    "RequestTimeout",
     "Reservation",
     "ReservationExpired",
     "ReservationHeld",

@@ -22,6 +22,7 @@ from ._results import (
     CommitResult,
     CreditResult,
     Deleted,
+    GrantResult,
     Health,
     Lots,
     PaymentsPage,
@@ -29,6 +30,7 @@ from ._results import (
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -36,6 +38,10 @@ from ._results import (
     TransactionPage,
     UsageResult,
 )
+
+# The async twin under the sync name, so that both clients' signatures read alike.
+from ._ws import AsyncBalanceEvents as BalanceEvents
+from ._ws import _aread_refusal
 
 
 class AsyncBillingClient:
@@ -46,9 +52,11 @@ class AsyncBillingClient:
                  timeout: float = 10.0, retries: int = 3,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.retries = retries
+        self._bearer_token = bearer_token
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout,
                                        transport=transport,
-                                       headers=_headers(service_key, admin_key, bearer_token))
+                                       headers=_headers(service_key, admin_key, bearer_token),
+                                       event_hooks={"response": [_aread_refusal]})
 
     async def _send(self, spec: _Spec[T]) -> T:
         attempts = _Attempts(spec, self.retries)
@@ -72,6 +80,12 @@ class AsyncBillingClient:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         trace: TracebackType | None) -> None:
         await self.aclose()
+
+    async def balance_events(self, *, reconnect: bool = True) -> BalanceEvents:
+        """The caller's balance after every committed change (`GET /ws/balance`): checks that
+        the server takes the token, then `async with` the `AsyncBalanceEvents` it returns
+        to receive them (it connects again after a server restart)."""
+        return await BalanceEvents(self._http, self._bearer_token, reconnect).check()
 
     async def health(self) -> Health:
         return await self._send(_Routes.health())
@@ -155,6 +169,16 @@ class AsyncBillingClient:
     async def reverse_usage(self, event_id: str, *, reason: str = "") -> CreditResult:
         return await self._send(_Routes.reverse_usage(event_id, reason))
 
+    async def signup_grant(self, user_id: object) -> GrantResult:
+        return await self._send(_Routes.signup_grant(user_id))
+
+    async def daily_grant(self, user_id: object) -> GrantResult:
+        return await self._send(_Routes.daily_grant(user_id))
+
+    async def referral_grant(self, inviter_user_id: object, invitee_user_id: object
+                       ) -> ReferralGrantResult:
+        return await self._send(_Routes.referral_grant(inviter_user_id, invitee_user_id))
+
     async def report_usage(self, user_id: object, *, event_id: str | None = None,
                            metric: Mapping[str, Any] | None = None,
                            cost_cents: int | None = None, cost_micros: int | None = None,
@@ -169,8 +193,12 @@ class AsyncBillingClient:
     async def report_usage_batch(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         return await self._send(_Routes.report_usage_batch(events))
 
-    async def check_balance(self, user_id: object, required_cents: int) -> BalanceCheck:
-        return await self._send(_Routes.check_balance(user_id, required_cents))
+    async def check_balance(self, user_id: object, required_cents: int = 0, *,
+                            provider: str | None = None, model: str | None = None
+                            ) -> BalanceCheck:
+        """With `provider` and `model` and no `required_cents`: the model's reserve."""
+        return await self._send(_Routes.check_balance(user_id, required_cents, provider,
+                                                      model))
 
     async def quote(self, metric: Mapping[str, Any]) -> Quote:
         return await self._send(_Routes.quote(metric))

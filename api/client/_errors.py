@@ -139,6 +139,11 @@ class InternalError(BillingApiError):
     pass
 
 
+class RequestTimeout(BillingApiError):
+    """The server gave up on the request (REQUEST_TIMEOUT_SECONDS): it may still have been
+    applied; calls the server deduplicates are retried with the same key."""
+
+
 _ERRORS: dict[str, type[BillingApiError]] = {
     "bad_request": BadRequest,
     "unauthorized": Unauthorized,
@@ -159,4 +164,5 @@ _ERRORS: dict[str, type[BillingApiError]] = {
     "engine_unavailable": EngineUnavailable,
     "external_service_error": ExternalServiceError,
     "internal_error": InternalError,
+    "request_timeout": RequestTimeout,
 }

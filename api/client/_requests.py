@@ -30,6 +30,7 @@ from ._results import (
     CreditResult,
     Deleted,
     ErrorInfo,
+    GrantResult,
     Health,
     Lots,
     PaymentsPage,
@@ -37,6 +38,7 @@ from ._results import (
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -352,6 +354,25 @@ class _Routes:
                      replay=_replay_as(CreditResult))
 
     @staticmethod
+    def signup_grant(user_id: object) -> _Spec[GrantResult]:
+        # Granted once per account by the server, so a resend is safe.
+        return _Spec("POST", "/v1/credits/signup-grant", _plain(GrantResult),
+                     body={"user_id": str(user_id)}, retry=True)
+
+    @staticmethod
+    def daily_grant(user_id: object) -> _Spec[GrantResult]:
+        return _Spec("POST", "/v1/credits/daily-grant", _plain(GrantResult),
+                     body={"user_id": str(user_id)}, retry=True)
+
+    @staticmethod
+    def referral_grant(inviter_user_id: object, invitee_user_id: object
+                       ) -> _Spec[ReferralGrantResult]:
+        body = {"inviter_user_id": str(inviter_user_id),
+                "invitee_user_id": str(invitee_user_id)}
+        return _Spec("POST", "/v1/credits/referral-grant", _plain(ReferralGrantResult),
+                     body=body, retry=True)
+
+    @staticmethod
     def report_usage(
         user_id: object, *, event_id: str | None, metric: Mapping[str, Any] | None,
         cost_cents: int | None, cost_micros: int | None, agent_id: object | None,
@@ -382,8 +403,10 @@ class _Routes:
                      retry=True)
 
     @staticmethod
-    def check_balance(user_id: object, required_cents: int) -> _Spec[BalanceCheck]:
-        body = {"user_id": str(user_id), "required_cents": required_cents}
+    def check_balance(user_id: object, required_cents: int, provider: str | None,
+                      model: str | None) -> _Spec[BalanceCheck]:
+        body = {"user_id": str(user_id), "required_cents": required_cents,
+                **_fields(provider=provider, model=model)}
         return _Spec("POST", "/v1/usage/check", _plain(BalanceCheck), body=body, retry=True)
 
     @staticmethod

@@ -17,6 +17,8 @@ class _Result(msgspec.Struct, frozen=True, kw_only=True):
 class Health(_Result):
     status: str
     timestamp: str | None = None
+    service: str | None = None
+    version: str | None = None
 
 
 class Ready(_Result):
@@ -157,6 +159,8 @@ class Transaction(_Result):
     type: str
     amount_cents: int
     balance_after_cents: int
+    # The original service's name for `type`.
+    transaction_type: str | None = None
     description: str = ""
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     event_id: str | None = None
@@ -233,6 +237,7 @@ class Quote(_Result):
     default_price: bool = False
     long_context: bool = False
     min_charge_applied: bool = False
+    currency: str = "USD_CENTS"
 
 
 class ReservationHeld(_Result):
@@ -270,3 +275,35 @@ class ReleaseResult(_Result):
     # None when replayed from a duplicate: the server's stored record has no balance.
     balance_cents: int | None = None
     available_cents: int | None = None
+
+
+class GrantResult(_Result, kw_only=True):
+    """A promotional grant call: `granted` False says why in `reason`."""
+
+    granted: bool
+    reason: str | None = None
+    user_id: str
+    amount_cents: int
+    balance_cents: int
+    transaction_id: str | None = None
+
+
+class ReferralGrantResult(_Result, kw_only=True):
+    granted: bool
+    reason: str | None = None
+    invitee_amount_cents: int
+    inviter_amount_cents: int
+    invitee_balance_cents: int
+    inviter_balance_cents: int
+
+
+class BalanceEvent(_Result):
+    """A committed balance, pushed by `GET /ws/balance` (camelCase as the original sent)."""
+
+    type: str
+    userId: str  # the wire spells these fields in camelCase
+    balanceCents: int
+    balanceFormatted: str
+    heldCents: int = 0
+    availableCents: int = 0
+    seq: int = 0

@@ -22,6 +22,7 @@ from ._results import (
     CommitResult,
     CreditResult,
     Deleted,
+    GrantResult,
     Health,
     Lots,
     PaymentsPage,
@@ -29,6 +30,7 @@ from ._results import (
     Purchase,
     Quote,
     Ready,
+    ReferralGrantResult,
     ReleaseResult,
     Reservation,
     ReservationHeld,
@@ -36,6 +38,7 @@ from ._results import (
     TransactionPage,
     UsageResult,
 )
+from ._ws import BalanceEvents, _read_refusal
 
 
 class BillingClient:
@@ -47,8 +50,10 @@ class BillingClient:
                  timeout: float = 10.0, retries: int = 3,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.retries = retries
+        self._bearer_token = bearer_token
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                  headers=_headers(service_key, admin_key, bearer_token))
+                                  headers=_headers(service_key, admin_key, bearer_token),
+                                  event_hooks={"response": [_read_refusal]})
 
     def _send(self, spec: _Spec[T]) -> T:
         attempts = _Attempts(spec, self.retries)
@@ -72,6 +77,11 @@ class BillingClient:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self.close()
+
+    def balance_events(self, *, reconnect: bool = True) -> BalanceEvents:
+        """The caller's balance after every committed change (`GET /ws/balance`), an
+        iterator that connects again after a server restart (see `BalanceEvents`)."""
+        return BalanceEvents(self._http, self._bearer_token, reconnect)
 
     def health(self) -> Health:
         return self._send(_Routes.health())
@@ -154,6 +164,16 @@ class BillingClient:
     def reverse_usage(self, event_id: str, *, reason: str = "") -> CreditResult:
         return self._send(_Routes.reverse_usage(event_id, reason))
 
+    def signup_grant(self, user_id: object) -> GrantResult:
+        return self._send(_Routes.signup_grant(user_id))
+
+    def daily_grant(self, user_id: object) -> GrantResult:
+        return self._send(_Routes.daily_grant(user_id))
+
+    def referral_grant(self, inviter_user_id: object, invitee_user_id: object
+                       ) -> ReferralGrantResult:
+        return self._send(_Routes.referral_grant(inviter_user_id, invitee_user_id))
+
     def report_usage(self, user_id: object, *, event_id: str | None = None,
                      metric: Mapping[str, Any] | None = None, cost_cents: int | None = None,
                      cost_micros: int | None = None, agent_id: object | None = None,
@@ -167,8 +187,10 @@ class BillingClient:
     def report_usage_batch(self, events: Sequence[Mapping[str, Any]]) -> BatchResult:
         return self._send(_Routes.report_usage_batch(events))
 
-    def check_balance(self, user_id: object, required_cents: int) -> BalanceCheck:
-        return self._send(_Routes.check_balance(user_id, required_cents))
+    def check_balance(self, user_id: object, required_cents: int = 0, *,
+                      provider: str | None = None, model: str | None = None) -> BalanceCheck:
+        """With `provider` and `model` and no `required_cents`: the model's reserve."""
+        return self._send(_Routes.check_balance(user_id, required_cents, provider, model))
 
     def quote(self, metric: Mapping[str, Any]) -> Quote:
         return self._send(_Routes.quote(metric))

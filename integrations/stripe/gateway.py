@@ -13,6 +13,7 @@ from typing import Any
 
 import stripe
 
+from engine.export import customer_name
 from engine.ids import UserId
 from engine.payments import RefillIntent
 
@@ -47,12 +48,17 @@ class StripeGateway:
         self.webhook_secret = webhook_secret
         self._frontend_url = frontend_url.rstrip("/")
 
-    async def create_customer(self, user_id: UserId) -> str:
+    async def create_customer(self, user_id: UserId, email: str | None = None) -> str:
         # One customer per user even if two first purchases race: the key makes them one call.
+        # Stripe refuses a key reused with other parameters, so the email has its own.
+        params: dict[str, Any] = {"metadata": {"user_id": str(user_id)},
+                                  "name": customer_name(user_id, email)}
+        key = f"zbilling-customer-{user_id}"
+        if email is not None:
+            params["email"] = email
+            key += "-email"
         customer = await self._client.v1.customers.create_async(
-            params={"metadata": {"user_id": str(user_id)}},
-            options={"idempotency_key": f"zbilling-customer-{user_id}"},
-        )
+            params=params, options={"idempotency_key": key})
         return str(customer.id)
 
     async def checkout_purchase(self, user_id: UserId, customer_id: str, credits: int,
@@ -73,9 +79,9 @@ class StripeGateway:
                 # auto-refill.
                 "payment_intent_data": {"metadata": metadata,
                                         "setup_future_usage": "off_session"},
-                "success_url": f"{self._frontend_url}/credits?checkout=success"
-                               "&session_id={CHECKOUT_SESSION_ID}",
-                "cancel_url": f"{self._frontend_url}/credits?checkout=cancelled",
+                "success_url": f"{self._frontend_url}/checkout/success"
+                               "?session_id={CHECKOUT_SESSION_ID}",
+                "cancel_url": f"{self._frontend_url}/checkout/cancelled",
             },
             options={"idempotency_key": f"zbilling-checkout-{request_key}"},
         )
@@ -92,9 +98,9 @@ class StripeGateway:
                 "line_items": [{"price": price_id, "quantity": 1}],
                 "metadata": metadata,
                 "subscription_data": {"metadata": metadata},
-                "success_url": f"{self._frontend_url}/subscription?checkout=success"
-                               "&session_id={CHECKOUT_SESSION_ID}",
-                "cancel_url": f"{self._frontend_url}/subscription?checkout=cancelled",
+                "success_url": f"{self._frontend_url}/checkout/success"
+                               "?session_id={CHECKOUT_SESSION_ID}",
+                "cancel_url": f"{self._frontend_url}/checkout/cancelled",
             },
             options={"idempotency_key": f"zbilling-subscribe-{request_key}"},
         )

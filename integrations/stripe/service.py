@@ -92,12 +92,12 @@ class StripeService:
             raise NotConfigured("Stripe webhooks need STRIPE_WEBHOOK_SECRET")
         return await self.webhooks.handle(payload, signature)
 
-    async def customer(self, account: Account) -> str:
+    async def customer(self, account: Account, *, email: str | None = None) -> str:
         """The account's Stripe customer, created (once: Stripe's idempotency key) on first
-        use."""
+        use, or with the account when it is opened with an email."""
         if account.stripe_customer_id is not None:
             return account.stripe_customer_id
-        customer_id = await _call(self.gateway.create_customer(account.user_id))
+        customer_id = await _call(self.gateway.create_customer(account.user_id, email))
         await self.payments.set_customer(account.user_id, customer_id)
         return customer_id
 

@@ -85,7 +85,8 @@ class StripeWebhooks:
             if obj.get("mode") != "payment" or obj.get("payment_status") != "paid":
                 return "ignored"
             payment_id = obj.get("payment_intent") or obj["id"]
-            return await self._credit(str(payment_id), obj, marker,
+            return await self._credit(str(payment_id), {**obj, "metadata": session_metadata(obj)},
+                                      marker,
                                       {"checkout_session": str(obj["id"])})
         if event_type == "payment_intent.succeeded":
             return await self._credit(str(obj["id"]), obj, marker, {})
@@ -143,6 +144,15 @@ def _paid_usd_cents(obj: dict[str, Any]) -> int | None:
     """What the payment cost in US cents, as Stripe says (a lot's cost basis)."""
     amount = obj.get("amount_received", obj.get("amount_total", obj.get("amount")))
     return amount if type(amount) is int and amount >= 0 else None
+def session_metadata(session: dict[str, Any]) -> dict[str, Any]:
+    """A Checkout Session's metadata as ours. A session the original service created (before
+    a switch to us) carries `user_id` (or only `client_reference_id`) and `credits_amount`
+    and no `kind`: it is read as our purchase, credited once on its PaymentIntent like ours."""
+    metadata = dict(session.get("metadata") or {})
+    if "kind" not in metadata and "credits_amount" in metadata:
+        metadata.setdefault("user_id", session.get("client_reference_id"))
+        metadata.update(kind="purchase", credits=metadata["credits_amount"])
+    return metadata
 
 
 def _positive(value: object) -> int:
