@@ -180,8 +180,10 @@ class BalanceFeed:
     def committed(self, batch: Any, _seconds: float) -> None:
         """Journal listener: after a commit, the new state of each subscribed account."""
         sinks = self._sinks
-        for user_id, account in batch.accounts.items():
-            if user_id in sinks:
+        if not len(sinks):
+            return  # nobody listens: no per-account work on the commit path
+        for account in batch.accounts.values():
+            if account.user_id in sinks:
                 sinks.publish(BalanceUpdate.of(account))
                 self.pushed += 1
 

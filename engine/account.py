@@ -93,15 +93,15 @@ class Account(msgspec.Struct, frozen=True, gc=False):
 
     def check_invariants(self) -> None:
         """Stop rather than store a state no rule can produce."""
-        if (0 <= self.unbilled_micros < MICROS_PER_CREDIT and self.held_cents >= 0
+        # Every transition passes here: one test, the named checks only when it fails.
+        if not (0 <= self.unbilled_micros < MICROS_PER_CREDIT and self.held_cents >= 0
                 and self.overdraft_limit_cents >= 0 and self.seq >= 0):
-            return  # every transition passes here: one test, the named checks only on failure
-        require(0 <= self.unbilled_micros < MICROS_PER_CREDIT,
-                "unbilled_micros %d out of range", self.unbilled_micros)
-        require(self.held_cents >= 0, "held %d is negative", self.held_cents)
-        require(self.overdraft_limit_cents >= 0, "overdraft_limit %d < 0",
-                self.overdraft_limit_cents)
-        require(self.seq >= 0, "seq %d < 0", self.seq)
+            require(0 <= self.unbilled_micros < MICROS_PER_CREDIT,
+                    "unbilled_micros %d out of range", self.unbilled_micros)
+            require(self.held_cents >= 0, "held %d is negative", self.held_cents)
+            require(self.overdraft_limit_cents >= 0, "overdraft_limit %d < 0",
+                    self.overdraft_limit_cents)
+            require(self.seq >= 0, "seq %d < 0", self.seq)
         problems = lots_problems(self.lots, self.balance_cents, self.debt_cents,
                                  self.held_cents)
         require(not problems, "lots: %s", problems)

@@ -28,6 +28,7 @@ from engine.grants import (
 )
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
+from engine.lots import balance_as_lots
 from engine.plans import Plans
 from engine.transitions import apply
 from tests.conftest import new_user
@@ -42,8 +43,9 @@ def ctx(prior=None, others=(), tid: int = 7) -> Context:
 
 
 def account(balance_cents: int = 0, plan: str = "free", user: UserId = USER) -> Account:
+    lots, debt = balance_as_lots(balance_cents)
     return Account(user_id=user, created_at_ms=1, updated_at_ms=1, balance_cents=balance_cents,
-                   plan=plan)
+                   plan=plan, lots=lots, debt_cents=debt)
 
 
 def key_record(transition) -> KeyRecord:
