@@ -7,6 +7,9 @@
 - A referral names two users, and one user referring themselves is refused (400): JSON Schema
   cannot state "these two fields differ", so a generated case naming one user twice names
   a second one instead.
+- A lot's `expires_at` must be in the future and after its `effective_at` (400 otherwise):
+  rules of the clock the document cannot state, so a generated expiry that breaks them is
+  moved a day past the later of now and `effective_at`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hmac
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -43,6 +47,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
             isinstance(body.get("inviter_user_id"), str) and \
             body.get("inviter_user_id") == body.get("invitee_user_id"):
         body["invitee_user_id"] = str(uuid.uuid5(uuid.NAMESPACE_OID, body["inviter_user_id"]))
+    if case.path == "/v1/credits/add" and isinstance(body, dict):
+        _expiry_after_now_and_effective(body)
     headers = case.headers or {}
     if STRIPE_SIGNATURE in headers:
         timestamp = int(time.time())
@@ -53,6 +59,27 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         secret = os.environ["LAGO_WEBHOOK_SECRET"].encode()
         digest = hmac.new(secret, _body(case), hashlib.sha256).digest()
         headers[LAGO_SIGNATURE] = base64.b64encode(digest).decode()
+
+
+def _instant(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _expiry_after_now_and_effective(body: dict[str, Any]) -> None:
+    expires = _instant(body.get("expires_at"))
+    if expires is None:
+        return  # absent, or not a date-time at all (a negative case): left as generated
+    floor = max(datetime.now(UTC), _instant(body.get("effective_at")) or datetime.now(UTC))
+    if expires <= floor + timedelta(minutes=5):
+        later = floor + timedelta(days=1)
+        body["expires_at"] = (later.strftime("%Y-%m-%dT%H:%M:%S.")
+                              + f"{later.microsecond // 1000:03d}Z")
 
 
 @schemathesis.deserializer("application/msgpack")

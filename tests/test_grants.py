@@ -28,7 +28,7 @@ from engine.grants import (
 )
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
-from engine.lots import balance_as_lots
+from engine.lots import LotCategory, LotDefaults, balance_as_lots
 from engine.plans import Plans
 from engine.transitions import apply
 from tests.conftest import new_user
@@ -226,3 +226,25 @@ async def test_referral_refused_on_one_side_credits_neither(data_dir, pricing):
         with pytest.raises(InvalidInput):
             await billing.referral_grant(invitee, invitee, 5_000)
         assert (await billing.verify()).violations == []
+
+
+async def test_promotional_grants_open_lots_by_their_configured_defaults(data_dir, pricing):
+    """A trial's credits that expire: `[lot_defaults.signup_grant]` in the config file; the
+    referral grant keeps the built-in default (promotional, never expires)."""
+    defaults = LotDefaults.from_config({"signup_grant": {"category": "promotional",
+                                                         "priority": 10,
+                                                         "expires_after_days": 30}})
+    inviter, invitee = new_user(), new_user()
+    async with open_billing(data_dir, pricing=pricing, lot_defaults=defaults) as billing:
+        granted_at_ms = billing.wall_clock_ms()
+        assert (await billing.signup_grant(inviter, 5_000)).granted
+        assert (await billing.referral_grant(inviter, invitee, 700)).inviter.granted
+        lots = (await billing.get_account(inviter)).lots
+    by_source = {lot.source: lot for lot in lots}
+    signup, referral = by_source["signup_grant"], by_source["referral_grant"]
+    assert (signup.category, signup.priority, signup.original_cents) == (
+        LotCategory.PROMOTIONAL, 10, 5_000)
+    assert signup.expires_at_ms is not None
+    assert 0 <= signup.expires_at_ms - (granted_at_ms + 30 * 86_400_000) < 60_000
+    assert (referral.category, referral.expires_at_ms, referral.original_cents) == (
+        LotCategory.PROMOTIONAL, None, 700)
