@@ -17,6 +17,8 @@ TOKENS_MAX = 10**10
 API_CALLS_MAX = 10**9
 QUANTITY_MAX = Decimal(10**9)
 QUANTITY_DECIMALS_MAX = 9
+# The largest exponent a quantity may be written with: that of QUANTITY_MAX itself (1E+9).
+_QUANTITY_EXPONENT_MAX = len(str(int(QUANTITY_MAX))) - 1
 NAME_LENGTH_MAX = 128
 UNKNOWN_FIELD = "Object contains unknown field `"
 
@@ -41,11 +43,15 @@ class QuantityError(ValueError):
 
 
 def _check_quantity(field: str, value: Decimal) -> None:
-    """Non-negative, bounded, finite, at most nine decimals: cost stays exact in micros."""
+    """Non-negative, bounded, finite, at most nine decimals: cost stays exact in micros. An
+    exponent above the bound's own (only zero can have one: "0E+10") is a spelling the
+    document does not admit, so it is refused too."""
+    exponent = value.as_tuple().exponent
     if (
         not value.is_finite()
         or not Decimal(0) <= value <= QUANTITY_MAX
-        or -value.as_tuple().exponent > QUANTITY_DECIMALS_MAX  # type: ignore[operator]
+        or -exponent > QUANTITY_DECIMALS_MAX  # type: ignore[operator]
+        or exponent > _QUANTITY_EXPONENT_MAX  # type: ignore[operator]
     ):
         raise QuantityError(field)
 
