@@ -107,6 +107,7 @@ class ReportUsage(CommandBase):
     metric: Metric | None = None
     agent_id: AgentId | None = None
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    service: str | None = None  # the reporting service key's name (its caps apply)
 
     def reads(self) -> Reads:
         return Reads((SCOPE_USAGE, self.event_id))

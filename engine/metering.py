@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from engine import caps
 from engine.account import Account, live_account
 from engine.commands import (
     Context,
@@ -50,6 +51,8 @@ class UsageRequest(msgspec.Struct, frozen=True, gc=False):
     agent_id: AgentId | None = None
     occurred_at_ms: int | None = None
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    # The name of the service key that reported it (its spend caps apply).
+    service: str | None = None
 
 
 def validate_metadata(metadata: object) -> dict[str, str | int | bool | None]:
@@ -108,6 +111,7 @@ def usage_command(request: UsageRequest, pricing: PricingConfig, now_ms: int) ->
         metric=request.metric,
         agent_id=request.agent_id,
         metadata=validate_metadata(request.metadata),
+        service=request.service,
     )
 
 
@@ -118,12 +122,15 @@ def report_usage(account: Account | None, command: ReportUsage, context: Context
     check_prior(command.event_id, command.fingerprint, context.prior)
     live = live_account(account, command.user_id)
     check_cost(command.cost_micros)
-    if not live.can_afford_micros(command.cost_micros, context.now_ms):
+    if not live.can_afford_micros(command.cost_micros, now_ms=context.now_ms):
         raise InsufficientCredits(
             balance_cents=live.balance_cents,
             available_cents=live.available_cents(context.now_ms),
             required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
         )
+    if live.controls is not None:
+        caps.check(live.controls, live.held_cents, command.agent_id, command.service,
+                   command.cost_micros, now_ms=context.now_ms)
     transition = charge_usage(live, command, context, live.held_cents)
     updated = transition.account
     assert updated is not None
@@ -151,10 +158,15 @@ def charge_usage(
     cost_micros = command.cost_micros
     debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
     metadata = {**command.metadata, **(extra_metadata or {}), "cost_micros": cost_micros}
+    controls = live.controls
+    if controls is not None:
+        controls, _ = caps.mark_reached(
+            caps.spend(controls, command.agent_id, command.service, cost_micros,
+                       context.now_ms), held_cents, context.now_ms)
     updated, entry = post_entry(live, context, EntryType.USAGE, -debit,
                                 source_key=command.event_id, metadata=metadata,
                                 held_cents=held_cents, unbilled_micros=carried_micros,
-                                first=first)
+                                first=first, controls=controls)
     reply = UsageResult(
         event_id=command.event_id,
         user_id=live.user_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine import expiry, metering, payments, reservations, subscriptions, undo
+from engine import controls, expiry, metering, payments, reservations, subscriptions, undo
 from engine.account import Account, AccountStatus, live_account
 from engine.commands import (
     AddCredits,
@@ -30,6 +30,7 @@ from engine.commands import (
     SetAutoRefill,
     Transition,
 )
+from engine.controls import ControlsCommand
 from engine.errors import AccountExists, AccountNotFound, InvalidInput, require
 from engine.expiry import ExpireLots, rearm
 from engine.export import AccountOpened
@@ -43,7 +44,7 @@ from engine.subscriptions import SubscriptionCommand
 from engine.undo import UndoCommand
 
 AnyCommand = (Command | ReservationCommand | PaymentCommand | SubscriptionCommand | ExpireLots
-              | UndoCommand)
+              | UndoCommand | ControlsCommand)
 Handler = Callable[[Account | None, Any, Context], Transition]
 
 
@@ -161,6 +162,7 @@ _FEATURE_HANDLERS: tuple[dict[type, Handler], ...] = (
     subscriptions.HANDLERS,  # type: ignore[dict-item]
     expiry.HANDLERS,  # type: ignore[dict-item]
     undo.HANDLERS,  # type: ignore[dict-item]
+    controls.HANDLERS,  # type: ignore[dict-item]
 )
 _HANDLERS: dict[type, Handler] = {
     command: handler for handlers in _FEATURE_HANDLERS for command, handler in handlers.items()

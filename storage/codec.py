@@ -10,6 +10,7 @@ import cbor2
 import msgspec
 
 from engine.account import Account, AccountStatus, AutoRefillSettings
+from engine.caps import CapPeriod, CapScope, Controls, ScopeHold, SpendCap
 from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult, WebhookMarker
 from engine.export import ParkedEvent
 from engine.ids import AgentId, TransactionId, UserId
@@ -20,14 +21,16 @@ from engine.reservations import OpenHold, Reservation, ReservationStatus
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 from engine.usage import metric_to_wire, parse_metric
 
-ACCOUNT_FORMAT = 3
+ACCOUNT_FORMAT = 4
+ACCOUNT_FORMAT_V3 = 3  # before spend controls: read with none
 ACCOUNT_FORMAT_V2 = 2  # before credit lots: the balance is read as one paid lot
 ACCOUNT_FORMAT_V1 = 1  # before auto-refill state; read with its defaults
 ENTRY_FORMAT = 2
 ENTRY_FORMAT_V1 = 1  # before lot draws
 USAGE_EVENT_FORMAT = 1
 KEY_FORMAT = 1
-RESERVATION_FORMAT = 2
+RESERVATION_FORMAT = 3
+RESERVATION_FORMAT_V2 = 2  # before the agent and service key a hold counts against
 RESERVATION_FORMAT_V1 = 1  # before lots promised to a hold
 OPEN_HOLD_FORMAT = 1
 PARKED_FORMAT = 1
@@ -54,7 +57,8 @@ ACCOUNT_FIELDS_V2 = (
     "subscription",
 )
 ACCOUNT_FIELDS_V3 = (*ACCOUNT_FIELDS_V2, "lots", "debt_cents")
-assert Account.__struct_fields__ == ACCOUNT_FIELDS_V3, "Account changed: add ACCOUNT_FORMAT 4"
+ACCOUNT_FIELDS_V4 = (*ACCOUNT_FIELDS_V3, "controls")
+assert Account.__struct_fields__ == ACCOUNT_FIELDS_V4, "Account changed: add ACCOUNT_FORMAT 5"
 # Format 1 had no auto-refill state; its accounts are read with these appended.
 _ACCOUNT_V1_MISSING = (0, False, 0, None, None)
 assert ACCOUNT_FIELDS_V2[-len(_ACCOUNT_V1_MISSING):] == (
@@ -65,6 +69,7 @@ _AUTO_REFILL = ACCOUNT_FIELDS_V3.index("auto_refill")
 _STATUS = ACCOUNT_FIELDS_V3.index("status")
 _SUBSCRIPTION = ACCOUNT_FIELDS_V3.index("subscription")
 _LOTS = ACCOUNT_FIELDS_V3.index("lots")
+_CONTROLS = ACCOUNT_FIELDS_V4.index("controls")
 _SUBSCRIPTION_V2_FIELDS = 9  # format 2's subscription had no grant_rollover
 _STORED_FIELDS = {
     LedgerEntry: ("transaction_id", "user_id", "entry_type", "amount", "balance_after",
@@ -77,12 +82,17 @@ _STORED_FIELDS = {
     CreditResult: ("user_id", "transaction_id", "entry_type", "amount_cents", "balance_cents"),
     Reservation: ("reservation_id", "user_id", "amount_cents", "created_at_ms",
                   "expires_at_ms", "fingerprint", "status", "metadata", "closed_at_ms",
-                  "released_cents", "commit", "commit_fingerprint", "lots"),
+                  "released_cents", "commit", "commit_fingerprint", "lots", "agent_id",
+                    "service"),
     WebhookMarker: ("provider", "event_id", "event_type", "received_at_ms"),
     RefillIntent: ("user_id", "number", "amount_cents", "plan", "customer_id", "declines"),
     Subscription: ("subscription_id", "plan", "status", "managed_by", "monthly_credits",
                    "period_start_ms", "period_end_ms", "last_granted_period_ms",
                    "past_due_since_ms", "grant_rollover"),
+    Controls: ("timezone", "caps", "holds"),
+    SpendCap: ("scope", "name", "period", "limit_cents", "hard", "window_start_ms",
+               "resets_at_ms", "spent_micros", "reached"),
+    ScopeHold: ("scope", "name", "held_cents"),
     Lot: ("lot_id", "source", "category", "priority", "effective_at_ms", "expires_at_ms",
           "original_cents", "drawn_cents", "expired_cents", "voided_cents", "held_cents",
           "paid_usd_cents", "rollover_cents", "rollover_expires_at_ms"),
@@ -100,7 +110,30 @@ def encode_account(account: Account) -> bytes:
     values[_STATUS] = account.status.value
     values[_SUBSCRIPTION] = _subscription_fields(account.subscription)
     values[_LOTS] = [_lot_fields(lot) for lot in account.lots]
+    values[_CONTROLS] = _controls_fields(account.controls)
     return cbor2.dumps([ACCOUNT_FORMAT, *values])
+
+
+def _controls_fields(controls: Controls | None) -> list[Any] | None:
+    if controls is None:
+        return None
+    return [controls.timezone,
+            [[cap.scope.value, cap.name, cap.period.value, cap.limit_cents, cap.hard,
+              cap.window_start_ms, cap.resets_at_ms, cap.spent_micros, cap.reached]
+             for cap in controls.caps],
+            [[hold.scope.value, hold.name, hold.held_cents] for hold in controls.holds]]
+
+
+def _controls(fields: list[Any] | None) -> Controls | None:
+    if fields is None:
+        return None
+    timezone, caps, holds = fields
+    return Controls(
+        timezone,
+        tuple(SpendCap(CapScope(scope), name, CapPeriod(period), *rest)
+              for scope, name, period, *rest in caps),
+        tuple(ScopeHold(CapScope(scope), name, held) for scope, name, held in holds),
+    )
 
 
 def _lot_fields(lot: Lot) -> list[Any]:
@@ -145,15 +178,16 @@ def decode_account(data: bytes, *, checked: bool = True) -> Account:
     if fields and fields[0] == ACCOUNT_FORMAT_V2:
         if len(fields) != 1 + len(ACCOUNT_FIELDS_V2):
             raise CodecError(f"account record has {len(fields) - 1} fields")
-        fields = [ACCOUNT_FORMAT, *fields[1:], [], 0]
         lots, debt = balance_as_lots(fields[1 + _BALANCE])
-        fields[1 + _LOTS] = lots
-        fields[-1] = debt
+        fields = [ACCOUNT_FORMAT, *fields[1:], lots, debt, None]
     else:
+        if fields and fields[0] == ACCOUNT_FORMAT_V3:
+            fields = [ACCOUNT_FORMAT, *fields[1:], None]
         _expect(fields, ACCOUNT_FORMAT, "account")
-        if len(fields) != 1 + len(ACCOUNT_FIELDS_V3):
+        if len(fields) != 1 + len(ACCOUNT_FIELDS_V4):
             raise CodecError(f"account record has {len(fields) - 1} fields")
         fields[1 + _LOTS] = tuple(_lot(lot) for lot in fields[1 + _LOTS])
+        fields[1 + _CONTROLS] = _controls(fields[1 + _CONTROLS])
     values = fields[1:]
     values[_USER_ID] = UserId(uuid.UUID(bytes=values[_USER_ID]))
     values[_AUTO_REFILL] = AutoRefillSettings(*values[_AUTO_REFILL])
@@ -312,6 +346,8 @@ def encode_reservation(reservation: Reservation) -> bytes:
             None if commit is None else _usage_result_fields(commit),
             reservation.commit_fingerprint,
             [list(promised) for promised in reservation.lots],
+            reservation.agent_id,
+            reservation.service,
         ]
     )
 
@@ -319,7 +355,9 @@ def encode_reservation(reservation: Reservation) -> bytes:
 def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
     fields = cbor2.loads(data)
     if fields and fields[0] == RESERVATION_FORMAT_V1:
-        fields = [RESERVATION_FORMAT, *fields[1:], []]
+        fields = [RESERVATION_FORMAT_V2, *fields[1:], []]
+    if fields and fields[0] == RESERVATION_FORMAT_V2:
+        fields = [RESERVATION_FORMAT, *fields[1:], None, None]
     _expect(fields, RESERVATION_FORMAT, "reservation")
     (
         _,
@@ -335,6 +373,8 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         commit,
         commit_fingerprint,
         lots,
+        agent_id,
+        service,
     ) = fields
     user_id = UserId(uuid.UUID(bytes=user_bytes))
     return Reservation(
@@ -351,6 +391,8 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         commit=_usage_result(user_id, commit) if commit is not None else None,
         commit_fingerprint=commit_fingerprint,
         lots=tuple((lot_id, cents) for lot_id, cents in lots),
+        agent_id=agent_id,
+        service=service,
     )
 
 
