@@ -13,6 +13,7 @@ from quart_trio import QuartTrio
 from actors.billing import Billing
 from api.account_routes import register_account_routes
 from api.auth import Authenticator
+from api.control_routes import register_control_routes
 from api.http import Endpoints, install_error_handlers, install_request_hooks
 from api.lot_routes import register_lot_routes
 from api.payment_routes import register_payment_routes
@@ -21,6 +22,7 @@ from api.settings import Settings
 from api.subscription_routes import register_lago_routes, register_subscription_routes
 from api.system_routes import register_system_routes
 from api.usage_routes import register_usage_routes
+from api.webhook_routes import register_webhook_routes
 from integrations.lago.webhooks import LagoWebhooks
 from integrations.stripe.service import StripeService
 
@@ -38,6 +40,8 @@ def create_app(
     endpoint = Endpoints(app, auth, settings.metrics_token, registry)
     register_account_routes(endpoint, billing)
     register_lot_routes(endpoint, billing)
+    register_control_routes(endpoint, billing)
+    register_webhook_routes(endpoint, billing)
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
     register_payment_routes(endpoint, billing, stripe)

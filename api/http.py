@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -247,6 +247,7 @@ class Endpoints:
         key = self._auth.service(request.headers)
         if KeyScope.USAGE not in key.scopes:
             raise ApiError("forbidden", "this key has no usage scope")
+        g.service_key = key.name
         name = request.headers.get("X-Service-Name", key.name)[:SERVICE_NAME_LENGTH_MAX]
         if name not in self._services_seen and len(self._services_seen) >= SERVICE_LABELS_MAX:
             name = "other"
@@ -258,6 +259,12 @@ class Endpoints:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(given.encode(), self._metrics_token.encode()):
                 raise ApiError("unauthorized", "metrics need the bearer token")
+
+
+def service_key_name() -> str | None:
+    """The name of the service key that authenticated this request (its spend caps apply;
+    the key, not the X-Service-Name header, which any caller may set)."""
+    return g.get("service_key")
 
 
 def not_configured(endpoint: Register, method: str, path: str, what: str) -> None:

@@ -20,6 +20,7 @@ from api.schemas import (
     PATH_SEGMENT_REF,
     PRINTABLE_REF,
     USER_ID_PATH_SCHEMA,
+    Body,
     EmptyBody,
     ErrorReply,
     UsageFailure,
@@ -193,9 +194,10 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
     refs, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     ref = dict(zip(types, refs, strict=True))
     components = _documented_decimals(components, _decimal_schemas())
-    for kind in types:
+    # Bodies nested in others (a cap in the spend controls) state their rules too.
+    for kind in {*types, *Body.__subclasses__()}:
         rules = getattr(kind, "json_schema_rules", None)
-        if rules:
+        if rules and kind.__name__ in components:
             components[kind.__name__].update(rules)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:

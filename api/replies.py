@@ -16,6 +16,7 @@ from msgspec.structs import replace
 from api import schemas
 from api.errors import render
 from api.schemas import iso_ms
+from engine import caps
 from engine.account import Account, AccountAt
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
@@ -32,13 +33,15 @@ from engine.reservations import (
     ReservationHeld,
     ReservationReleased,
 )
+from engine.usage import LlmTokens
+from engine.webhooks import ParkedWebhook, WebhookEndpoint
 from integrations.stripe.gateway import Checkout
 from integrations.stripe.service import Purchase
 
 U = TypeVar("U", bound=schemas.UsageReply)
 
 
-def usage_request(body: schemas.UsageBody) -> UsageRequest:
+def usage_request(body: schemas.UsageBody, service: str | None = None) -> UsageRequest:
     timestamp = _moment(body.timestamp) if body.timestamp is not None else None
     return UsageRequest(
         event_id=parse_key("event_id", body.event_id),
@@ -49,6 +52,7 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
         agent_id=agent_id(body.agent_id),
         occurred_at_ms=int(timestamp.timestamp() * 1000) if timestamp is not None else None,
         metadata=body.metadata,
+        service=service,
     )
 
 
@@ -97,6 +101,7 @@ def account_reply(seen: AccountAt) -> schemas.AccountReply:
         next_expiry=_next_expiry(summary),
         debt_cents=account.debt_cents,
         lots=[lot_reply(lot, now_ms) for lot in account.lots],
+        spend_caps=cap_replies(seen),
     )
 
 
@@ -113,7 +118,73 @@ def balance_reply(seen: AccountAt) -> schemas.BalanceReply:
         paid_cents=summary.paid_cents,
         promotional_cents=summary.promotional_cents,
         next_expiry=_next_expiry(summary),
+        spend_caps=cap_replies(seen),
     )
+
+
+def cap_replies(seen: AccountAt) -> list[schemas.CapReply]:
+    """Every cap as of the engine's time: a window that ended shows as the new one, empty."""
+    account, now_ms = seen.account, seen.now_ms
+    controls = account.controls
+    if controls is None:
+        return []
+    replies = []
+    for stored in controls.caps:
+        cap = caps.current(stored, controls.timezone, now_ms)
+        held = caps.scope_held(controls, cap, account.held_cents)
+        used_micros = cap.spent_micros + held * MICROS_PER_CREDIT
+        replies.append(schemas.CapReply(
+            scope=cap.scope.value,  # type: ignore[arg-type]
+            name=cap.name or None,
+            period=cap.period.value,  # type: ignore[arg-type]
+            limit_cents=cap.limit_cents,
+            hard=cap.hard,
+            spent_cents=micros_to_cents_ceil(cap.spent_micros),
+            spent_micros=cap.spent_micros,
+            held_cents=held,
+            remaining_cents=max(0, (cap.limit_cents * MICROS_PER_CREDIT - used_micros)
+                                // MICROS_PER_CREDIT),
+            reached=cap.reached,
+            window_start=iso_ms(cap.window_start_ms),
+            resets_at=iso_ms(cap.resets_at_ms),
+        ))
+    return replies
+
+
+def spend_controls_reply(seen: AccountAt) -> schemas.SpendControlsReply:
+    controls = seen.account.controls
+    return schemas.SpendControlsReply(
+        user_id=seen.account.user_id,
+        timezone=controls.timezone if controls is not None else caps.TIMEZONE_DEFAULT,
+        caps=cap_replies(seen),
+        low_balance_cents=list(controls.low_balance_cents) if controls is not None else [],
+    )
+
+
+def endpoint_reply(endpoint: WebhookEndpoint, *, with_secret: bool = False
+                   ) -> schemas.WebhookEndpointReply:
+    return schemas.WebhookEndpointReply(
+        endpoint_id=endpoint.endpoint_id,
+        url=endpoint.url,
+        event_types=[kind.value for kind in endpoint.event_types],
+        created_at=iso_ms(endpoint.created_at_ms),
+        secret=endpoint.secret if with_secret else None,
+    )
+
+
+def parked_webhooks_reply(endpoint_id: str, parked: list[ParkedWebhook]
+                          ) -> schemas.ParkedWebhooksReply:
+    return schemas.ParkedWebhooksReply(endpoint_id, [
+        schemas.ParkedWebhookReply(letter.sequence, letter.event["id"], letter.event["type"],
+                                   letter.event["user_id"], letter.attempts, letter.last_error)
+        for letter in parked])
+
+
+def estimate(prompt: schemas.PromptBody | None) -> LlmTokens | None:
+    """The model call a body asks about, as the metric its price is computed from."""
+    if prompt is None:
+        return None
+    return LlmTokens(prompt.provider, prompt.model, input_tokens=prompt.input_tokens)
 
 
 def _next_expiry(summary: LotSummary) -> schemas.NextExpiryReply | None:
@@ -260,6 +331,9 @@ def reservation_held_reply(held: ReservationHeld) -> schemas.ReservationHeldRepl
         balance_cents=held.balance_cents,
         available_cents=held.balance_cents - held.held_cents,
         expires_at=iso_ms(reservation.expires_at_ms),
+        requested_cents=held.requested_cents or reservation.amount_cents,
+        clamped=held.requested_cents > reservation.amount_cents,
+        max_output_tokens=held.max_output_tokens,
     )
 
 

@@ -11,6 +11,7 @@ import datetime
 import functools
 import re
 import sys
+import typing
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,14 +29,23 @@ from engine.account import (
     AUTO_REFILL_TRIGGER_CENTS_DEFAULT,
     AUTO_REFILL_TRIGGER_CENTS_MIN,
 )
+from engine.caps import (
+    CAPS_PER_ACCOUNT_MAX,
+    LOW_BALANCE_THRESHOLDS_MAX,
+    SCOPE_NAME_LENGTH_MAX,
+    timezone_names,
+)
 from engine.errors import require
 from engine.ids import AGENT_ID_LENGTH_MAX, KEY_LENGTH_MAX
 from engine.lots import PRIORITY_MAX, PRIORITY_MIN
 from engine.metering import METADATA_ENTRIES_MAX, METADATA_VALUE_LENGTH_MAX
 from engine.money import AMOUNT_CENTS_MAX, AMOUNT_CENTS_MIN, COST_MICROS_MAX
+from engine.notifications import EventType
 from engine.payments import PURCHASE_USD_MAX, PURCHASE_USD_MIN
 from engine.reservations import RESERVATION_TTL_S_DEFAULT, RESERVATION_TTL_S_MAX
-from engine.usage import QUANTITY_DECIMALS_MAX, QUANTITY_MAX, Metric, Quantity
+from engine.usage import QUANTITY_DECIMALS_MAX, QUANTITY_MAX, Metric, Quantity, TokenCount
+from engine.usage import Name as ModelName
+from engine.webhooks import URL_LENGTH_MAX, URL_PATTERN
 
 # --- text rules the document states by reference ----------------------------------------------
 
@@ -284,9 +294,22 @@ class UsageBatchBody(Body):
         extra_json_schema={"items": {"$ref": "#/components/schemas/UsageBody"}})]
 
 
+class PromptBody(Body):
+    """The model call an affordability question is about: its model and prompt size."""
+
+    provider: ModelName
+    model: ModelName
+    input_tokens: TokenCount = 0
+
+
 class UsageCheckBody(Body):
+    """Would `required_cents` be spendable? With `provider`, `model` and `input_tokens`, the
+    reply also says how many output tokens the caller can afford (balance and caps)."""
+
     user_id: uuid.UUID
-    required_cents: CostCents
+    required_cents: CostCents = 0
+    agent_id: AgentIdText | None = None
+    prompt: PromptBody | None = None
 
 
 class QuoteBody(Body):
@@ -302,10 +325,66 @@ class ReserveBody(Body):
     metric: Metric | None = None
     ttl_seconds: Annotated[int, Meta(ge=1, le=RESERVATION_TTL_S_MAX)] = RESERVATION_TTL_S_DEFAULT
     metadata: Metadata = msgspec.field(default_factory=dict)
+    agent_id: AgentIdText | None = None
+    # Hold what the balance and the spend caps allow when that is less than asked.
+    clamp: bool = False
+    # The call the hold is for: the reply says how many output tokens the hold pays for.
+    prompt: PromptBody | None = None
 
     # `Billing.reserve`: exactly one of the two sizes the hold.
     json_schema_rules: ClassVar[dict[str, Any]] = {
         "oneOf": [present("amount_cents"), present("metric")]}
+
+
+EventTypeText = Literal[
+    "balance.low", "balance.depleted", "balance.recovered", "spend_limit.reached",
+    "auto_refill.succeeded", "auto_refill.failed", "auto_refill.disabled",
+    "subscription.renewed", "subscription.past_due", "subscription.ended",
+    "payment.succeeded", "payment.refunded", "credits.expired"]
+require(set(typing.get_args(EventTypeText)) == {kind.value for kind in EventType},
+        "EventTypeText lists every engine.notifications.EventType")
+
+
+class WebhookEndpointBody(Body):
+    """An endpoint for outbound webhooks: where to POST and which events."""
+
+    url: Annotated[str, Meta(max_length=URL_LENGTH_MAX, pattern=URL_PATTERN)]
+    event_types: Annotated[list[EventTypeText], Meta(min_length=1,
+                                                     max_length=len(EventType))]
+
+
+class WebhookResendBody(Body):
+    """Re-send these parked events (their sequences), or all of the endpoint's."""
+
+    sequences: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(max_length=10_000)] | None = None
+
+
+class CapBody(Body):
+    """One spend cap: `hard` refuses what would pass the limit, soft only notifies."""
+
+    period: Literal["day", "week", "month"]
+    limit_cents: AmountCents
+    hard: bool = True
+    scope: Literal["account", "agent", "service"] = "account"
+    name: Annotated[str, Meta(min_length=1, max_length=SCOPE_NAME_LENGTH_MAX)] | None = None
+
+    # `engine.caps.validated_caps`: an agent or service cap names its agent or key; an
+    # account cap names nothing.
+    json_schema_rules: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"properties": {"scope": {"const": "account"}, "name": {"type": "null"}}},
+        {"required": ["scope", "name"],
+         "properties": {"scope": {"enum": ["agent", "service"]}, "name": {"type": "string"}}},
+    ]}
+
+
+class SpendControlsBody(Body):
+    """Replace the caps (what a kept cap spent in its current window stays counted)."""
+
+    caps: Annotated[list[CapBody], Meta(max_length=CAPS_PER_ACCOUNT_MAX)]
+    low_balance_cents: Annotated[list[AmountCents], Meta(
+        max_length=LOW_BALANCE_THRESHOLDS_MAX)] | None = None
+    timezone: Annotated[str, Meta(extra_json_schema={
+        "enum": sorted(timezone_names()), "description": "an IANA time zone name"})] | None = None
 
 
 class CommitBody(Body):
@@ -430,6 +509,7 @@ class AccountReply(Reply):
     next_expiry: NextExpiryReply | None
     debt_cents: int
     lots: list[LotReply]
+    spend_caps: list[CapReply] = msgspec.field(default_factory=list)
 
 
 class DeletedReply(Reply):
@@ -453,6 +533,8 @@ class BalanceReply(Reply):
     paid_cents: int
     promotional_cents: int
     next_expiry: NextExpiryReply | None
+    # Each cap's spending and what remains of it in its current window.
+    spend_caps: list[CapReply] = msgspec.field(default_factory=list)
 
 
 class LotReply(Reply):
@@ -551,6 +633,67 @@ class UsageCheckReply(Reply):
     balance_cents: int
     available_cents: int
     required_cents: int
+    # What may be spent now under the balance and every hard cap that applies.
+    spendable_micros: int = 0
+    within_caps: bool = True
+    max_output_tokens: int | None = None
+
+
+class CapReply(Reply):
+    """A cap in its current window: spent, held by open reservations, and what remains."""
+
+    scope: Literal["account", "agent", "service"]
+    name: str | None
+    period: Literal["day", "week", "month"]
+    limit_cents: int
+    hard: bool
+    spent_cents: int
+    spent_micros: int
+    held_cents: int
+    remaining_cents: int
+    reached: bool
+    window_start: Timestamp
+    resets_at: Timestamp
+
+
+class WebhookEndpointReply(Reply):
+    """`secret` is shown when the endpoint is created or its secret rotated, never again."""
+
+    endpoint_id: str
+    url: str
+    event_types: list[str]
+    created_at: Timestamp
+    secret: str | None = None
+
+
+class WebhookEndpointsReply(Reply):
+    endpoints: list[WebhookEndpointReply]
+
+
+class ParkedWebhookReply(Reply):
+    sequence: int
+    event_id: str
+    event_type: str
+    user_id: str
+    attempts: int
+    last_error: str
+
+
+class ParkedWebhooksReply(Reply):
+    endpoint_id: str
+    parked: list[ParkedWebhookReply]
+
+
+class ResentReply(Reply):
+    resent: int
+
+
+class SpendControlsReply(Reply):
+    user_id: uuid.UUID
+    timezone: str
+    caps: list[CapReply]
+    # `balance.low` is announced when the balance falls below each of these.
+    low_balance_cents: list[int] = msgspec.field(default_factory=list)
 
 
 class QuoteReply(Reply):
@@ -575,6 +718,10 @@ class ReservationHeldReply(Reply):
     balance_cents: int
     available_cents: int
     expires_at: Timestamp
+    # A clamped hold held less than `requested_cents`.
+    requested_cents: int = 0
+    clamped: bool = False
+    max_output_tokens: int | None = None
 
 
 class ReservationReply(Reply):

@@ -18,6 +18,7 @@ AUDIENCE_DEFAULT = "z-billing"
 MAX_BODY_BYTES_DEFAULT = 1024 * 1024
 FRONTEND_URL_DEFAULT = "http://localhost:3000"
 REFILL_RETRY_BASE_S_DEFAULT = 30
+WEBHOOK_RETRY_BASE_MS_DEFAULT = 10_000
 
 
 class KeyScope(StrEnum):
@@ -64,6 +65,8 @@ class Settings:
     stripe_api_base: str | None = None
     frontend_url: str = FRONTEND_URL_DEFAULT
     refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
+    # The first retry of a failed webhook delivery waits about this long; each next twice.
+    webhook_retry_base_ms: int = WEBHOOK_RETRY_BASE_MS_DEFAULT
     pricing_path: Path | None = None
     plans: Plans = field(default_factory=lambda: Plans.from_config(None))
     generated_keys: bool = False
@@ -180,6 +183,8 @@ def load_settings(
         stripe_api_base=(env.get("STRIPE_API_BASE") or "").rstrip("/") or None,
         frontend_url=env.get("FRONTEND_URL", FRONTEND_URL_DEFAULT),
         refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
+        webhook_retry_base_ms=_int_env(env, "WEBHOOK_RETRY_BASE_MS",
+                                       WEBHOOK_RETRY_BASE_MS_DEFAULT),
         pricing_path=pricing_path,
         plans=plans or Plans.from_config(None),
         generated_keys=generated,

@@ -9,8 +9,15 @@ from quart import request
 
 from actors.billing import Billing
 from api import schemas
-from api.http import JSON, MSGPACK, BodyDecoder, Register
-from api.replies import error_detail, quote_reply, usage_reply, usage_request
+from api.http import JSON, MSGPACK, BodyDecoder, Register, service_key_name
+from api.replies import (
+    agent_id,
+    error_detail,
+    estimate,
+    quote_reply,
+    usage_reply,
+    usage_request,
+)
 from api.routes import ERRORS_SERVICE, Caller, Route
 from engine.commands import UsageResult
 from engine.errors import BillingError
@@ -27,7 +34,7 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                     body=schemas.UsageBody, reply=schemas.UsageReply, msgpack=True,
                     errors=(*ERRORS_SERVICE, 402, 404, 409), headers=(schemas.SERVICE_NAME,)))
     async def usage(body: schemas.UsageBody) -> schemas.UsageReply:
-        return usage_reply(await billing.report_usage(usage_request(body)))
+        return usage_reply(await billing.report_usage(usage_request(body, service_key_name())))
 
     @endpoint(Route("POST", "/v1/usage/batch",
                     "Debit up to 1000 events; per-event results, in request order",
@@ -36,10 +43,11 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                     headers=(schemas.SERVICE_NAME,)))
     async def usage_batch(body: schemas.UsageBatchBody) -> schemas.UsageBatchReply:
         content_type = request.mimetype or JSON
+        service = service_key_name()
         parsed: list[UsageRequest | BillingError] = []
         for raw in body.events:
             try:
-                parsed.append(usage_request(_usage_decoder.decode(raw, content_type)))
+                parsed.append(usage_request(_usage_decoder.decode(raw, content_type), service))
             except BillingError as error:
                 parsed.append(error)
         valid = [item for item in parsed if isinstance(item, UsageRequest)]
@@ -57,14 +65,20 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                 results.append(schemas.UsageFailure(False, event_id, error_detail(outcome)))
         return schemas.UsageBatchReply(results, processed, len(results) - processed)
 
-    @endpoint(Route("POST", "/v1/usage/check", "Would this much be available?",
+    @endpoint(Route("POST", "/v1/usage/check",
+                    "Would this much be spendable, and how many output tokens are affordable?",
                     Caller.SERVICE, body=schemas.UsageCheckBody,
                     reply=schemas.UsageCheckReply, msgpack=True,
                     errors=(*ERRORS_SERVICE, 404, 409)))
     async def usage_check(body: schemas.UsageCheckBody) -> schemas.UsageCheckReply:
-        check = await billing.check_balance(UserId(body.user_id), body.required_cents)
+        check = await billing.check_balance(
+            UserId(body.user_id), body.required_cents, agent_id=agent_id(body.agent_id),
+            service=service_key_name(),
+            estimate=estimate(body.prompt))
         return schemas.UsageCheckReply(check.sufficient, check.balance_cents,
-                                       check.available_cents, check.required_cents)
+                                       check.available_cents, check.required_cents,
+                                       check.spendable_micros, check.within_caps,
+                                       check.max_output_tokens)
 
     @endpoint(Route("POST", "/v1/usage/quote", "Price a metric without debiting",
                     Caller.SERVICE, body=schemas.QuoteBody, reply=schemas.QuoteReply,

@@ -21,13 +21,13 @@ from typing import TypeVar
 import msgspec
 from msgspec.structs import replace
 
-from engine.errors import BillingError, InvalidInput
+from engine.errors import BillingError, Conflict, InvalidInput
 from engine.money import AMOUNT_CENTS_MAX, MICROS_PER_CREDIT, micros_to_cents_ceil, require_int
 
 CAPS_PER_ACCOUNT_MAX = 16
+LOW_BALANCE_THRESHOLDS_MAX = 8
 SCOPE_NAME_LENGTH_MAX = 64
 TIMEZONE_DEFAULT = "UTC"
-TIMEZONE_LENGTH_MAX = 64
 
 
 class CapPeriod(StrEnum):
@@ -77,11 +77,13 @@ class ScopeHold(msgspec.Struct, frozen=True, gc=False):
 
 
 class Controls(msgspec.Struct, frozen=True, gc=False):
-    """An account's spend controls: its time zone, caps and what open holds keep per scope."""
+    """An account's spend controls: its time zone, caps, what open holds keep per scope, and
+    the balances below which `balance.low` is announced (engine/notifications.py)."""
 
     timezone: str = TIMEZONE_DEFAULT
     caps: tuple[SpendCap, ...] = ()
     holds: tuple[ScopeHold, ...] = ()
+    low_balance_cents: tuple[int, ...] = ()
 
 
 NO_CONTROLS = Controls()
@@ -119,15 +121,20 @@ def _iso(epoch_ms: int) -> str:
 # --- calendar windows -----------------------------------------------------------------------
 
 
+@functools.cache
+def timezone_names() -> frozenset[str]:
+    """The IANA names this Python's tz database knows: what a cap's time zone may be (the
+    API document lists the same set)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
 @functools.lru_cache(maxsize=256)
 def zone(name: str) -> zoneinfo.ZoneInfo:
     """A time zone by IANA name, or InvalidInput."""
-    if not isinstance(name, str) or not 0 < len(name) <= TIMEZONE_LENGTH_MAX:
-        raise InvalidInput("timezone must be an IANA time zone name", {"field": "timezone"})
-    try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(f"unknown time zone {name!r}", {"field": "timezone"}) from None
+    if not isinstance(name, str) or name not in timezone_names():
+        raise InvalidInput(f"unknown time zone {name!r}: an IANA name such as Europe/Berlin",
+                           {"field": "timezone"})
+    return zoneinfo.ZoneInfo(name)
 
 
 def window(period: CapPeriod, timezone: str, now_ms: int) -> tuple[int, int]:
@@ -294,8 +301,8 @@ def validated_caps(settings: Sequence[CapSetting]) -> tuple[SpendCap, ...]:
                                {"field": f"{field}.name"})
         cap = SpendCap(scope, name, period, limit, setting.hard)
         if any(other.identity == cap.identity for other in caps):
-            raise InvalidInput("two caps for the same scope, name and period",
-                               {"field": field})
+            # 409: each cap is well formed; together they contradict each other.
+            raise Conflict("two caps for the same scope, name and period", {"field": field})
         caps.append(cap)
     return tuple(caps)
 
@@ -306,6 +313,16 @@ def _member(kind: type[E], value: object, field: str) -> E:
     except ValueError:
         choices = ", ".join(member.value for member in kind)
         raise InvalidInput(f"{field} must be one of {choices}", {"field": field}) from None
+
+
+def validated_thresholds(thresholds: Sequence[int]) -> tuple[int, ...]:
+    """`balance.low` thresholds: distinct credits amounts, highest first."""
+    if len(thresholds) > LOW_BALANCE_THRESHOLDS_MAX:
+        raise InvalidInput(f"at most {LOW_BALANCE_THRESHOLDS_MAX} low-balance thresholds",
+                           {"field": "low_balance_cents"})
+    checked = {require_int(f"low_balance_cents[{index}]", value, 1, AMOUNT_CENTS_MAX)
+               for index, value in enumerate(thresholds)}
+    return tuple(sorted(checked, reverse=True))
 
 
 def replace_caps(controls: Controls, timezone: str, caps: tuple[SpendCap, ...]) -> Controls:

@@ -1,9 +1,8 @@
-"""Spend-control commands: set an account's caps and time zone, and ask what a caller can
-still spend (the balance and every hard cap that applies, in one step of the actor)."""
+"""Spend controls: the command that sets an account's caps and time zone, and what a budget
+buys (affordability: the output tokens a model call may have within what may be spent)."""
 
 from __future__ import annotations
 
-import msgspec
 from msgspec.structs import replace
 
 from engine import caps
@@ -11,61 +10,50 @@ from engine.account import Account, live_account
 from engine.caps import NO_CONTROLS, SpendCap
 from engine.commands import CommandBase, Context, Transition
 from engine.ids import UserId
-from engine.money import MICROS_PER_CREDIT
+from engine.pricing import PricingConfig, price_micros
+from engine.usage import TOKENS_MAX, LlmTokens
 
 
 class SetSpendControls(CommandBase):
-    """Replace the account's caps; `timezone` None keeps the one set."""
+    """Replace the account's caps; `timezone` and `low_balance_cents` None keep what is set."""
 
     user_id: UserId
     caps: tuple[SpendCap, ...]
     timezone: str | None = None
+    low_balance_cents: tuple[int, ...] | None = None
 
 
-class GetHeadroom(CommandBase):
-    """What `agent_id` through service key `service` may still spend now."""
-
-    user_id: UserId
-    agent_id: str | None = None
-    service: str | None = None
-
-
-ControlsCommand = SetSpendControls | GetHeadroom
-
-
-class Headroom(msgspec.Struct, frozen=True, gc=False):
-    """`balance_micros`: what the balance allows (holds, unbilled fractions and the overdraft
-    counted); `caps_micros`: what the hard caps allow (None: none applies)."""
-
-    balance_cents: int
-    available_cents: int
-    balance_micros: int
-    caps_micros: int | None
-
-    @property
-    def spendable_micros(self) -> int:
-        capped = self.balance_micros if self.caps_micros is None else min(
-            self.balance_micros, self.caps_micros)
-        return max(capped, 0)
+ControlsCommand = SetSpendControls
 
 
 def _set(account: Account | None, command: SetSpendControls, context: Context) -> Transition:
     live = live_account(account, command.user_id)
     controls = live.controls or NO_CONTROLS
     timezone = command.timezone if command.timezone is not None else controls.timezone
+    if command.low_balance_cents is not None:
+        controls = replace(controls, low_balance_cents=command.low_balance_cents)
     updated = replace(live, controls=caps.replace_caps(controls, timezone, command.caps),
                       updated_at_ms=context.now_ms)
     return Transition(updated, (), updated)
 
 
-def _headroom(account: Account | None, command: GetHeadroom, context: Context) -> Transition:
-    live = live_account(account, command.user_id)
-    available = live.available_cents(context.now_ms)
-    balance_micros = ((available + live.overdraft_limit_cents) * MICROS_PER_CREDIT
-                      - live.unbilled_micros)
-    capped = (None if live.controls is None else caps.headroom_micros(
-        live.controls, live.held_cents, command.agent_id, command.service, context.now_ms))
-    return Transition(live, (), Headroom(live.balance_cents, available, balance_micros, capped))
+def max_output_tokens(pricing: PricingConfig, estimate: LlmTokens, budget_micros: int) -> int:
+    """The most output tokens a call with `estimate`'s prompt can have within `budget_micros`
+    (0 when the prompt alone is more). Found by bisection over the price table's own rule,
+    so minimum charges and long-context prices count exactly as a debit would."""
+    def cost(output_tokens: int) -> int:
+        return price_micros(pricing, replace(estimate, output_tokens=output_tokens))
+
+    if cost(0) > budget_micros:
+        return 0
+    low, high = 0, TOKENS_MAX  # cost(low) fits; find the last that does
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= budget_micros:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
-HANDLERS = {SetSpendControls: _set, GetHeadroom: _headroom}
+HANDLERS = {SetSpendControls: _set}

@@ -184,6 +184,8 @@ class ReservationHeld(msgspec.Struct, frozen=True, gc=False):
     held_cents: int
     # What was asked; more than the hold when a clamped hold held what could be paid.
     requested_cents: int = 0
+    # Set by the facade for a hold sized for a model call: the output tokens it pays for.
+    max_output_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from msgspec.structs import replace
 
 from engine import controls, expiry, metering, payments, reservations, subscriptions, undo
 from engine.account import Account, AccountStatus, live_account
+from engine.caps import headroom_micros
 from engine.commands import (
     AddCredits,
     BalanceCheck,
@@ -37,6 +38,7 @@ from engine.export import AccountOpened
 from engine.ledger import EntryType
 from engine.lots import validate_terms
 from engine.money import MICROS_PER_CREDIT
+from engine.notifications import derive
 from engine.payments import PaymentCommand, enabling_clears_error, settle_refill
 from engine.posting import check_prior, post_entry
 from engine.reservations import ReservationCommand
@@ -55,6 +57,10 @@ def apply(account: Account | None, command: AnyCommand, context: Context) -> Tra
         deadline = rearm(account, transition.account)
         if deadline is not None:
             transition = replace(transition, records=(*transition.records, deadline))
+        events = derive(account, transition.account, transition.records, context.now_ms,
+                        context.transaction_id)
+        if events:
+            transition = replace(transition, records=(*transition.records, *events))
     # Records looked up by key before their commit must be among those stored.
     for record in transition.keyed:
         require(record in transition.records, "%s keyed a record it does not store",
@@ -101,13 +107,21 @@ def _check_balance(
     account: Account | None, command: CheckBalance, context: Context
 ) -> Transition:
     live = live_account(account, command.user_id)
-    sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT,
-                                        context.now_ms)
+    required_micros = command.required_cents * MICROS_PER_CREDIT
+    available = live.available_cents(context.now_ms)
+    spendable = ((available + live.overdraft_limit_cents) * MICROS_PER_CREDIT
+                 - live.unbilled_micros)
+    capped = None if live.controls is None else headroom_micros(
+        live.controls, live.held_cents, command.agent_id, command.service, context.now_ms)
+    within_caps = capped is None or required_micros <= capped
     reply = BalanceCheck(
-        sufficient=sufficient,
+        sufficient=spendable >= required_micros and within_caps,
         balance_cents=live.balance_cents,
-        available_cents=live.available_cents(context.now_ms),
+        available_cents=available,
         required_cents=command.required_cents,
+        spendable_micros=max(0, spendable if capped is None else min(spendable, capped)),
+        within_caps=within_caps,
+        caps_micros=capped,
     )
     return Transition(live, (), reply)
 

@@ -16,10 +16,12 @@ from engine.export import ParkedEvent
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
 from engine.lots import Lot, LotCategory, balance_as_lots
+from engine.notifications import EventType
 from engine.payments import RefillIntent
 from engine.reservations import OpenHold, Reservation, ReservationStatus
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 from engine.usage import metric_to_wire, parse_metric
+from engine.webhooks import ParkedWebhook, WebhookEndpoint
 
 ACCOUNT_FORMAT = 4
 ACCOUNT_FORMAT_V3 = 3  # before spend controls: read with none
@@ -35,6 +37,8 @@ RESERVATION_FORMAT_V1 = 1  # before lots promised to a hold
 OPEN_HOLD_FORMAT = 1
 PARKED_FORMAT = 1
 WEBHOOK_FORMAT = 1
+ENDPOINT_FORMAT = 1
+PARKED_WEBHOOK_FORMAT = 1
 REFILL_FORMAT = 1
 
 
@@ -89,7 +93,10 @@ _STORED_FIELDS = {
     Subscription: ("subscription_id", "plan", "status", "managed_by", "monthly_credits",
                    "period_start_ms", "period_end_ms", "last_granted_period_ms",
                    "past_due_since_ms", "grant_rollover"),
-    Controls: ("timezone", "caps", "holds"),
+    WebhookEndpoint: ("endpoint_id", "url", "event_types", "secret", "created_at_ms",
+                      "previous_secret", "previous_valid_until_ms", "deleted", "cursor"),
+    ParkedWebhook: ("endpoint_id", "sequence", "event", "attempts", "last_error"),
+    Controls: ("timezone", "caps", "holds", "low_balance_cents"),
     SpendCap: ("scope", "name", "period", "limit_cents", "hard", "window_start_ms",
                "resets_at_ms", "spent_micros", "reached"),
     ScopeHold: ("scope", "name", "held_cents"),
@@ -121,18 +128,20 @@ def _controls_fields(controls: Controls | None) -> list[Any] | None:
             [[cap.scope.value, cap.name, cap.period.value, cap.limit_cents, cap.hard,
               cap.window_start_ms, cap.resets_at_ms, cap.spent_micros, cap.reached]
              for cap in controls.caps],
-            [[hold.scope.value, hold.name, hold.held_cents] for hold in controls.holds]]
+            [[hold.scope.value, hold.name, hold.held_cents] for hold in controls.holds],
+            list(controls.low_balance_cents)]
 
 
 def _controls(fields: list[Any] | None) -> Controls | None:
     if fields is None:
         return None
-    timezone, caps, holds = fields
+    timezone, caps, holds, low_balance = fields
     return Controls(
         timezone,
         tuple(SpendCap(CapScope(scope), name, CapPeriod(period), *rest)
               for scope, name, period, *rest in caps),
         tuple(ScopeHold(CapScope(scope), name, held) for scope, name, held in holds),
+        tuple(low_balance),
     )
 
 
@@ -444,3 +453,30 @@ def decode_refill(user_id: UserId, data: bytes) -> RefillIntent:
     _expect(fields, REFILL_FORMAT, "refill")
     _, number, amount_cents, plan, customer_id, declines = fields
     return RefillIntent(user_id, number, amount_cents, plan, customer_id, declines)
+
+
+def encode_endpoint(endpoint: WebhookEndpoint) -> bytes:
+    """The endpoint id is the key; a deleted endpoint is never stored."""
+    return cbor2.dumps([ENDPOINT_FORMAT, endpoint.url,
+                        [kind.value for kind in endpoint.event_types], endpoint.secret,
+                        endpoint.created_at_ms, endpoint.previous_secret,
+                        endpoint.previous_valid_until_ms, endpoint.cursor])
+
+
+def decode_endpoint(endpoint_id: str, data: bytes) -> WebhookEndpoint:
+    fields = cbor2.loads(data)
+    _expect(fields, ENDPOINT_FORMAT, "webhook endpoint")
+    _, url, kinds, secret, created_at_ms, previous, previous_until_ms, cursor = fields
+    return WebhookEndpoint(endpoint_id, url, tuple(EventType(kind) for kind in kinds), secret,
+                           created_at_ms, previous, previous_until_ms, False, cursor)
+
+
+def encode_parked_webhook(parked: ParkedWebhook) -> bytes:
+    return cbor2.dumps([PARKED_WEBHOOK_FORMAT, parked.endpoint_id, parked.sequence,
+                        parked.event, parked.attempts, parked.last_error])
+
+
+def decode_parked_webhook(data: bytes) -> ParkedWebhook:
+    fields = cbor2.loads(data)
+    _expect(fields, PARKED_WEBHOOK_FORMAT, "parked webhook")
+    return ParkedWebhook(*fields[1:])

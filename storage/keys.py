@@ -37,6 +37,16 @@ def sequence_key(sequence: int) -> bytes:
     return sequence.to_bytes(8, "big")
 
 
+def webhook_letter_key(endpoint_id: str, sequence: int) -> bytes:
+    return endpoint_id.encode() + _SEPARATOR + sequence_key(sequence)
+
+
+def webhook_letter_range(endpoint_id: str) -> tuple[bytes, bytes]:
+    """The keys of one endpoint's dead letters: [low, high)."""
+    prefix = endpoint_id.encode()
+    return prefix + _SEPARATOR, prefix + bytes([_SEPARATOR[0] + 1])
+
+
 def due_key(due_ms: int, name: bytes) -> bytes:
     """A deadline in the due-time index: `due_ms ‖ name`, so a scan from the start meets the
     earliest first (`name` is the deadline's `idempotency_key(kind, key)`)."""

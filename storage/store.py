@@ -16,6 +16,7 @@ from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent
 from engine.records import StoredRecord
 from engine.reservations import OpenHold, Reservation
+from engine.webhooks import ParkedWebhook, WebhookEndpoint
 
 
 class StoreError(RuntimeError):
@@ -134,5 +135,20 @@ class Store(Protocol):
     def export_cursor(self) -> int: ...
 
     def dead_letters(self) -> list[ParkedEvent]: ...
+
+    # --- outbound webhooks (engine/webhooks.py) ---------------------------------------------
+
+    def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        """Every registered endpoint with its cursor, as last committed."""
+        ...
+
+    def read_webhooks(self, after_sequence: int, limit: int
+                      ) -> list[tuple[int, dict[str, Any]]]:
+        """Webhook outbox rows `{event, only}` after `after_sequence`, oldest first."""
+        ...
+
+    def last_webhook_sequence(self) -> int: ...
+
+    def webhook_dead_letters(self, endpoint_id: str | None = None) -> list[ParkedWebhook]: ...
 
     def close(self) -> None: ...

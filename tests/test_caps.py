@@ -17,11 +17,12 @@ from engine.caps import (
     validated_caps,
     window,
 )
-from engine.commands import ReportUsage, usage_fingerprint
-from engine.controls import GetHeadroom, Headroom, SetSpendControls
-from engine.errors import InvalidInput
+from engine.commands import BalanceCheck, CheckBalance, ReportUsage, usage_fingerprint
+from engine.controls import SetSpendControls, max_output_tokens
+from engine.errors import Conflict, InvalidInput
 from engine.ids import TransactionId, UserId
 from engine.lots import balance_as_lots
+from engine.pricing import PricingConfig
 from engine.reservations import (
     CommitReservation,
     ReleaseReservation,
@@ -30,7 +31,9 @@ from engine.reservations import (
     reserve_fingerprint,
 )
 from engine.transitions import Context, apply
+from engine.usage import LlmTokens
 from storage import codec
+from tests.test_pricing import PRICING_TOML
 
 USER = UserId(uuid.UUID(int=11))
 MICROS = 1_000_000
@@ -180,10 +183,12 @@ def test_headroom_is_the_least_of_the_balance_and_every_hard_cap():
     state = capped(CapSetting("day", 100), CapSetting("week", 80, hard=False),
                    balance_cents=500)
     state = debit(state, 30 * MICROS + 5)
-    reply = apply(state, GetHeadroom(USER), ctx(tid=3)).reply
-    assert isinstance(reply, Headroom)
+    reply = apply(state, CheckBalance(USER, 70), ctx(tid=3)).reply
+    assert isinstance(reply, BalanceCheck)
     assert reply.caps_micros == 70 * MICROS - 5
     assert reply.spendable_micros == 70 * MICROS - 5
+    assert not reply.sufficient and not reply.within_caps
+    assert apply(state, CheckBalance(USER, 69), ctx(tid=3)).reply.sufficient
 
 
 def test_new_settings_keep_what_was_spent_in_the_window():
@@ -209,7 +214,7 @@ def test_bad_caps_are_refused_naming_the_field(setting, field):
 
 
 def test_duplicate_caps_and_unknown_time_zones_are_refused():
-    with pytest.raises(InvalidInput):
+    with pytest.raises(Conflict):
         validated_caps([CapSetting("day", 10), CapSetting("day", 20)])
     with pytest.raises(InvalidInput) as refused:
         capped(CapSetting("day", 10), timezone="Mars/Olympus")
@@ -240,3 +245,12 @@ def test_a_format_2_reservation_opens_counting_against_no_agent_or_service():
     format_2 = cbor2.dumps([codec.RESERVATION_FORMAT_V2, *stored[1:-2]])
     old = codec.decode_reservation("r1", format_2)
     assert (old.agent_id, old.service, old.amount_cents) == (None, None, 5)
+
+
+def test_max_output_tokens_is_what_the_budget_pays_for_after_the_prompt():
+    pricing = PricingConfig.from_toml(PRICING_TOML.read_text(encoding="utf-8"))
+    prompt = LlmTokens("openai", "gpt-4o", input_tokens=1_000)  # 250 micros a token
+    assert max_output_tokens(pricing, prompt, MICROS) == 750  # 1000 micros per output token
+    assert max_output_tokens(pricing, prompt, MICROS + 999) == 750
+    assert max_output_tokens(pricing, prompt, 250_000) == 0
+    assert max_output_tokens(pricing, prompt, 249_999) == 0

@@ -112,6 +112,59 @@ class LotDraw(_Result):
     amount_cents: int
 
 
+class SpendCap(_Result):
+    scope: str
+    name: str | None
+    period: str
+    limit_cents: int
+    hard: bool
+    spent_cents: int = 0
+    spent_micros: int = 0
+    held_cents: int = 0
+    remaining_cents: int = 0
+    reached: bool = False
+    window_start: str | None = None
+    resets_at: str | None = None
+
+
+class SpendControls(_Result):
+    user_id: str
+    timezone: str
+    caps: list[SpendCap] = msgspec.field(default_factory=list)
+    low_balance_cents: list[int] = msgspec.field(default_factory=list)
+
+
+class WebhookEndpoint(_Result):
+    endpoint_id: str
+    url: str
+    event_types: list[str]
+    created_at: str | None = None
+    # Only in the answer to create and rotate: keep it, it is not shown again.
+    secret: str | None = None
+
+
+class WebhookEndpoints(_Result):
+    endpoints: list[WebhookEndpoint]
+
+
+class ParkedWebhook(_Result):
+    sequence: int
+    event_id: str
+    event_type: str
+    user_id: str
+    attempts: int
+    last_error: str
+
+
+class ParkedWebhooks(_Result):
+    endpoint_id: str
+    parked: list[ParkedWebhook]
+
+
+class Resent(_Result):
+    resent: int
+
+
 class BillingAccount(_Result):
     user_id: str
     balance_cents: int
@@ -134,6 +187,7 @@ class BillingAccount(_Result):
     next_expiry: NextExpiry | None = None
     debt_cents: int = 0
     lots: list[Lot] = msgspec.field(default_factory=list)
+    spend_caps: list[SpendCap] = msgspec.field(default_factory=list)
 
 
 class Deleted(_Result):
@@ -150,6 +204,7 @@ class Balance(_Result):
     paid_cents: int = 0
     promotional_cents: int = 0
     next_expiry: NextExpiry | None = None
+    spend_caps: list[SpendCap] = msgspec.field(default_factory=list)
 
 
 class Transaction(_Result):
@@ -222,6 +277,9 @@ class BalanceCheck(_Result):
     balance_cents: int
     available_cents: int
     required_cents: int
+    spendable_micros: int = 0
+    within_caps: bool = True
+    max_output_tokens: int | None = None
 
 
 class Quote(_Result):
@@ -244,6 +302,9 @@ class ReservationHeld(_Result):
     balance_cents: int | None = None
     available_cents: int | None = None
     expires_at: str | None = None
+    requested_cents: int | None = None
+    clamped: bool = False
+    max_output_tokens: int | None = None
 
 
 class Reservation(_Result):
