@@ -105,7 +105,7 @@ class Account(msgspec.Struct, frozen=True, gc=False):
         problems = lots_problems(self.lots, self.balance_cents, self.debt_cents,
                                  self.held_cents)
         require(not problems, "lots: %s", problems)
-        if self.controls is not None:
+        if self.controls is not None and self.controls.holds:
             held = holds_problems(self.controls)
             require(not held, "controls: %s", held)
 

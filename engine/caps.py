@@ -206,20 +206,31 @@ def headroom_micros(controls: Controls, account_held_cents: int, agent_id: str |
     return None if least is None else max(least, 0)
 
 
-def spend(controls: Controls, agent_id: str | None, service: str | None, cost_micros: int,
-          now_ms: int) -> Controls:
-    """Count a charged usage against every cap that applies (also above a limit: a commit
-    of delivered service is charged whatever the caps say)."""
-    caps = tuple(
-        _spent(current(cap, controls.timezone, now_ms), cost_micros)
-        if cap.applies(agent_id, service) else cap
-        for cap in controls.caps
-    )
-    return replace(controls, caps=caps)
-
-
-def _spent(cap: SpendCap, cost_micros: int) -> SpendCap:
-    return replace(cap, spent_micros=cap.spent_micros + cost_micros)
+def charge(controls: Controls, account_held_cents: int, agent_id: str | None,
+           service: str | None, cost_micros: int, *, now_ms: int, enforce: bool) -> Controls:
+    """Count a charged usage against every cap that applies, in one pass (this runs on
+    every debit of a capped account): with `enforce`, first refuse it if it would pass a
+    hard cap (SpendLimitExceeded); without (a commit of delivered service), count it even
+    above a limit. A limit the spending and holds reach is marked reached."""
+    caps: list[SpendCap] = []
+    for stored in controls.caps:
+        cap = stored
+        scope = cap.scope
+        if scope is CapScope.ACCOUNT or cap.name == (
+                agent_id if scope is CapScope.AGENT else service):
+            if not cap.window_start_ms <= now_ms < cap.resets_at_ms:
+                cap = current(cap, controls.timezone, now_ms)
+            held_micros = (account_held_cents if scope is CapScope.ACCOUNT
+                           else scope_held(controls, cap, account_held_cents)
+                           ) * MICROS_PER_CREDIT
+            limit_micros = cap.limit_cents * MICROS_PER_CREDIT
+            spent = cap.spent_micros + cost_micros
+            if enforce and cap.hard and spent + held_micros > limit_micros:
+                raise SpendLimitExceeded(cap, held_micros // MICROS_PER_CREDIT, cost_micros)
+            cap = replace(cap, spent_micros=spent,
+                          reached=cap.reached or spent + held_micros >= limit_micros)
+        caps.append(cap)
+    return replace(controls, caps=tuple(caps))
 
 
 def roll(controls: Controls, now_ms: int) -> Controls:

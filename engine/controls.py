@@ -32,8 +32,9 @@ def _set(account: Account | None, command: SetSpendControls, context: Context) -
     timezone = command.timezone if command.timezone is not None else controls.timezone
     if command.low_balance_cents is not None:
         controls = replace(controls, low_balance_cents=command.low_balance_cents)
-    updated = replace(live, controls=caps.replace_caps(controls, timezone, command.caps),
-                      updated_at_ms=context.now_ms)
+    # Windows start now: the calendar is consulted here, not on the next debit.
+    chosen = caps.roll(caps.replace_caps(controls, timezone, command.caps), context.now_ms)
+    updated = replace(live, controls=chosen, updated_at_ms=context.now_ms)
     return Transition(updated, (), updated)
 
 

@@ -128,10 +128,7 @@ def report_usage(account: Account | None, command: ReportUsage, context: Context
             available_cents=live.available_cents(context.now_ms),
             required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
         )
-    if live.controls is not None:
-        caps.check(live.controls, live.held_cents, command.agent_id, command.service,
-                   command.cost_micros, now_ms=context.now_ms)
-    transition = charge_usage(live, command, context, live.held_cents)
+    transition = charge_usage(live, command, context, live.held_cents, enforce_caps=True)
     updated = transition.account
     assert updated is not None
     require(updated.available_cents(context.now_ms) >= -updated.overdraft_limit_cents,
@@ -152,17 +149,18 @@ def charge_usage(
     *,
     extra_metadata: Mapping[str, str] | None = None,
     first: tuple[Draw, ...] = (),
+    enforce_caps: bool = False,
 ) -> Transition:
     """Charge a usage event with the carry rule: the entry, the event record, the reply.
-    `first`: lots the debit burns before the burn order (a reservation's promise)."""
+    `first`: lots the debit burns before the burn order (a reservation's promise);
+    `enforce_caps`: refuse it past a hard spend cap (else count it, even above one)."""
     cost_micros = command.cost_micros
     debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
     metadata = {**command.metadata, **(extra_metadata or {}), "cost_micros": cost_micros}
     controls = live.controls
     if controls is not None:
-        controls, _ = caps.mark_reached(
-            caps.spend(controls, command.agent_id, command.service, cost_micros,
-                       context.now_ms), held_cents, context.now_ms)
+        controls = caps.charge(controls, held_cents, command.agent_id, command.service,
+                               cost_micros, now_ms=context.now_ms, enforce=enforce_caps)
     updated, entry = post_entry(live, context, EntryType.USAGE, -debit,
                                 source_key=command.event_id, metadata=metadata,
                                 held_cents=held_cents, unbilled_micros=carried_micros,

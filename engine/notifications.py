@@ -121,10 +121,13 @@ def _balance_events(before: Account, after: Account,
 def _cap_events(before: Account, after: Account,
                 found: list[tuple[EventType, dict[str, Any]]]) -> None:
     assert after.controls is not None
+    reached = [cap for cap in after.controls.caps if cap.reached]
+    if not reached:
+        return  # the common case on a capped account's debit: one pass, nothing to compare
     announced = {cap.identity for cap in before.controls.caps if cap.reached} if (
         before.controls is not None) else set()
-    for cap in after.controls.caps:
-        if cap.reached and cap.identity not in announced:
+    for cap in reached:
+        if cap.identity not in announced:
             found.append((EventType.SPEND_LIMIT_REACHED, _cap_data(cap)))
 
 

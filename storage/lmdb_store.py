@@ -33,6 +33,7 @@ from engine.ledger import LedgerEntry
 from engine.notifications import Notification, webhook_event
 from engine.payments import RefillIntent, RefillResolved
 from engine.records import StoredRecord
+from engine.reports import Totals, aggregate_rows
 from engine.reservations import OpenHold, Reservation
 from engine.webhooks import ParkedWebhook, RequeueWebhooks, WebhookAck, WebhookEndpoint
 from storage import codec, keys
@@ -69,14 +70,18 @@ DATABASE_NAMES = (
     "webhook_endpoints",
     # endpoint id ‖ sequence -> an event the endpoint did not take within the retry window.
     "webhook_dead_letters",
+    # user id ‖ UTC day ‖ group kind ‖ group -> usage totals of that day (engine/reports.py).
+    "usage_aggregates",
 )
 _NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
 # Read by key range while the server runs (the transaction list, the exporter, the scheduler).
 RANGE_READ_DATABASES = ("transactions_by_user", "outbox", "deadlines_by_due", "dead_letters",
-                        "webhook_outbox", "webhook_endpoints", "webhook_dead_letters")
+                        "webhook_outbox", "webhook_endpoints", "webhook_dead_letters",
+                        "usage_aggregates")
 # Read back by writers within a commit (a deadline's earlier due time, acks, re-queues).
 _READ_BACK = frozenset(_NUMBER[name] for name in (
-    "deadlines", "dead_letters", "outbox", "webhook_outbox", "webhook_dead_letters"))
+    "deadlines", "dead_letters", "outbox", "webhook_outbox", "webhook_dead_letters",
+    "usage_aggregates"))
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
 MAP_SIZE_MAX_BYTES = 1 << 40
 # Grow before the map is this full, so a checkpoint rarely meets MapFull at all.
@@ -370,6 +375,12 @@ class LmdbStore:
     def _put_usage_event(self, writes: _Writes, event: UsageEventRecord) -> None:
         writes.put("usage_events", keys.text_key(event.event_id),
                    codec.encode_usage_event(event))
+        # The reports' aggregates move in the same commit as the event they count.
+        for day, kind, group, added in aggregate_rows(event):
+            key = keys.aggregate_key(event.user_id, day, kind.value, group)
+            known = writes.get("usage_aggregates", key)
+            totals = added if known is None else codec.decode_totals(known) + added
+            writes.put("usage_aggregates", key, codec.encode_totals(totals))
 
     def _put_key(self, writes: _Writes, record: KeyRecord) -> None:
         writes.put("idempotency", keys.idempotency_key(record.scope, record.key),
@@ -490,6 +501,14 @@ class LmdbStore:
             parked = codec.decode_parked_webhook(data)
             self._append_webhook(writes, parked.event, requeue.endpoint_id)
             writes.delete("webhook_dead_letters", key)
+
+    def usage_aggregates(self, user_id: UserId, from_day: int, to_day: int
+                         ) -> Iterator[tuple[int, str, str, Totals]]:
+        """(day, group kind, group, totals) of the user's days in [from_day, to_day]."""
+        low, high = keys.aggregate_range(user_id, from_day, to_day)
+        for key, data in self._scan("usage_aggregates", low, high):
+            day, kind, group = keys.aggregate_parts(key)
+            yield day, kind, group, codec.decode_totals(data)
 
     def webhook_endpoints(self) -> list[WebhookEndpoint]:
         return list(self._endpoints.values())

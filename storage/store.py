@@ -15,6 +15,7 @@ from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent
 from engine.records import StoredRecord
+from engine.reports import Totals
 from engine.reservations import OpenHold, Reservation
 from engine.webhooks import ParkedWebhook, WebhookEndpoint
 
@@ -150,5 +151,10 @@ class Store(Protocol):
     def last_webhook_sequence(self) -> int: ...
 
     def webhook_dead_letters(self, endpoint_id: str | None = None) -> list[ParkedWebhook]: ...
+
+    def usage_aggregates(self, user_id: UserId, from_day: int, to_day: int
+                         ) -> Iterator[tuple[int, str, str, Totals]]:
+        """The user's usage aggregates of those UTC days: (day, group kind, group, totals)."""
+        ...
 
     def close(self) -> None: ...
