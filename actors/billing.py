@@ -16,6 +16,7 @@ from actors.journal import OPERATOR, Journal
 from actors.lots import CreditLots
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import Payments
+from actors.reports import UsageReports
 from actors.subscriptions import Subscriptions
 from actors.system import ActorSystem, Pending, WallClock
 from actors.webhooks import Webhooks
@@ -97,6 +98,7 @@ class Billing:
         self.lots = CreditLots(store, journal, system, wall_clock_ms)
         self.controls = SpendControls(system, wall_clock_ms)
         self.webhooks = Webhooks(store, journal, wall_clock_ms)
+        self.reports = UsageReports(store, journal, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:

@@ -21,7 +21,7 @@ from api.reservation_routes import register_reservation_routes
 from api.settings import Settings
 from api.subscription_routes import register_lago_routes, register_subscription_routes
 from api.system_routes import register_system_routes
-from api.usage_routes import register_usage_routes
+from api.usage_routes import register_report_routes, register_usage_routes
 from api.webhook_routes import register_webhook_routes
 from integrations.lago.webhooks import LagoWebhooks
 from integrations.stripe.service import StripeService
@@ -42,6 +42,7 @@ def create_app(
     register_lot_routes(endpoint, billing)
     register_control_routes(endpoint, billing)
     register_webhook_routes(endpoint, billing)
+    register_report_routes(endpoint, billing)
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
     register_payment_routes(endpoint, billing, stripe)

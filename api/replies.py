@@ -27,6 +27,7 @@ from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT, format_usd, micros_to_cents_ceil
 from engine.plans import Plans
 from engine.pricing import Quote
+from engine.reports import Totals, UsageSummary, day_text
 from engine.reservations import (
     Reservation,
     ReservationCommitted,
@@ -39,6 +40,7 @@ from integrations.stripe.gateway import Checkout
 from integrations.stripe.service import Purchase
 
 U = TypeVar("U", bound=schemas.UsageReply)
+EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 
 def usage_request(body: schemas.UsageBody, service: str | None = None) -> UsageRequest:
@@ -414,3 +416,30 @@ def subscription_reply(plans: Plans, account: Account) -> schemas.SubscriptionRe
         current_period_start=iso_ms(subscription.period_start_ms),
         current_period_end=iso_ms(subscription.period_end_ms),
     )
+
+
+def totals_reply(totals: Totals) -> schemas.UsageTotalsReply:
+    return schemas.UsageTotalsReply(totals.events, totals.cost_micros,
+                                    totals.cost_credits_exact(), totals.debited_cents,
+                                    totals.input_tokens, totals.output_tokens)
+
+
+def usage_summary_reply(user_id: UserId, summary: UsageSummary) -> schemas.UsageSummaryReply:
+    return schemas.UsageSummaryReply(
+        user_id=user_id,
+        group_by=summary.group_by.value,  # type: ignore[arg-type]
+        from_=day_text(summary.from_day),
+        to=day_text(summary.to_day),
+        groups=[schemas.UsageGroupReply(group.key, totals_reply(group.totals))
+                for group in summary.groups],
+        total=totals_reply(summary.total),
+    )
+
+
+def summary_days(query: schemas.UsageSummaryQuery) -> tuple[int | None, int | None]:
+    """The query's UTC days as days since the epoch (None: the engine's default)."""
+    return _epoch_day(query.from_), _epoch_day(query.to)
+
+
+def _epoch_day(day: datetime.date | None) -> int | None:
+    return None if day is None else day.toordinal() - EPOCH_ORDINAL

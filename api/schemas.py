@@ -407,6 +407,14 @@ PAYMENTS_PAGE_MAX = 100
 PAYMENTS_PAGE_DEFAULT = 10
 
 
+class UsageSummaryQuery(Query):
+    """UTC days, both included (default: the 30 days to today); at most 366 are covered."""
+
+    from_: datetime.date | None = msgspec.field(default=None, name="from")
+    to: datetime.date | None = None
+    group_by: Literal["day", "model", "agent"] = "day"
+
+
 class TransactionsQuery(Query):
     limit: Annotated[int, Meta(ge=1, le=TRANSACTIONS_PAGE_MAX)] = 50
     offset: Annotated[int, Meta(ge=0, le=OFFSET_MAX)] = 0
@@ -686,6 +694,34 @@ class ParkedWebhooksReply(Reply):
 
 class ResentReply(Reply):
     resent: int
+
+
+class UsageTotalsReply(Reply):
+    """`cost_micros` is exact; `debited_cents` the whole credits the ledger debited for it
+    (the sum of those usage entries); input tokens count cached and cache-write ones too."""
+
+    events: int
+    cost_micros: int
+    cost_credits: Annotated[str, Meta(description="exact credits as a decimal string")]
+    debited_cents: int
+    input_tokens: int
+    output_tokens: int
+
+
+class UsageGroupReply(Reply):
+    key: Annotated[str, Meta(description="the day, provider/model ('-': no model) or "
+                                         "agent_id ('': none)")]
+    totals: UsageTotalsReply
+
+
+class UsageSummaryReply(Reply):
+    user_id: uuid.UUID
+    group_by: Literal["day", "model", "agent"]
+    from_: Annotated[str, Meta(description="first UTC day covered")] = msgspec.field(
+        name="from")
+    to: str
+    groups: list[UsageGroupReply]
+    total: UsageTotalsReply
 
 
 class SpendControlsReply(Reply):

@@ -1,4 +1,5 @@
-"""The usage routes (services): debit one event or a batch, check a balance, price a metric."""
+"""The usage routes: debit one event or a batch, check a balance, price a metric (services),
+and usage summaries (the caller, and an admin about any account)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from api.replies import (
     error_detail,
     estimate,
     quote_reply,
+    summary_days,
     usage_reply,
     usage_request,
+    usage_summary_reply,
 )
-from api.routes import ERRORS_SERVICE, Caller, Route
+from api.routes import ERRORS_SERVICE, ERRORS_USER, Caller, Route
 from engine.commands import UsageResult
 from engine.errors import BillingError
-from engine.ids import UserId
+from engine.ids import UserId, parse_user_id
 from engine.metering import UsageRequest
 
 _usage_decoder = BodyDecoder(schemas.UsageBody)
@@ -95,3 +98,31 @@ def _event_id_of(raw: bytes, content_type: str) -> str | None:
         return None
     event_id = event.get("event_id") if isinstance(event, dict) else None
     return event_id if isinstance(event_id, str) else None
+
+
+def register_report_routes(endpoint: Register, billing: Billing) -> None:
+    @endpoint(Route("GET", "/v1/usage/summary",
+                    "The caller's usage per day, model or agent (credits and tokens)",
+                    Caller.USER, reply=schemas.UsageSummaryReply, errors=ERRORS_USER,
+                    parameters=schemas.UsageSummaryQuery))
+    async def my_usage_summary(user: UserId, query: schemas.UsageSummaryQuery
+                               ) -> schemas.UsageSummaryReply:
+        await billing.open_account(user)
+        return await _summary(billing, user, query)
+
+    @endpoint(Route("GET", "/v1/admin/accounts/{user_id}/usage/summary",
+                    "An account's usage per day, model or agent (admin)", Caller.ADMIN,
+                    reply=schemas.UsageSummaryReply, errors=(400, 401, 403, 404, 503),
+                    parameters=schemas.UsageSummaryQuery))
+    async def admin_usage_summary(query: schemas.UsageSummaryQuery, user_id: str
+                                  ) -> schemas.UsageSummaryReply:
+        user = parse_user_id(user_id)
+        await billing.get_account(user)
+        return await _summary(billing, user, query)
+
+
+async def _summary(billing: Billing, user: UserId, query: schemas.UsageSummaryQuery
+                   ) -> schemas.UsageSummaryReply:
+    from_day, to_day = summary_days(query)
+    summary = await billing.reports.summary(user, from_day, to_day, query.group_by)
+    return usage_summary_reply(user, summary)

@@ -18,6 +18,7 @@ from engine.usage import LlmTokens
 
 DAY_MS = 24 * 3600 * 1000
 SUMMARY_DAYS_MAX = 366
+SUMMARY_DAYS_DEFAULT = 30
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 NO_MODEL = "-"  # usage without an LLM metric (a cost, compute, storage, API calls)
 

@@ -174,3 +174,36 @@ def test_bad_caps_are_refused_in_the_one_error_format(server, body, status, fiel
     assert set(error) == {"code", "message", "details"}
     if field is not None:
         assert error["details"]["field"] == field
+
+
+def test_usage_summary_per_day_model_and_agent_matches_the_ledger(server):
+    user = funded(server)
+    llm = {"type": "llm_tokens", "provider": "openai", "model": "gpt-4o",
+           "input_tokens": 1_000, "output_tokens": 333}  # 583,000 micros
+    for agent in ("a", "a", "b"):
+        answer = httpx.post(f"{server.url}/v1/usage", headers=service_headers(), json={
+            "event_id": str(uuid.uuid4()), "user_id": str(user), "metric": llm,
+            "agent_id": agent})
+        assert answer.status_code == 200, answer.text
+    assert debit(server, user, 7).status_code == 200
+    with BillingClient(server.url, bearer_token=f"test-token:{user}") as me:
+        by_model = me.usage_summary(group_by="model")
+        by_agent = me.usage_summary(group_by="agent")
+        by_day = me.usage_summary()
+        transactions = me.transactions(limit=100).transactions
+    assert {group.key: group.totals.cost_micros for group in by_model.groups} == {
+        "openai/gpt-4o": 3 * 583_000, "-": 7_000_000}
+    assert {group.key: group.totals.events for group in by_agent.groups} == {
+        "": 1, "a": 2, "b": 1}
+    total = by_day.total
+    assert (total.events, total.cost_micros, total.cost_credits) == (4, 8_749_000, "8.749000")
+    assert (total.input_tokens, total.output_tokens) == (3_000, 999)
+    debited = -sum(entry.amount_cents for entry in transactions if entry.type == "usage")
+    assert total.debited_cents == debited == 8  # floor of 8.749 with the carry rule
+    with BillingClient(server.url, admin_key=ADMIN_KEY) as admin:
+        assert admin.admin_usage_summary(user, group_by="model").total == total
+        nothing = admin.admin_usage_summary(user, from_day="2020-01-01", to_day="2020-01-31")
+        assert (nothing.groups, nothing.total.events) == ([], 0)
+    unknown = httpx.get(f"{server.url}/v1/admin/accounts/{new_user()}/usage/summary",
+                        headers=ADMIN)
+    assert unknown.status_code == 404

@@ -74,7 +74,10 @@ from ._results import (
     SubscriptionState,
     Transaction,
     TransactionPage,
+    UsageGroup,
     UsageResult,
+    UsageSummary,
+    UsageTotals,
     WebhookEndpoint,
     WebhookEndpoints,
 )
@@ -137,7 +140,10 @@ __all__ = [
     "TransactionPage",
     "Unauthorized",
     "UnsupportedMediaType",
+    "UsageGroup",
     "UsageResult",
+    "UsageSummary",
+    "UsageTotals",
     "WebhookEndpoint",
     "WebhookEndpoints",
 ]

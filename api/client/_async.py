@@ -38,6 +38,7 @@ from ._results import (
     SubscriptionState,
     TransactionPage,
     UsageResult,
+    UsageSummary,
     WebhookEndpoint,
     WebhookEndpoints,
 )
@@ -204,6 +205,18 @@ class AsyncBillingClient:
                                  ) -> SpendControls:
         return await self._send(_Routes.admin_set_spend_controls(user_id, caps, timezone,
                                                                 low_balance_cents))
+
+    async def usage_summary(self, *, from_day: datetime.date | str | None = None,
+                      to_day: datetime.date | str | None = None, group_by: str = "day"
+                      ) -> UsageSummary:
+        """The caller's usage per UTC day, model or agent between two days (both included)."""
+        return await self._send(_Routes.usage_summary(None, from_day, to_day, group_by))
+
+    async def admin_usage_summary(self, user_id: object, *,
+                            from_day: datetime.date | str | None = None,
+                            to_day: datetime.date | str | None = None, group_by: str = "day"
+                            ) -> UsageSummary:
+        return await self._send(_Routes.usage_summary(user_id, from_day, to_day, group_by))
 
     async def create_webhook(self, url: str, event_types: Sequence[str]) -> WebhookEndpoint:
         """Register an endpoint (admin). Keep the reply's `secret`: it is shown only now."""

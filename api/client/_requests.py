@@ -46,6 +46,7 @@ from ._results import (
     SubscriptionState,
     TransactionPage,
     UsageResult,
+    UsageSummary,
     WebhookEndpoint,
     WebhookEndpoints,
 )
@@ -433,6 +434,17 @@ class _Routes:
         body = _controls_body(caps, timezone, low_balance_cents)
         return _Spec("POST", f"/v1/admin/accounts/{_segment(str(user_id))}/spend-controls",
                      _plain(SpendControls), body=body, retry=True)
+
+    @staticmethod
+    def usage_summary(user_id: object | None, from_day: datetime.date | str | None,
+                      to_day: datetime.date | str | None, group_by: str
+                      ) -> _Spec[UsageSummary]:
+        params: dict[str, str | int] = {"group_by": group_by, **_fields(
+            **{"from": None if from_day is None else str(from_day),
+               "to": None if to_day is None else str(to_day)})}
+        path = ("/v1/usage/summary" if user_id is None
+                else f"/v1/admin/accounts/{_segment(str(user_id))}/usage/summary")
+        return _Spec("GET", path, _plain(UsageSummary), params=params, retry=True)
 
     @staticmethod
     def create_webhook(url: str, event_types: Sequence[str]) -> _Spec[WebhookEndpoint]:

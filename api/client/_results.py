@@ -331,3 +331,26 @@ class ReleaseResult(_Result):
     # None when replayed from a duplicate: the server's stored record has no balance.
     balance_cents: int | None = None
     available_cents: int | None = None
+
+
+class UsageTotals(_Result):
+    events: int
+    cost_micros: int
+    cost_credits: str
+    debited_cents: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class UsageGroup(_Result):
+    key: str
+    totals: UsageTotals
+
+
+class UsageSummary(_Result):
+    user_id: str
+    group_by: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    groups: list[UsageGroup]
+    total: UsageTotals
