@@ -13,7 +13,7 @@ from msgspec.structs import replace
 from actors.controls import SpendControls
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
-from actors.lots import CreditLots
+from actors.lots import CreditLots, checked_reason
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import Payments
 from actors.reports import UsageReports
@@ -68,7 +68,6 @@ from storage.verify import VerifyReport, verify_store
 
 TRANSACTIONS_PAGE_MAX = 100
 USAGE_BATCH_EVENTS_MAX = 1000
-DESCRIPTION_LENGTH_MAX = 500
 
 
 class Billing:
@@ -156,11 +155,7 @@ class Billing:
         amount_cents = require_amount_cents("amount_cents", amount_cents)
         if entry_type is EntryType.USAGE:
             raise InvalidInput("usage is not a credit type", {"field": "type"})
-        if not isinstance(description, str) or len(description) > DESCRIPTION_LENGTH_MAX:
-            raise InvalidInput(
-                f"reason must be a string of at most {DESCRIPTION_LENGTH_MAX} characters",
-                {"field": "reason"},
-            )
+        description = checked_reason(description)
         key = parse_key("idempotency_key", idempotency_key) if idempotency_key else None
         command = AddCredits(
             user_id=user_id,

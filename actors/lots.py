@@ -21,13 +21,15 @@ from engine.undo import (
 )
 from storage.store import Store
 
-REASON_LENGTH_MAX = 500
+DESCRIPTION_LENGTH_MAX = 500
 
 
-def _reason(text: str) -> str:
-    if not isinstance(text, str) or len(text) > REASON_LENGTH_MAX:
-        raise InvalidInput(f"reason must be a string of at most {REASON_LENGTH_MAX} characters",
-                           {"field": "reason"})
+def checked_reason(text: object) -> str:
+    """An operator's reason, stored as the entry's description."""
+    if not isinstance(text, str) or len(text) > DESCRIPTION_LENGTH_MAX:
+        raise InvalidInput(
+            f"reason must be a string of at most {DESCRIPTION_LENGTH_MAX} characters",
+            {"field": "reason"})
     return text
 
 
@@ -55,14 +57,14 @@ class CreditLots:
                    idempotency_key: str | None = None) -> CreditResult:
         lot = parse_transaction_id(lot_id, "lot_id")
         command = VoidLot(user_id, lot, _key(idempotency_key), void_fingerprint(user_id, lot),
-                          _reason(reason))
+                          checked_reason(reason))
         return await self._system.call(command, CreditResult)
 
     async def debit(self, user_id: UserId, amount_cents: int, *, reason: str = "",
                     idempotency_key: str | None = None) -> CreditResult:
         amount = require_amount_cents("amount_cents", amount_cents)
         command = DebitCredits(user_id, amount, _key(idempotency_key),
-                               debit_fingerprint(user_id, amount), _reason(reason))
+                               debit_fingerprint(user_id, amount), checked_reason(reason))
         return await self._system.call(command, CreditResult)
 
     async def reverse_usage(self, event_id: str, *, reason: str = "") -> CreditResult:
@@ -78,5 +80,6 @@ class CreditLots:
             raise NotYetApplicable(f"usage event {event_id!r} is still being committed",
                                    {"event_id": event_id})
         command = ReverseUsage(event.user_id, event_id, usage,
-                               reversal_fingerprint(event.user_id, event_id), _reason(reason))
+                               reversal_fingerprint(event.user_id, event_id),
+                               checked_reason(reason))
         return await self._system.call(command, CreditResult)

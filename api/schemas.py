@@ -20,7 +20,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from actors.billing import DESCRIPTION_LENGTH_MAX, TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from actors.billing import TRANSACTIONS_PAGE_MAX, USAGE_BATCH_EVENTS_MAX
+from actors.lots import DESCRIPTION_LENGTH_MAX
 from api.routes import Header
 from engine.account import (
     AUTO_REFILL_AMOUNT_CENTS_DEFAULT,

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from engine.account import Account
 from engine.ids import transaction_id_str
 from engine.ledger import GRANTED_TYPES, OTHER_CREDIT_TYPES, PURCHASED_TYPES, EntryType, LedgerEntry
-from engine.lots import MIGRATED_LOT_ID, lots_problems
+from engine.lots import MIGRATED_LOT_ID, lots_problems, order_problems
 from engine.money import MICROS_PER_CREDIT
 
 
@@ -24,6 +24,7 @@ def audit_account(
     problems = _audit_balance(account, ledger_lots.watch(entries), open_holds_cents)
     problems.extend(lots_problems(account.lots, account.balance_cents, account.debt_cents,
                                   account.held_cents))
+    problems.extend(order_problems(account.lots))
     problems.extend(ledger_lots.problems(account))
     return problems
 

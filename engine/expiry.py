@@ -15,7 +15,7 @@ from engine.commands import CommandBase, Context, Transition
 from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.ids import UserId
 from engine.ledger import EntryType
-from engine.lots import LotCategory, expire_due, find, next_expiry_ms
+from engine.lots import LotCategory, expire_due, find, may_expire_sooner, next_expiry_ms
 from engine.posting import post_entry
 
 
@@ -29,7 +29,8 @@ def rearm(before: Account | None, after: Account) -> Deadline | None:
     """The account's lot-expiry deadline when a transition brought the next expiry nearer (a
     new lot, credits given back, a hold ended over an expired lot). One that moved later is
     left armed: it wakes early, expires nothing, and `expire_lots` re-arms it."""
-    if before is None or after.lots is before.lots:
+    if before is None or after.lots is before.lots or not may_expire_sooner(before.lots,
+                                                                             after.lots):
         return None
     due = next_expiry_ms(after.lots)
     if due is None:

@@ -80,9 +80,9 @@ def default_terms(entry_type: EntryType) -> LotTerms:
     return LOT_DEFAULTS.get(entry_type, PROMOTIONAL_FOREVER)
 
 
-class Lot(msgspec.Struct, frozen=True, gc=False):
+class Lot(msgspec.Struct, frozen=True, gc=False, array_like=True):
     """One lot. remaining = original - drawn - expired - voided (never below 0); `drawn`
-    falls when a reversal gives credits back."""
+    falls when a reversal gives credits back. Encoded as an array (storage/codec.py)."""
 
     lot_id: int
     source: str  # the entry type that opened it (a string: unknown types survive a read)
@@ -230,6 +230,11 @@ def burn(lots: Lots, debt_cents: int, amount_cents: int, now_ms: int,
             emptied |= not (drawn.remaining_cents or drawn.held_cents)
     if not draws:
         return Booking(lots, debt_cents + need, ())
+    if first:  # a lot named first may have paid again in the burn order: one draw per lot
+        merged: dict[int, int] = {}
+        for lot_id, cents in draws:
+            merged[lot_id] = merged.get(lot_id, 0) + cents
+        draws = list(merged.items())
     # Drawing never changes the burn order; only emptied lots leave.
     kept = (tuple(lot for lot in updated if lot.remaining_cents or lot.held_cents) if emptied
             else tuple(updated))
@@ -346,9 +351,10 @@ def unspendable_cents(lots: Lots, now_ms: int) -> int:
     """Free credits of lots not in effect at `now_ms` (not yet, or expired and waiting for
     the expiry entry): counted in the balance, not in what may be spent."""
     total = 0
-    for lot in lots:
-        if (lot.effective_at_ms is not None or lot.expires_at_ms is not None) and (
-                not lot.in_effect(now_ms)):
+    for lot in lots:  # on every debit: the checks of `in_effect`, inline
+        effective, expires = lot.effective_at_ms, lot.expires_at_ms
+        if (effective is not None and effective > now_ms) or (
+                expires is not None and expires <= now_ms):
             total += lot.free_cents
     return total
 
@@ -356,9 +362,25 @@ def unspendable_cents(lots: Lots, now_ms: int) -> int:
 def next_expiry_ms(lots: Lots) -> int | None:
     """When the next expiry entry is due: the earliest expiry of a lot with free credits (a
     lot wholly promised to reservations waits until they end)."""
-    due = [lot.expires_at_ms for lot in lots if lot.expires_at_ms is not None and
-           lot.free_cents > 0]
-    return min(due) if due else None
+    due: int | None = None
+    for lot in lots:
+        expires = lot.expires_at_ms
+        if expires is not None and (due is None or expires < due) and lot.free_cents > 0:
+            due = expires
+    return due
+
+
+def may_expire_sooner(before: Lots, after: Lots) -> bool:
+    """Whether `after` may have an expiry due sooner than `before`: false when every lot is
+    the same one with no more free credits (a debit or a hold, the common case), so the
+    caller skips `next_expiry_ms` then."""
+    if len(before) != len(after):
+        return True
+    for old, new in zip(before, after, strict=True):
+        if new is not old and (new.lot_id != old.lot_id or new.free_cents > old.free_cents
+                               or new.expires_at_ms != old.expires_at_ms):
+            return True
+    return False
 
 
 class LotSummary(NamedTuple):
@@ -396,23 +418,35 @@ def summarize(lots: Lots, now_ms: int) -> LotSummary:
 
 def lots_problems(lots: Lots, balance_cents: int, debt_cents: int, held_cents: int
                   ) -> list[str]:
-    """The lot invariants of one account state (README "Ledger invariants")."""
-    found: list[str] = []
+    """The lot invariants of one account state (README "Ledger invariants" 5 and 6) that
+    every transition checks; words are built only when something is wrong."""
     remaining = promised = 0
-    previous: tuple[int, int, int, int] | None = None
+    sound = True
     for lot in lots:
-        found.extend(lot.problems())
-        remaining += lot.remaining_cents
-        promised += lot.held_cents
-        key = burn_key(lot)
-        if previous is not None and key <= previous:
-            found.append(f"lot {transaction_id_str(lot.lot_id)} is out of burn order")
-        previous = key
+        left, held = lot.remaining_cents, lot.held_cents
+        remaining += left
+        promised += held
+        sound = sound and 0 <= held <= left and min(
+            lot.drawn_cents, lot.expired_cents, lot.voided_cents) >= 0 and (
+            PRIORITY_MIN <= lot.priority <= PRIORITY_MAX)
+    if sound and debt_cents >= 0 and promised <= held_cents and (
+            balance_cents == remaining - debt_cents):
+        return []
+    found = [problem for lot in lots for problem in lot.problems()]
     if debt_cents < 0:
         found.append(f"debt {debt_cents} < 0")
     if balance_cents != remaining - debt_cents:
         found.append(f"invariant 5: balance {balance_cents} != remaining in lots {remaining} "
                      f"- debt {debt_cents}")
     if promised > held_cents:
-        found.append(f"lots promise {promised} > held {held_cents}")
+        found.append(f"invariant 5: lots promise {promised} > held {held_cents}")
     return found
+
+
+def order_problems(lots: Lots) -> list[str]:
+    """The lots out of burn order (every change keeps the order: `zbilling verify` checks
+    it, the transitions do not pay for it)."""
+    keys = [burn_key(lot) for lot in lots]
+    return [f"invariant 5: lot {transaction_id_str(lot.lot_id)} is out of burn order"
+            for lot, key, previous in zip(lots[1:], keys[1:], keys[:-1], strict=True)
+            if key <= previous]

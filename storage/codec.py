@@ -15,7 +15,7 @@ from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResu
 from engine.export import ParkedEvent
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
-from engine.lots import Lot, LotCategory, balance_as_lots
+from engine.lots import Lot, balance_as_lots
 from engine.notifications import EventType
 from engine.payments import RefillIntent
 from engine.reports import Totals
@@ -115,6 +115,13 @@ _STORED_FIELDS = {
 }
 for _struct, _fields in _STORED_FIELDS.items():
     assert _fields == _struct.__struct_fields__, f"{_struct.__name__} changed: add a format"
+# An account's lots are one msgspec JSON array of arrays inside its CBOR record: re-encoded
+# with the account on every debit, they cost 1.9 µs for five lots this way against 14 µs as
+# CBOR rows (cbor2 spends ~60 ns an item, more on the 128-bit lot ids, which msgpack cannot
+# carry at all).
+assert Lot.__struct_config__.array_like, "lots are stored as arrays"
+_LOTS_ENCODER = msgspec.json.Encoder()
+_LOTS_DECODER = msgspec.json.Decoder(tuple[Lot, ...])
 
 
 def encode_account(account: Account) -> bytes:
@@ -125,7 +132,7 @@ def encode_account(account: Account) -> bytes:
                             refill.refill_amount_cents]
     values[_STATUS] = account.status.value
     values[_SUBSCRIPTION] = _subscription_fields(account.subscription)
-    values[_LOTS] = [_lot_fields(lot) for lot in account.lots]
+    values[_LOTS] = _LOTS_ENCODER.encode(account.lots) if account.lots else b""
     values[_CONTROLS] = _controls_fields(account.controls)
     return cbor2.dumps([ACCOUNT_FORMAT, *values])
 
@@ -139,17 +146,6 @@ def _controls_fields(controls: Controls | None) -> bytes | None:
 
 def _controls(data: bytes | None) -> Controls | None:
     return None if data is None else _controls_decoder.decode(data)
-
-
-def _lot_fields(lot: Lot) -> list[Any]:
-    values = list(msgspec.structs.astuple(lot))
-    values[2] = lot.category.value
-    return values
-
-
-def _lot(fields: list[Any]) -> Lot:
-    fields[2] = LotCategory(fields[2])
-    return Lot(*fields)
 
 
 def _subscription_fields(subscription: Subscription | None) -> list[Any] | None:
@@ -191,7 +187,8 @@ def decode_account(data: bytes, *, checked: bool = True) -> Account:
         _expect(fields, ACCOUNT_FORMAT, "account")
         if len(fields) != 1 + len(ACCOUNT_FIELDS_V4):
             raise CodecError(f"account record has {len(fields) - 1} fields")
-        fields[1 + _LOTS] = tuple(_lot(lot) for lot in fields[1 + _LOTS])
+        lots = fields[1 + _LOTS]
+        fields[1 + _LOTS] = _LOTS_DECODER.decode(lots) if lots else ()
         fields[1 + _CONTROLS] = _controls(fields[1 + _CONTROLS])
     values = fields[1:]
     values[_USER_ID] = UserId(uuid.UUID(bytes=values[_USER_ID]))

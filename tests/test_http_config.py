@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from api.cli import main
+from api.settings import SettingsError, load_settings
 from tests.conftest import new_user
 from tests.http_support import ADMIN_KEY, ROOT, SERVICE_KEY, Server, free_port, user_headers
 
@@ -152,3 +153,11 @@ def test_a_bad_config_file_stops_the_start_with_a_clear_message(tmp_path, keys, 
     assert finished.returncode == 2
     assert message in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_a_moved_clock_is_for_dev_mode_only(tmp_path):
+    clock = tmp_path / "offset_ms"
+    environ = {"SERVICE_API_KEY": "svc-key-0123456789abcdef", "ZBILLING_CLOCK_FILE": str(clock)}
+    with pytest.raises(SettingsError, match="only with --dev"):
+        load_settings(environ)
+    assert load_settings(environ, dev=True).clock_file == clock

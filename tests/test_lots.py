@@ -7,6 +7,7 @@ import uuid
 
 import cbor2
 import pytest
+from msgspec.structs import replace
 
 from engine.account import Account
 from engine.audit import audit_account
@@ -153,6 +154,15 @@ def test_a_hold_placed_before_an_expiry_keeps_its_credits_until_it_ends():
     book.run(ExpireLots(USER), NOW + 70_001)
     assert book.entries[-1].amount == -30
     assert book.remaining() == {paid: 100}
+
+
+def test_a_commit_above_its_promise_draws_each_lot_once():
+    book = Book()
+    lot = book.grant(100)
+    held = book.run(Reserve(USER, "r1", 30, 3600, b"f"))
+    usage = ReportUsage(USER, "r1", 70_000_000, b"g", NOW)
+    book.run(CommitReservation("r1", usage), reservation=held.reservation)
+    assert book.entries[-1].draws == ((lot, 70),)
 
 
 def test_a_released_hold_over_an_expired_lot_lets_the_rest_expire():
@@ -307,3 +317,17 @@ def test_lot_defaults_by_source_and_promotional_forever_for_a_type_not_in_the_ta
     assert default_terms(EntryType.BONUS) == PROMOTIONAL_FOREVER
     missing = [kind for kind in EntryType if kind not in LOT_DEFAULTS]
     assert missing and {default_terms(kind) for kind in missing} == {PROMOTIONAL_FOREVER}
+
+
+def test_verify_reports_lots_out_of_burn_order_and_a_lot_the_ledger_disagrees_with():
+    book = Book()
+    book.grant(100, EntryType.PURCHASE)
+    book.grant(50, terms=LotTerms(priority=0))
+    shuffled = replace(book.account, lots=book.account.lots[::-1])
+    assert any("out of burn order" in problem
+               for problem in audit_account(shuffled, book.entries))
+    (first, second) = book.account.lots
+    inflated = replace(book.account, lots=(first, replace(second, original_cents=101)),
+                       balance_cents=151)
+    problems = audit_account(inflated, book.entries)
+    assert any("but its entry opened 100" in problem for problem in problems)
