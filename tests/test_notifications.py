@@ -6,7 +6,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from click.testing import CliRunner
 
+from api.cli import main
 from engine.account import Account
 from engine.caps import CapSetting, validated_caps
 from engine.commands import AddCredits, ReportUsage, credits_fingerprint, usage_fingerprint
@@ -176,3 +178,35 @@ def test_endpoint_and_parked_records_round_trip():
     assert codec.decode_endpoint("we_1", codec.encode_endpoint(stored)) == stored
     parked = ParkedWebhook("we_1", 3, {"id": "evt_1", "type": "balance.low"}, 4, "timeout")
     assert codec.decode_parked_webhook(codec.encode_parked_webhook(parked)) == parked
+
+
+def test_the_cli_lists_endpoints_and_parked_events_and_resends_them(tmp_path):
+    data_dir = tmp_path / "data"
+    store = LmdbStore(data_dir)
+    try:
+        store.commit(CommitBatch([], [endpoint("we_a", EventType.BALANCE_LOW)]))
+        store.commit(CommitBatch([], [event(1), event(2)]))
+        rows = store.read_webhooks(0, 10)
+        parked = tuple(ParkedWebhook("we_a", sequence, row["event"], 7, "HTTP 503: down")
+                       for sequence, row in rows)
+        store.commit(CommitBatch([], [WebhookAck("we_a", rows[-1][0], parked)]))
+    finally:
+        store.close()
+    runner = CliRunner()
+    listed = runner.invoke(main, ["webhooks", "list", "--data-dir", str(data_dir)])
+    assert listed.exit_code == 0, listed.output
+    assert "we_a  http://127.0.0.1:9/h" in listed.output
+    letters = runner.invoke(main, ["webhooks", "dead-letters", "--data-dir", str(data_dir)])
+    assert letters.exit_code == 0, letters.output
+    assert "2 parked webhook events" in letters.output and "HTTP 503: down" in letters.output
+    resent = runner.invoke(main, ["webhooks", "resend", "we_a", "--sequence",
+                                  str(rows[0][0]), "--data-dir", str(data_dir)])
+    assert resent.exit_code == 0, resent.output
+    assert "1 events back in the outbox for we_a" in resent.output
+    reopened = LmdbStore(data_dir)
+    try:
+        assert [letter.event["id"] for letter in reopened.webhook_dead_letters()] == ["evt_2"]
+        ((_, row),) = reopened.read_webhooks(0, 10)
+        assert (row["event"]["id"], row["only"]) == ("evt_1", "we_a")
+    finally:
+        reopened.close()

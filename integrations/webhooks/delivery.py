@@ -70,6 +70,7 @@ class WebhookDelivery:
         self.delivered = 0
         self.failed = 0
         self.parked = 0
+        self.paused = False  # the engine stopped taking writes
         if registry is not None:
             registry.register(_DeliveryCollector(self))
 
@@ -80,20 +81,18 @@ class WebhookDelivery:
         async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, headers=headers,
                                      follow_redirects=False) as client:
             task_status.started()
-            try:
-                async with trio.open_nursery() as nursery:
-                    while True:
-                        for endpoint_id in self._webhooks.endpoint_ids():
-                            if endpoint_id not in running:
-                                running.add(endpoint_id)
-                                nursery.start_soon(self._serve, client, endpoint_id, running)
-                        await trio.sleep(POLL_S)
-            except EngineStopped:
-                log.info("engine stopped taking writes: webhook delivery paused")
+            async with trio.open_nursery() as nursery:
+                while not self.paused:
+                    for endpoint_id in self._webhooks.endpoint_ids():
+                        if endpoint_id not in running:
+                            running.add(endpoint_id)
+                            nursery.start_soon(self._serve, client, endpoint_id, running)
+                    await trio.sleep(POLL_S)
 
     async def _serve(self, client: httpx.AsyncClient, endpoint_id: str,
                      running: set[str]) -> None:
-        """Deliver the endpoint's events in order until it is removed."""
+        """Deliver the endpoint's events in order until it is removed (or the engine stops
+        taking writes: the cursor cannot move, so the events wait for the next start)."""
         try:
             endpoint = self._webhooks.endpoint(endpoint_id)
             position = endpoint.cursor if endpoint is not None else 0
@@ -110,6 +109,10 @@ class WebhookDelivery:
                         WebhookAck(endpoint_id, sequence, parked)).wait()
                     position = sequence
                 endpoint = self._webhooks.endpoint(endpoint_id)
+        except EngineStopped:
+            # No cursor can move any more: start no task again (events wait for a restart).
+            self.paused = True
+            log.info("engine stopped taking writes: delivery to %s paused", endpoint_id)
         finally:
             running.discard(endpoint_id)
 
