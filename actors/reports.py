@@ -41,7 +41,8 @@ class UsageReports:
         except ValueError:
             raise InvalidInput("group_by is day, model or agent", {"field": "group_by"}
                                ) from None
-        from_day = bounded_from(from_day, to_day)
+        # No usage predates the epoch: a summary starts there at the earliest.
+        from_day = max(bounded_from(from_day, to_day), 0)
         barrier = self._journal.pending_barrier()
         if barrier is not None:
             await barrier.wait()

@@ -21,7 +21,6 @@ from api.schemas import (
     PRINTABLE_REF,
     USER_ID_PATH_SCHEMA,
     Body,
-    EmptyBody,
     ErrorReply,
     UsageFailure,
     UsageReply,
@@ -122,8 +121,11 @@ def _request_body(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, An
     schema = ref[route.body]
     if route.body_rules is not None:
         schema = {"allOf": [schema, dict(route.body_rules)]}
-    # A missing body reads as `{}`, which only EmptyBody takes.
-    return {"required": route.body is not EmptyBody, "content": _content(schema, route)}
+    # A missing body reads as `{}`, which a body without required fields takes (EmptyBody,
+    # a re-send of every parked webhook).
+    assert route.body is not None
+    required = any(field.required for field in msgspec.structs.fields(route.body))
+    return {"required": required, "content": _content(schema, route)}
 
 
 def _operation(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, Any]:

@@ -58,9 +58,11 @@ def aggregate_key(user_id: uuid.UUID, day: int, kind: str, group: str) -> bytes:
 
 
 def aggregate_range(user_id: uuid.UUID, from_day: int, to_day: int) -> tuple[bytes, bytes]:
-    """The keys of a user's aggregates from `from_day` to `to_day` included: [low, high)."""
+    """The keys of a user's aggregates from `from_day` to `to_day` included: [low, high)
+    (days before the epoch hold none: empty when the whole range is before it)."""
     user = user_key(user_id)
-    return user + from_day.to_bytes(4, "big"), user + (to_day + 1).to_bytes(4, "big")
+    return (user + max(from_day, 0).to_bytes(4, "big"),
+            user + max(to_day + 1, 0).to_bytes(4, "big"))
 
 
 def aggregate_parts(key: bytes) -> tuple[int, str, str]:
