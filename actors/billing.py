@@ -38,7 +38,7 @@ from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
 from engine.ids import AgentId, TransactionId, UserId, parse_key
 from engine.ledger import EntryType
-from engine.lots import LotTerms
+from engine.lots import LotDefaults, LotRequest
 from engine.metering import UsageRequest, usage_command, validate_metadata
 from engine.money import (
     AMOUNT_CENTS_MAX,
@@ -83,6 +83,7 @@ class Billing:
         metrics: EngineMetrics,
         deadlines: Deadlines,
         exporter: Exporter | None = None,
+        lot_defaults: LotDefaults | None = None,
     ) -> None:
         self._exporter = exporter
         self._store = store
@@ -92,7 +93,9 @@ class Billing:
         self.plans = plans
         self._wall_clock_ms = wall_clock_ms
         self.metrics = metrics
-        self.payments = Payments(store, journal, system, deadlines, wall_clock_ms)
+        self.lot_defaults = lot_defaults if lot_defaults is not None else LotDefaults()
+        self.payments = Payments(store, journal, system, deadlines, wall_clock_ms,
+                                 lot_defaults=self.lot_defaults)
         self.subscriptions = Subscriptions(store, system, wall_clock_ms)
         self.lots = CreditLots(store, journal, system, wall_clock_ms)
         self.controls = SpendControls(system, wall_clock_ms)
@@ -149,9 +152,10 @@ class Billing:
         description: str = "",
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        lot: LotTerms | None = None,
+        lot: LotRequest | None = None,
     ) -> CreditResult:
-        """Credits of a credit type: a lot on `lot`'s terms (default: the type's)."""
+        """Credits of a credit type: a lot with what `lot` says over the type's defaults
+        (the configuration's, else engine/lots.py `LOT_DEFAULTS`)."""
         amount_cents = require_amount_cents("amount_cents", amount_cents)
         if entry_type is EntryType.USAGE:
             raise InvalidInput("usage is not a credit type", {"field": "type"})
@@ -165,7 +169,7 @@ class Billing:
             fingerprint=credits_fingerprint(user_id, amount_cents, entry_type, lot),
             description=description,
             metadata=validate_metadata(metadata or {}),
-            lot=lot,
+            lot=self.lot_defaults.terms(entry_type, self._wall_clock_ms(), lot),
         )
         reply = await self._system.call(command, CreditResult)
         return reply

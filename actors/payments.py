@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from msgspec.structs import replace
-
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
 from actors.system import ActorSystem, WallClock
@@ -19,7 +17,7 @@ from engine.commands import AddCredits, CreditResult, KeyRecord, WebhookMarker
 from engine.deadlines import DeadlineKind, user_deadline
 from engine.ids import UserId
 from engine.ledger import EntryType
-from engine.lots import default_terms
+from engine.lots import LotDefaults, LotRequest
 from engine.payments import (
     SCOPE_STRIPE_PAYMENT,
     DeclineRefill,
@@ -34,7 +32,9 @@ from storage.store import Store
 
 class Payments:
     def __init__(self, store: Store, journal: Journal, system: ActorSystem,
-                 deadlines: Deadlines, wall_clock_ms: WallClock) -> None:
+                 deadlines: Deadlines, wall_clock_ms: WallClock, *,
+                 lot_defaults: LotDefaults) -> None:
+        self._lot_defaults = lot_defaults
         self._store = store
         self._journal = journal
         self._system = system
@@ -100,7 +100,8 @@ class Payments:
             scope=SCOPE_STRIPE_PAYMENT,
             webhook=webhook,
             refill_number=refill_number,
-            lot=replace(default_terms(entry_type), paid_usd_cents=paid_usd_cents),
+            lot=self._lot_defaults.terms(entry_type, self._wall_clock_ms(),
+                                         LotRequest(paid_usd_cents=paid_usd_cents)),
         )
         result = await self._system.call(command, CreditResult)
         return result

@@ -17,6 +17,7 @@ from actors.deadlines import Deadlines
 from actors.journal import Journal
 from actors.metrics import EngineMetrics, Exporter
 from actors.system import ACTOR_IDLE_S, ActorSystem, WallClock
+from engine.lots import LotDefaults
 from engine.plans import Plans
 from engine.pricing import PricingConfig
 from storage.datadir_lock import DataDirLock
@@ -64,6 +65,7 @@ async def open_billing(
     wrap_store: Callable[[Store], Store] | None = None,
     exporter: ExporterFactory | None = None,
     checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+    lot_defaults: LotDefaults | None = None,
 ) -> AsyncIterator[Billing]:
     """Run the engine for the duration of the block; on exit, flush what was submitted."""
     lock = DataDirLock(data_dir)
@@ -104,6 +106,7 @@ async def open_billing(
                 metrics=metrics,
                 deadlines=deadlines,
                 exporter=export,
+                lot_defaults=lot_defaults if lot_defaults is not None else LotDefaults(),
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(journal.run)

@@ -13,7 +13,7 @@ from api.replies import (
     auto_refill_reply,
     balance_reply,
     credit_reply,
-    lot_terms,
+    lot_request,
     transaction_reply,
 )
 from api.routes import ERRORS_USER, Caller, Route
@@ -88,5 +88,5 @@ def register_account_routes(endpoint: Register, billing: Billing) -> None:
             entry_type=EntryType(body.type),
             description=body.reason,
             idempotency_key=request.headers.get(schemas.IDEMPOTENCY_KEY.name),
-            lot=lot_terms(body, EntryType(body.type)),
+            lot=lot_request(body),
         ))

@@ -112,6 +112,7 @@ def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: boo
             service_keys=config.service_keys if config else (),
             pricing_path=config.pricing_path if config else None,
             plans=config.plans if config else None,
+            lot_defaults=config.lot_defaults if config else None,
         )
     except SettingsError as error:
         fail(str(error))

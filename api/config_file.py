@@ -7,6 +7,11 @@
     key_env = "GATEWAY_API_KEY"        # the secret stays in the environment (or: key = "...")
     scopes = ["usage"]                 # "usage", "admin"
 
+    [lot_defaults.bonus]               # the lots a source opens (engine/lots.py LOT_DEFAULTS)
+    category = "promotional"
+    priority = 20
+    expires_after_days = 90
+
 Decoded with msgspec into typed values: a misspelt setting is an error, not a silent default.
 """
 
@@ -23,6 +28,7 @@ import msgspec
 
 from api.settings import KeyScope, ServiceKey, SettingsError
 from engine.errors import InvalidInput
+from engine.lots import LotDefaults
 from engine.plans import Plans
 
 SERVICE_KEY_LENGTH_MIN = 16
@@ -39,6 +45,7 @@ class ConfigFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pricing_file: str | None = None
     service_keys: list[ServiceKeyEntry] = msgspec.field(default_factory=list)
     plans: dict[str, Any] = msgspec.field(default_factory=dict)
+    lot_defaults: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class ConfigValues:
     service_keys: tuple[ServiceKey, ...]
     pricing_path: Path | None
     plans: Plans
+    lot_defaults: LotDefaults
 
 
 def read_config_file(path: Path, environ: Mapping[str, str] | None = None) -> ConfigValues:
@@ -75,6 +83,7 @@ def read_config_file(path: Path, environ: Mapping[str, str] | None = None) -> Co
         raise SettingsError(f"--config {path}: pricing_file {pricing} does not exist")
     try:
         plans = Plans.from_config(config.plans)
+        lot_defaults = LotDefaults.from_config(config.lot_defaults)
     except InvalidInput as error:
         raise SettingsError(f"--config {path}: {error.message}") from None
-    return ConfigValues(tuple(keys), pricing, plans)
+    return ConfigValues(tuple(keys), pricing, plans, lot_defaults)

@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
-from msgspec.structs import replace
 
 from api import schemas
 from api.errors import render
@@ -21,8 +20,8 @@ from engine.account import Account, AccountAt
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
 from engine.ids import AgentId, UserId, parse_agent_id, parse_key, transaction_id_str
-from engine.ledger import EntryType, LedgerEntry
-from engine.lots import Lot, LotCategory, LotSummary, LotTerms, default_terms, summarize
+from engine.ledger import LedgerEntry
+from engine.lots import Lot, LotCategory, LotRequest, LotSummary, summarize
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT, format_usd, micros_to_cents_ceil
 from engine.plans import Plans
@@ -226,18 +225,18 @@ def lots_reply(seen: AccountAt) -> schemas.LotsReply:
     )
 
 
-def lot_terms(body: schemas.CreditsAddBody, entry_type: EntryType) -> LotTerms | None:
-    """The lot a grant opens: the type's defaults with what the request sets."""
-    given: dict[str, Any] = {}
-    if body.category is not None:
-        given["category"] = LotCategory(body.category)
-    if body.priority is not None:
-        given["priority"] = body.priority
-    for name, text in (("effective_at_ms", body.effective_at), ("expires_at_ms",
-                                                                  body.expires_at)):
-        if text is not None:
-            given[name] = _epoch_ms(text, name.removesuffix("_ms"))
-    return replace(default_terms(entry_type), **given) if given else None
+def lot_request(body: schemas.CreditsAddBody) -> LotRequest | None:
+    """What a grant says of its lot (the rest is its type's defaults)."""
+    if (body.category, body.priority, body.effective_at, body.expires_at) == (None,) * 4:
+        return None
+    return LotRequest(
+        category=LotCategory(body.category) if body.category is not None else None,
+        priority=body.priority,
+        effective_at_ms=(_epoch_ms(body.effective_at, "effective_at")
+                         if body.effective_at is not None else None),
+        expires_at_ms=(_epoch_ms(body.expires_at, "expires_at")
+                       if body.expires_at is not None else None),
+    )
 
 
 def _epoch_ms(text: str, field: str) -> int:

@@ -63,8 +63,8 @@ async def serve(settings: Settings) -> None:
     exporter = lago_exporter_for(settings)
     pricing = load_pricing(settings.pricing_path)
     async with open_billing(settings.data_dir, pricing=pricing, plans=settings.plans,
-                            exporter=exporter, wall_clock_ms=wall_clock_for(settings)
-                            ) as billing:
+                            exporter=exporter, wall_clock_ms=wall_clock_for(settings),
+                            lot_defaults=settings.lot_defaults) as billing:
         stripe = stripe_for(settings, billing)
         lago_webhooks = lago_webhooks_for(settings, billing)
         app = create_app(billing, settings, Authenticator(settings), stripe, lago_webhooks)
@@ -162,7 +162,8 @@ async def serve_engine(settings: Settings, ready: Callable[[], None]) -> None:
     pricing = load_pricing(settings.pricing_path)
     async with open_billing(settings.data_dir, pricing=pricing, plans=settings.plans,
                             exporter=lago_exporter_for(settings),
-                            wall_clock_ms=wall_clock_for(settings)) as billing:
+                            wall_clock_ms=wall_clock_for(settings),
+                            lot_defaults=settings.lot_defaults) as billing:
         stripe = stripe_for(settings, billing)
         lago_webhooks = lago_webhooks_for(settings, billing)
         facades = billing_facades(billing)

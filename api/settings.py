@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from engine.lots import LotDefaults
 from engine.plans import Plans
 
 LISTEN_DEFAULT = "127.0.0.1:8080"
@@ -69,6 +70,7 @@ class Settings:
     webhook_retry_base_ms: int = WEBHOOK_RETRY_BASE_MS_DEFAULT
     pricing_path: Path | None = None
     plans: Plans = field(default_factory=lambda: Plans.from_config(None))
+    lot_defaults: LotDefaults = field(default_factory=LotDefaults)
     generated_keys: bool = False
     # Dev mode only: the engine's clock runs this many milliseconds (the file's text) ahead
     # of the system's, so tests move time without sleeping (ZBILLING_CLOCK_FILE).
@@ -133,6 +135,7 @@ def load_settings(
     service_keys: tuple[ServiceKey, ...] = (),
     pricing_path: Path | None = None,
     plans: Plans | None = None,
+    lot_defaults: LotDefaults | None = None,
 ) -> Settings:
     """Settings from the environment, the command line and the config file (its named
     `service_keys` and `pricing_path`); refuses to start without a service key outside dev
@@ -187,6 +190,7 @@ def load_settings(
                                        WEBHOOK_RETRY_BASE_MS_DEFAULT),
         pricing_path=pricing_path,
         plans=plans or Plans.from_config(None),
+        lot_defaults=lot_defaults or LotDefaults(),
         generated_keys=generated,
         clock_file=clock_file,
     )

@@ -27,7 +27,7 @@ from bench.common import SEED, Options, write_result
 from engine.caps import CapSetting
 from engine.ids import UserId
 from engine.ledger import EntryType
-from engine.lots import LotCategory, LotTerms
+from engine.lots import LotCategory, LotRequest
 from engine.metering import UsageRequest
 from engine.usage import LlmTokens
 
@@ -44,11 +44,11 @@ _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 CAPS = tuple(CapSetting(period, BALANCE_CENTS) for period in ("day", "week", "month"))
 
 
-def lot_terms(index: int, now_ms: int) -> LotTerms:
+def lot_request(index: int, now_ms: int) -> LotRequest:
     """The `index`-th lot of an account: mixed priorities, categories and expiries (all far
     enough ahead that none expires during the run)."""
-    return LotTerms(LotCategory.PROMOTIONAL if index % 2 else LotCategory.PAID,
-                    priority=40 + index, expires_at_ms=now_ms + (30 + index) * DAY_MS)
+    return LotRequest(LotCategory.PROMOTIONAL if index % 2 else LotCategory.PAID,
+                      priority=40 + index, expires_at_ms=now_ms + (30 + index) * DAY_MS)
 
 
 async def debit(data_dir: Path, lots_per_account: int, debits: int,
@@ -63,7 +63,7 @@ async def debit(data_dir: Path, lots_per_account: int, debits: int,
             for index in range(lots_per_account):
                 await billing.add_credits(user, BALANCE_CENTS // lots_per_account,
                                           entry_type=EntryType.BONUS,
-                                          lot=lot_terms(index, now_ms))
+                                          lot=lot_request(index, now_ms))
             if caps_per_account:
                 await billing.controls.set(user, CAPS[:caps_per_account])
 

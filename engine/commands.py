@@ -11,7 +11,7 @@ import msgspec
 from engine.account import Account, AutoRefillSettings
 from engine.ids import AgentId, TransactionId, UserId, transaction_id_str
 from engine.ledger import EntryType
-from engine.lots import LotTerms
+from engine.lots import LotRequest, LotTerms
 from engine.usage import Metric
 
 if TYPE_CHECKING:  # only annotations: these modules import this one
@@ -272,8 +272,8 @@ def usage_fingerprint(
 
 
 def credits_fingerprint(user_id: UserId, amount_cents: int, entry_type: EntryType,
-                        lot: LotTerms | None = None) -> bytes:
-    """A grant's fingerprint; the lot's terms count when the request sets them (a grant
+                        lot: LotRequest | None = None) -> bytes:
+    """A grant's fingerprint; the lot attributes count when the request sets them (a grant
     without them keeps the fingerprint it had before lots)."""
     if lot is None:
         return digest((user_id.bytes, amount_cents, entry_type.value))

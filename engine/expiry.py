@@ -16,6 +16,7 @@ from engine.deadlines import Deadline, DeadlineKind, user_deadline
 from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.lots import LotCategory, expire_due, find, may_expire_sooner, next_expiry_ms
+from engine.payments import refill_if_low
 from engine.posting import post_entry
 
 
@@ -64,7 +65,9 @@ def expire_lots(account: Account | None, command: ExpireLots, context: Context) 
         live, context, EntryType.EXPIRY, -expired, source_key=None,
         description=f"{expired:,} credits expired", metadata=by_category, booked=booking)
     deadline = user_deadline(DeadlineKind.LOT_EXPIRY, live.user_id, next_expiry_ms(updated.lots))
-    return Transition(updated, (entry, deadline), entry)
+    # Expired credits leave the balance like spent ones: below the trigger, refill.
+    updated, refill = refill_if_low(updated)
+    return Transition(updated, (entry, deadline, *refill), entry)
 
 
 HANDLERS = {ExpireLots: expire_lots}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
@@ -78,6 +78,72 @@ LOT_DEFAULTS: Mapping[EntryType, LotTerms] = {
 
 def default_terms(entry_type: EntryType) -> LotTerms:
     return LOT_DEFAULTS.get(entry_type, PROMOTIONAL_FOREVER)
+
+
+DAY_MS = 24 * 3600 * 1000
+EXPIRES_AFTER_DAYS_MAX = 36_500
+# Sources whose lots the engine makes on its own (a subscription period's grant follows its
+# plan's `grant_rollover`; a reversal's lot is paid and never expires): not configurable.
+_NOT_CONFIGURABLE = frozenset({EntryType.SUBSCRIPTION_GRANT, EntryType.REVERSAL})
+
+
+class LotDefault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A `[lot_defaults.<entry type>]` table of the `--config` file."""
+
+    category: LotCategory
+    priority: Annotated[int, msgspec.Meta(ge=PRIORITY_MIN, le=PRIORITY_MAX)] = PRIORITY_DEFAULT
+    expires_after_days: Annotated[int, msgspec.Meta(ge=1, le=EXPIRES_AFTER_DAYS_MAX)] | None = (
+        None)
+
+
+class LotRequest(msgspec.Struct, frozen=True, gc=False):
+    """What a request (or a payment) says of the lot it opens; what it leaves out is the
+    source's default."""
+
+    category: LotCategory | None = None
+    priority: int | None = None
+    effective_at_ms: int | None = None
+    expires_at_ms: int | None = None
+    paid_usd_cents: int | None = None
+
+
+class LotDefaults:
+    """`LOT_DEFAULTS` with the configuration's tables over them, by source."""
+
+    def __init__(self, configured: Mapping[EntryType, LotDefault] | None = None) -> None:
+        self._configured = dict(configured or {})
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, object] | None) -> LotDefaults:
+        try:
+            tables = msgspec.convert(table or {}, dict[str, LotDefault])
+        except msgspec.ValidationError as error:
+            raise InvalidInput(f"lot_defaults: {error}") from None
+        configured: dict[EntryType, LotDefault] = {}
+        for name, default in tables.items():
+            try:
+                source = EntryType(name)
+            except ValueError:
+                raise InvalidInput(f"lot_defaults: {name!r} is not an entry type") from None
+            if source in _NOT_CONFIGURABLE or source not in LOT_DEFAULTS:
+                raise InvalidInput(f"lot_defaults: the lots of {name!r} are not configurable")
+            configured[source] = default
+        return cls(configured)
+
+    def terms(self, source: EntryType, now_ms: int, request: LotRequest | None = None
+              ) -> LotTerms:
+        """The lot a credit of `source` opens at `now_ms`: the request's attributes over the
+        configured (or built-in) defaults."""
+        configured = self._configured.get(source)
+        base = default_terms(source) if configured is None else LotTerms(
+            configured.category, configured.priority,
+            expires_at_ms=(now_ms + configured.expires_after_days * DAY_MS
+                           if configured.expires_after_days is not None else None))
+        if request is None:
+            return base
+        given = {name: value for name, value in msgspec.structs.asdict(request).items()
+                 if value is not None}
+        return replace(base, **given) if given else base
 
 
 class Lot(msgspec.Struct, frozen=True, gc=False, array_like=True):

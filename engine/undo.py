@@ -6,6 +6,8 @@ id, so a retried reversal never gives the cost back twice.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engine.account import Account, live_account
 from engine.commands import (
     CommandBase,
@@ -20,7 +22,11 @@ from engine.errors import Conflict, InsufficientCredits, InvalidInput, require
 from engine.ids import UserId, transaction_id_str
 from engine.ledger import EntryType, LedgerEntry
 from engine.lots import default_terms, give_back, void
+from engine.payments import refill_if_low
 from engine.posting import check_prior, post_entry
+
+if TYPE_CHECKING:  # only annotations: engine.records imports this module's neighbours
+    from engine.records import AnyRecord
 
 SCOPE_LOT_VOID = "lot_void"
 SCOPE_CREDITS_DEBIT = "credits_debit"
@@ -69,13 +75,13 @@ UndoCommand = VoidLot | DebitCredits | ReverseUsage
 
 
 def _done(live: Account, updated: Account, entry: LedgerEntry, *, scope: str, key: str | None,
-          fingerprint: bytes) -> Transition:
+          fingerprint: bytes, also: tuple[AnyRecord, ...] = ()) -> Transition:
     reply = CreditResult(live.user_id, entry.transaction_id, entry.entry_type, entry.amount,
                          updated.balance_cents)
     if key is None:
-        return Transition(updated, (entry,), reply)
+        return Transition(updated, (entry, *also), reply)
     record = KeyRecord(scope, key, live.user_id, fingerprint, reply)
-    return Transition(updated, (entry, record), reply, (record,))
+    return Transition(updated, (entry, record, *also), reply, (record,))
 
 
 def void_lot(account: Account | None, command: VoidLot, context: Context) -> Transition:
@@ -105,8 +111,9 @@ def debit_credits(account: Account | None, command: DebitCredits, context: Conte
                                   required_cents=command.amount_cents)
     updated, entry = post_entry(live, context, EntryType.DEBIT, -command.amount_cents,
                                 source_key=command.key, description=command.description)
+    updated, refill = refill_if_low(updated)
     return _done(live, updated, entry, scope=SCOPE_CREDITS_DEBIT, key=command.key,
-                 fingerprint=command.fingerprint)
+                 fingerprint=command.fingerprint, also=refill)
 
 
 def reverse_usage(account: Account | None, command: ReverseUsage, context: Context

@@ -39,7 +39,7 @@ from engine.errors import (
 from engine.expiry import ExpireLots
 from engine.ids import UserId
 from engine.ledger import EntryType
-from engine.lots import LotCategory, LotTerms, default_terms
+from engine.lots import LotCategory, LotRequest, default_terms
 from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT
 from engine.payments import refunded_credits
@@ -261,8 +261,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def add_credits(self, user: UserId, amount: int, kind: EntryType,  # noqa: PLR0917
                     key: str | None, expires_in_s: int | None, priority: int) -> None:
         expires_at_ms = self.now_ms + expires_in_s * 1000 if expires_in_s else None
-        terms = (None if expires_at_ms is None and priority == 50 else LotTerms(
-            default_terms(kind).category, priority, expires_at_ms=expires_at_ms))
+        terms = (None if expires_at_ms is None and priority == 50 else LotRequest(
+            priority=priority, expires_at_ms=expires_at_ms))
         got = self.outcome(
             self.engine.billing.add_credits, user, amount, entry_type=kind, idempotency_key=key,
             lot=terms,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -46,6 +47,11 @@ scopes = ["usage", "admin"]
 name = "reports"
 key = "{REPORTS_KEY}"
 scopes = ["admin"]
+
+[lot_defaults.bonus]
+category = "paid"
+priority = 20
+expires_after_days = 30
 """
 
 
@@ -140,6 +146,10 @@ def test_credits_add_on_a_stopped_servers_data_directory(tmp_path):
         ('surprise = 1\n', "unknown field `surprise`"),
         ('[[service_keys]]\nname = "a"\nkey_env = "UNSET_KEY_ENV"\nscopes = ["usage"]\n',
          "$UNSET_KEY_ENV"),
+        ('[lot_defaults.subscription_grant]\ncategory = "paid"\n',
+         "the lots of 'subscription_grant' are not configurable"),
+        ('[lot_defaults.bonus]\ncategory = "gold"\n', "lot_defaults"),
+        ('[lot_defaults.usage]\ncategory = "paid"\n', "not configurable"),
     ],
 )
 def test_a_bad_config_file_stops_the_start_with_a_clear_message(tmp_path, keys, message):
@@ -153,6 +163,24 @@ def test_a_bad_config_file_stops_the_start_with_a_clear_message(tmp_path, keys, 
     assert finished.returncode == 2
     assert message in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_configured_lot_defaults_shape_the_lots_a_source_opens(server):
+    user = new_user()
+    httpx.post(f"{server.url}/v1/accounts", headers=user_headers(user))
+    for body in ({}, {"priority": 5}):
+        granted = httpx.post(f"{server.url}/v1/credits/add", headers={"X-API-Key": OPS_KEY},
+                             json={"user_id": str(user), "amount_cents": 100, **body})
+        assert granted.status_code == 200, granted.text
+    lots = httpx.get(f"{server.url}/v1/credits/lots", headers=user_headers(user)).json()
+    # The request's priority over the configured defaults; the rest is the configuration's.
+    assert [(lot["category"], lot["priority"]) for lot in lots["lots"]] == [("paid", 5),
+                                                                             ("paid", 20)]
+    as_of = datetime.datetime.fromisoformat(lots["as_of"])
+    for lot in lots["lots"]:
+        expires = datetime.datetime.fromisoformat(lot["expires_at"])
+        assert abs((expires - as_of) - datetime.timedelta(days=30)) < datetime.timedelta(
+            minutes=1)
 
 
 def test_a_moved_clock_is_for_dev_mode_only(tmp_path):

@@ -9,7 +9,7 @@ import cbor2
 import pytest
 from msgspec.structs import replace
 
-from engine.account import Account
+from engine.account import Account, AutoRefillSettings
 from engine.audit import audit_account
 from engine.commands import AddCredits, Context, CreditResult, ReportUsage, credits_fingerprint
 from engine.deadlines import Deadline, DeadlineKind
@@ -29,13 +29,15 @@ from engine.lots import (
     PAID_FOREVER,
     PROMOTIONAL_FOREVER,
     LotCategory,
+    LotDefaults,
+    LotRequest,
     LotTerms,
     burn_key,
     default_terms,
     grant_terms,
     summarize,
 )
-from engine.payments import TakeBackCredits
+from engine.payments import RefillIntent, TakeBackCredits
 from engine.reservations import CommitReservation, ReleaseReservation, Reserve
 from engine.transitions import apply
 from engine.undo import DebitCredits, ReverseUsage, VoidLot, reversal_fingerprint
@@ -331,3 +333,32 @@ def test_verify_reports_lots_out_of_burn_order_and_a_lot_the_ledger_disagrees_wi
                        balance_cents=151)
     problems = audit_account(inflated, book.entries)
     assert any("but its entry opened 100" in problem for problem in problems)
+
+
+def test_configured_defaults_sit_between_the_table_and_the_request():
+    defaults = LotDefaults.from_config({"purchase": {"category": "paid", "priority": 30,
+                                                     "expires_after_days": 365}})
+    bought = defaults.terms(EntryType.PURCHASE, NOW, LotRequest(paid_usd_cents=500))
+    assert (bought.category, bought.priority, bought.expires_at_ms, bought.paid_usd_cents) == (
+        LotCategory.PAID, 30, NOW + 365 * DAY_MS, 500)
+    assert defaults.terms(EntryType.BONUS, NOW) == PROMOTIONAL_FOREVER  # not configured
+    asked = defaults.terms(EntryType.PURCHASE, NOW, LotRequest(priority=1, expires_at_ms=None))
+    assert (asked.priority, asked.expires_at_ms) == (1, NOW + 365 * DAY_MS)
+    for table, message in (({"reversal": {"category": "paid"}}, "not configurable"),
+                           ({"nonsense": {"category": "paid"}}, "not an entry type"),
+                           ({"bonus": {"category": "paid", "priority": 101}}, "lot_defaults")):
+        with pytest.raises(InvalidInput, match=message):
+            LotDefaults.from_config(table)
+
+
+def test_an_expiry_or_a_manual_debit_below_the_trigger_raises_one_refill():
+    book = Book()
+    book.account = replace(book.account, stripe_customer_id="cus_1",
+                           auto_refill=AutoRefillSettings(True, 500, 2_500))
+    book.grant(400, EntryType.PURCHASE)
+    book.grant(300, terms=LotTerms(expires_at_ms=NOW + DAY_MS))
+    book.run(DebitCredits(USER, 100, None, b"d"))  # 600 left: above the trigger
+    assert not any(isinstance(record, RefillIntent) for record in book.records)
+    book.run(ExpireLots(USER), NOW + DAY_MS)  # 400 left: below it
+    assert [r.amount_cents for r in book.records if isinstance(r, RefillIntent)] == [2_500]
+    assert book.account.refill_pending
