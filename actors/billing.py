@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from msgspec.structs import replace
 
 from actors.balance_feed import BalanceFeed
+from actors.controls import SpendControls
 from actors.deadlines import Deadlines
 from actors.journal import OPERATOR, Journal
 from actors.lots import CreditLots, checked_reason
 from actors.metrics import EngineMetrics, Exporter
 from actors.payments import Payments
+from actors.reports import UsageReports
 from actors.subscriptions import Subscriptions
 from actors.system import ActorSystem, Pending, WallClock
+from actors.webhooks import Webhooks
 from engine.account import Account, AutoRefillSettings
 from engine.commands import (
     AddCredits,
@@ -30,6 +34,7 @@ from engine.commands import (
     UsageResult,
     credits_fingerprint,
 )
+from engine.controls import max_output_tokens
 from engine.errors import BillingError, InvalidInput, NotFound
 from engine.export import ParkedEvent, RequeueParked
 from engine.grants import (
@@ -48,6 +53,7 @@ from engine.metadata import validate_metadata
 from engine.metering import UsageRequest, usage_command
 from engine.money import (
     AMOUNT_CENTS_MAX,
+    MICROS_PER_CREDIT,
     micros_to_cents_ceil,
     require_amount_cents,
     require_int,
@@ -67,7 +73,7 @@ from engine.reservations import (
     Reserve,
     reserve_fingerprint,
 )
-from engine.usage import Metric
+from engine.usage import LlmTokens, Metric
 from storage.store import EntryPage, Store
 from storage.verify import VerifyReport, verify_store
 
@@ -112,6 +118,9 @@ class Billing:
                                  lot_defaults=self.lot_defaults)
         self.subscriptions = Subscriptions(store, system, wall_clock_ms)
         self.lots = CreditLots(store, journal, system, wall_clock_ms)
+        self.controls = SpendControls(system, wall_clock_ms)
+        self.webhooks = Webhooks(store, journal, wall_clock_ms)
+        self.reports = UsageReports(store, journal, wall_clock_ms)
 
     @property
     def accepting_writes(self) -> bool:
@@ -272,10 +281,18 @@ class Billing:
                 results.append(reply)
         return results
 
-    async def check_balance(self, user_id: UserId, required_cents: int) -> BalanceCheck:
+    async def check_balance(self, user_id: UserId, required_cents: int = 0, *,
+                            agent_id: AgentId | None = None, service: str | None = None,
+                            estimate: LlmTokens | None = None) -> BalanceCheck:
+        """Would `required_cents` be spendable (balance and hard caps)? With an `estimate`
+        (provider, model, input tokens), also the output tokens the caller can afford."""
         required_cents = require_int("required_cents", required_cents, 0, AMOUNT_CENTS_MAX)
-        reply = await self._system.call(CheckBalance(user_id, required_cents), BalanceCheck)
-        return reply
+        reply = await self._system.call(
+            CheckBalance(user_id, required_cents, agent_id, service), BalanceCheck)
+        if estimate is None:
+            return reply
+        return replace(reply, max_output_tokens=max_output_tokens(
+            self.pricing, estimate, reply.spendable_micros))
 
     # --- reservations ------------------------------------------------------------------------
 
@@ -288,8 +305,14 @@ class Billing:
         metric: Metric | None = None,
         ttl_s: int = RESERVATION_TTL_S_DEFAULT,
         metadata: Mapping[str, Any] | None = None,
+        agent_id: AgentId | None = None,
+        service: str | None = None,
+        clamp: bool = False,
+        estimate: LlmTokens | None = None,
     ) -> ReservationHeld:
-        """Hold `amount_cents`, or the price of an estimated `metric` rounded up to credits."""
+        """Hold `amount_cents`, or the price of an estimated `metric` rounded up to credits;
+        `clamp`: hold what the balance and the caps allow when that is less. With an
+        `estimate` of the prompt, the reply says how many output tokens the hold pays for."""
         reservation_id = parse_key("reservation_id", reservation_id)
         if (amount_cents is None) == (metric is None):
             raise InvalidInput("send amount_cents or an estimated metric, not both",
@@ -307,8 +330,15 @@ class Billing:
             ttl_s=ttl_s,
             fingerprint=reserve_fingerprint(user_id, amount),
             metadata=validate_metadata(metadata or {}),
+            agent_id=agent_id,
+            service=service,
+            clamp=clamp,
         )
-        return await self._system.call(command, ReservationHeld)
+        held = await self._system.call(command, ReservationHeld)
+        if estimate is None:
+            return held
+        return replace(held, max_output_tokens=max_output_tokens(
+            self.pricing, estimate, held.reservation.amount_cents * MICROS_PER_CREDIT))
 
     def _reservation_owner(self, reservation_id: str) -> UserId:
         reservation = self._system.find_reservation(parse_key("reservation_id", reservation_id))
@@ -327,6 +357,7 @@ class Billing:
         cost_micros: int | None = None,
         agent_id: AgentId | None = None,
         metadata: Mapping[str, Any] | None = None,
+        service: str | None = None,
     ) -> ReservationCommitted:
         """Charge the actual usage (priced like /v1/usage) and release the rest of the hold."""
         user_id = self._reservation_owner(reservation_id)
@@ -339,6 +370,7 @@ class Billing:
                 cost_micros=cost_micros,
                 agent_id=agent_id,
                 metadata=metadata or {},
+                service=service,
             ),
             self.pricing,
             self._wall_clock_ms(),

@@ -29,11 +29,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from actors.balance_feed import PUSH_ID, RemoteBalanceFeed
 from actors.billing import Billing
+from actors.controls import SpendControls
 from actors.engine_socket import RECEIVE_BYTES, WireFamily, unix_address
 from actors.lots import CreditLots
 from actors.payments import Payments
+from actors.reports import UsageReports
 from actors.runtime import system_wall_clock_ms
 from actors.subscriptions import Subscriptions
+from actors.webhooks import Webhooks
 from actors.wire import (
     ERROR,
     HELLO,
@@ -69,7 +72,8 @@ ROUND_TRIP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
 # Billing's sub-facades, served to workers under "billing.<name>"; one declaration for both
 # ends (a sub-facade added to Billing is named here, and `billing_facades` checks it).
 SUB_FACADES: dict[str, type] = {"payments": Payments, "subscriptions": Subscriptions,
-                                "lots": CreditLots}
+                                "lots": CreditLots, "controls": SpendControls,
+                                "webhooks": Webhooks, "reports": UsageReports}
 
 
 # Billing methods whose calls arriving together are applied as one call of a batch form

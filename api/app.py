@@ -15,6 +15,7 @@ from api.account_routes import register_account_routes
 from api.auth import Authenticator
 from api.balance_routes import register_balance_socket
 from api.checkout_pages import register_checkout_pages
+from api.control_routes import register_control_routes
 from api.cors import install_cors
 from api.grant_routes import register_grant_routes
 from api.http import Endpoints, install_error_handlers, install_request_hooks
@@ -24,7 +25,8 @@ from api.reservation_routes import register_reservation_routes
 from api.settings import Settings
 from api.subscription_routes import register_lago_routes, register_subscription_routes
 from api.system_routes import register_system_routes
-from api.usage_routes import register_usage_routes
+from api.usage_routes import register_report_routes, register_usage_routes
+from api.webhook_routes import register_webhook_routes
 from integrations.lago.webhooks import LagoWebhooks
 from integrations.stripe.service import StripeService
 
@@ -44,6 +46,9 @@ def create_app(
     install_cors(app, settings.cors_origins)
     register_account_routes(endpoint, billing, stripe)
     register_lot_routes(endpoint, billing)
+    register_control_routes(endpoint, billing)
+    register_webhook_routes(endpoint, billing)
+    register_report_routes(endpoint, billing)
     register_usage_routes(endpoint, billing)
     register_reservation_routes(endpoint, billing)
     register_grant_routes(endpoint, billing, settings)

@@ -290,3 +290,52 @@ def lago_retry(data_dir: Path) -> None:
     count = on_data_dir(data_dir, lambda billing: billing.requeue_dead_letters(),
                         "stop the server first")
     click.echo(f"{count} events back in the outbox; the exporter sends them on next start")
+
+
+@main.group()
+def webhooks() -> None:
+    """Outbound webhooks: endpoints and the events they did not take in time."""
+
+
+@webhooks.command("list")
+@data_dir_option
+def webhooks_list(data_dir: Path) -> None:
+    """The registered endpoints, their event types and delivery cursors."""
+    store = open_read_only(data_dir)
+    try:
+        endpoints = store.webhook_endpoints()
+        last = store.last_webhook_sequence()
+    finally:
+        store.close()
+    click.echo(f"{len(endpoints)} endpoints; last event #{last}")
+    for endpoint in endpoints:
+        kinds = ", ".join(kind.value for kind in endpoint.event_types)
+        click.echo(f"  {endpoint.endpoint_id}  {endpoint.url}  at #{endpoint.cursor}  [{kinds}]")
+
+
+@webhooks.command("dead-letters")
+@data_dir_option
+@click.option("--endpoint", "endpoint_id", default=None, help="only this endpoint's")
+def webhooks_dead_letters(data_dir: Path, endpoint_id: str | None) -> None:
+    """Events an endpoint did not take within the retry window, with the last error."""
+    store = open_read_only(data_dir)
+    try:
+        parked = store.webhook_dead_letters(endpoint_id)
+    finally:
+        store.close()
+    click.echo(f"{len(parked)} parked webhook events")
+    for letter in parked:
+        click.echo(f"  {letter.endpoint_id} #{letter.sequence} {letter.event['type']} "
+                   f"{letter.event['id']}  {letter.attempts} attempts: {letter.last_error[:200]}")
+
+
+@webhooks.command("resend")
+@data_dir_option
+@click.argument("endpoint_id")
+@click.option("--sequence", "sequences", multiple=True, type=int,
+              help="re-send only this parked event (repeatable); default: all of them")
+def webhooks_resend(data_dir: Path, endpoint_id: str, sequences: tuple[int, ...]) -> None:
+    """Put an endpoint's parked events back in the outbox, for that endpoint alone."""
+    count = on_data_dir(data_dir, lambda billing: billing.webhooks.resend(
+        endpoint_id, list(sequences) or None), "stop the server first (or use the admin API)")
+    click.echo(f"{count} events back in the outbox for {endpoint_id}; delivered on next start")

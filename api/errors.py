@@ -14,6 +14,7 @@ STATUS_BY_CODE = {
     "account_not_found": 404,
     "method_not_allowed": 405,
     "insufficient_credits": 402,
+    "spend_limit_exceeded": 402,
     "conflict": 409,
     "duplicate_event": 409,
     "idempotency_conflict": 409,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -272,6 +272,7 @@ class Endpoints:
         key = self._auth.service(request.headers)
         if KeyScope.USAGE not in key.scopes:
             raise ApiError("forbidden", "this key has no usage scope")
+        g.service_key = key.name
         name = request.headers.get("X-Service-Name", key.name)[:SERVICE_NAME_LENGTH_MAX]
         if name not in self._services_seen and len(self._services_seen) >= SERVICE_LABELS_MAX:
             name = "other"
@@ -289,6 +290,10 @@ def timed_out_message(timeout_s: float) -> str:
     return (f"no answer within {timeout_s:g} s (REQUEST_TIMEOUT_SECONDS); a debit or grant "
             "may still have committed: retry with the same event id or Idempotency-Key to "
             "learn its result")
+def service_key_name() -> str | None:
+    """The name of the service key that authenticated this request (its spend caps apply;
+    the key, not the X-Service-Name header, which any caller may set)."""
+    return g.get("service_key")
 
 
 def not_configured(endpoint: Register, method: str, path: str, what: str) -> None:

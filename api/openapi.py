@@ -20,6 +20,7 @@ from api.schemas import (
     PATH_SEGMENT_REF,
     PRINTABLE_REF,
     USER_ID_PATH_SCHEMA,
+    Body,
     ErrorReply,
     UsageFailure,
     UsageReply,
@@ -121,7 +122,8 @@ def _request_body(route: Route, ref: dict[type, dict[str, Any]]) -> dict[str, An
     if route.body_rules is not None:
         schema = {"allOf": [schema, dict(route.body_rules)]}
     # A missing body reads as `{}`, which only a body whose every field is optional, with no
-    # rule between its fields, takes.
+    # rule between its fields, takes (EmptyBody, a re-send of every parked webhook).
+    assert route.body is not None
     required = bool(route.body.json_schema_rules) or any(
         field.required for field in msgspec.structs.fields(route.body))
     return {"required": required, "content": _content(schema, route)}
@@ -195,9 +197,10 @@ def openapi_document(routes: Iterable[Route]) -> dict[str, Any]:
     refs, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
     ref = dict(zip(types, refs, strict=True))
     components = _documented_decimals(components, _decimal_schemas())
-    for kind in types:
+    # Bodies nested in others (a cap in the spend controls) state their rules too.
+    for kind in {*types, *Body.__subclasses__()}:
         rules = getattr(kind, "json_schema_rules", None)
-        if rules:
+        if rules and kind.__name__ in components:
             components[kind.__name__].update(rules)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:

@@ -15,6 +15,7 @@ import msgspec
 from api import schemas
 from api.errors import render
 from api.schemas import iso_ms
+from engine import caps
 from engine.account import Account, AccountAt
 from engine.commands import CreditResult, UsageResult
 from engine.errors import BillingError, InvalidInput
@@ -26,19 +27,23 @@ from engine.metering import UsageRequest
 from engine.money import MICROS_PER_CREDIT, format_usd, micros_to_cents_ceil
 from engine.plans import Plans
 from engine.pricing import Quote
+from engine.reports import Totals, UsageSummary, day_text
 from engine.reservations import (
     Reservation,
     ReservationCommitted,
     ReservationHeld,
     ReservationReleased,
 )
+from engine.usage import LlmTokens
+from engine.webhooks import ParkedWebhook, WebhookEndpoint
 from integrations.stripe.gateway import Checkout
 from integrations.stripe.service import Purchase
 
 U = TypeVar("U", bound=schemas.UsageReply)
+EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 
-def usage_request(body: schemas.UsageBody) -> UsageRequest:
+def usage_request(body: schemas.UsageBody, service: str | None = None) -> UsageRequest:
     timestamp = _moment(body.timestamp) if body.timestamp is not None else None
     return UsageRequest(
         event_id=parse_key("event_id", body.event_id),
@@ -49,6 +54,7 @@ def usage_request(body: schemas.UsageBody) -> UsageRequest:
         agent_id=agent_id(body.agent_id),
         occurred_at_ms=int(timestamp.timestamp() * 1000) if timestamp is not None else None,
         metadata=body.metadata or {},  # null reads as none, as the original reads it
+        service=service,
     )
 
 
@@ -97,6 +103,7 @@ def account_reply(seen: AccountAt) -> schemas.AccountReply:
         next_expiry=_next_expiry(summary),
         debt_cents=account.debt_cents,
         lots=[lot_reply(lot, now_ms) for lot in account.lots],
+        spend_caps=cap_replies(seen),
     )
 
 
@@ -113,7 +120,73 @@ def balance_reply(seen: AccountAt) -> schemas.BalanceReply:
         paid_cents=summary.paid_cents,
         promotional_cents=summary.promotional_cents,
         next_expiry=_next_expiry(summary),
+        spend_caps=cap_replies(seen),
     )
+
+
+def cap_replies(seen: AccountAt) -> list[schemas.CapReply]:
+    """Every cap as of the engine's time: a window that ended shows as the new one, empty."""
+    account, now_ms = seen.account, seen.now_ms
+    controls = account.controls
+    if controls is None:
+        return []
+    replies = []
+    for stored in controls.caps:
+        cap = caps.current(stored, controls.timezone, now_ms)
+        held = caps.scope_held(controls, cap, account.held_cents)
+        used_micros = cap.spent_micros + held * MICROS_PER_CREDIT
+        replies.append(schemas.CapReply(
+            scope=cap.scope.value,  # type: ignore[arg-type]
+            name=cap.name or None,
+            period=cap.period.value,  # type: ignore[arg-type]
+            limit_cents=cap.limit_cents,
+            hard=cap.hard,
+            spent_cents=micros_to_cents_ceil(cap.spent_micros),
+            spent_micros=cap.spent_micros,
+            held_cents=held,
+            remaining_cents=max(0, (cap.limit_cents * MICROS_PER_CREDIT - used_micros)
+                                // MICROS_PER_CREDIT),
+            reached=cap.reached,
+            window_start=iso_ms(cap.window_start_ms),
+            resets_at=iso_ms(cap.resets_at_ms),
+        ))
+    return replies
+
+
+def spend_controls_reply(seen: AccountAt) -> schemas.SpendControlsReply:
+    controls = seen.account.controls
+    return schemas.SpendControlsReply(
+        user_id=seen.account.user_id,
+        timezone=controls.timezone if controls is not None else caps.TIMEZONE_DEFAULT,
+        caps=cap_replies(seen),
+        low_balance_cents=list(controls.low_balance_cents) if controls is not None else [],
+    )
+
+
+def endpoint_reply(endpoint: WebhookEndpoint, *, with_secret: bool = False
+                   ) -> schemas.WebhookEndpointReply:
+    return schemas.WebhookEndpointReply(
+        endpoint_id=endpoint.endpoint_id,
+        url=endpoint.url,
+        event_types=[kind.value for kind in endpoint.event_types],
+        created_at=iso_ms(endpoint.created_at_ms),
+        secret=endpoint.secret if with_secret else None,
+    )
+
+
+def parked_webhooks_reply(endpoint_id: str, parked: list[ParkedWebhook]
+                          ) -> schemas.ParkedWebhooksReply:
+    return schemas.ParkedWebhooksReply(endpoint_id, [
+        schemas.ParkedWebhookReply(letter.sequence, letter.event["id"], letter.event["type"],
+                                   letter.event["user_id"], letter.attempts, letter.last_error)
+        for letter in parked])
+
+
+def estimate(prompt: schemas.PromptBody | None) -> LlmTokens | None:
+    """The model call a body asks about, as the metric its price is computed from."""
+    if prompt is None:
+        return None
+    return LlmTokens(prompt.provider, prompt.model, input_tokens=prompt.input_tokens)
 
 
 def _next_expiry(summary: LotSummary) -> schemas.NextExpiryReply | None:
@@ -288,6 +361,9 @@ def reservation_held_reply(held: ReservationHeld) -> schemas.ReservationHeldRepl
         balance_cents=held.balance_cents,
         available_cents=held.balance_cents - held.held_cents,
         expires_at=iso_ms(reservation.expires_at_ms),
+        requested_cents=held.requested_cents or reservation.amount_cents,
+        clamped=held.requested_cents > reservation.amount_cents,
+        max_output_tokens=held.max_output_tokens,
     )
 
 
@@ -368,3 +444,30 @@ def subscription_reply(plans: Plans, account: Account) -> schemas.SubscriptionRe
         current_period_start=iso_ms(subscription.period_start_ms),
         current_period_end=iso_ms(subscription.period_end_ms),
     )
+
+
+def totals_reply(totals: Totals) -> schemas.UsageTotalsReply:
+    return schemas.UsageTotalsReply(totals.events, totals.cost_micros,
+                                    totals.cost_credits_exact(), totals.debited_cents,
+                                    totals.input_tokens, totals.output_tokens)
+
+
+def usage_summary_reply(user_id: UserId, summary: UsageSummary) -> schemas.UsageSummaryReply:
+    return schemas.UsageSummaryReply(
+        user_id=user_id,
+        group_by=summary.group_by.value,  # type: ignore[arg-type]
+        from_=day_text(summary.from_day),
+        to=day_text(summary.to_day),
+        groups=[schemas.UsageGroupReply(group.key, totals_reply(group.totals))
+                for group in summary.groups],
+        total=totals_reply(summary.total),
+    )
+
+
+def summary_days(query: schemas.UsageSummaryQuery) -> tuple[int | None, int | None]:
+    """The query's UTC days as days since the epoch (None: the engine's default)."""
+    return _epoch_day(query.from_), _epoch_day(query.to)
+
+
+def _epoch_day(day: datetime.date | None) -> int | None:
+    return None if day is None else day.toordinal() - EPOCH_ORDINAL

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from actors.billing import Billing
 from api import schemas
-from api.http import Register
+from api.http import Register, service_key_name
 from api.replies import (
     agent_id,
     commit_reply,
+    estimate,
     release_reply,
     reservation_held_reply,
     reservation_reply,
@@ -30,6 +31,10 @@ def register_reservation_routes(endpoint: Register, billing: Billing) -> None:
             metric=body.metric,
             ttl_s=body.ttl_seconds,
             metadata=body.metadata,
+            agent_id=agent_id(body.agent_id),
+            service=service_key_name(),
+            clamp=body.clamp,
+            estimate=estimate(body.prompt),
         ))
 
     @endpoint(Route("GET", "/v1/reservations/{reservation_id}", "A reservation",
@@ -52,6 +57,7 @@ def register_reservation_routes(endpoint: Register, billing: Billing) -> None:
             cost_micros=body.cost_micros,
             agent_id=agent_id(body.agent_id),
             metadata=body.metadata,
+            service=service_key_name(),
         ))
 
     @endpoint(Route("DELETE", "/v1/reservations/{reservation_id}", "Release a hold",

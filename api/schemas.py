@@ -11,6 +11,7 @@ import datetime
 import functools
 import re
 import sys
+import typing
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,6 +31,12 @@ from engine.account import (
     AUTO_REFILL_TRIGGER_CENTS_DEFAULT,
     AUTO_REFILL_TRIGGER_CENTS_MIN,
 )
+from engine.caps import (
+    CAPS_PER_ACCOUNT_MAX,
+    LOW_BALANCE_THRESHOLDS_MAX,
+    SCOPE_NAME_LENGTH_MAX,
+    timezone_names,
+)
 from engine.errors import require
 from engine.ids import AGENT_ID_LENGTH_MAX, EMAIL_LENGTH_MAX, EMAIL_PATTERN, KEY_LENGTH_MAX
 from engine.lots import PRIORITY_MAX, PRIORITY_MIN
@@ -40,9 +47,18 @@ from engine.metadata import (
     METADATA_VALUE_LENGTH_MAX,
 )
 from engine.money import AMOUNT_CENTS_MAX, AMOUNT_CENTS_MIN, COST_MICROS_MAX
+from engine.notifications import EventType
 from engine.payments import PURCHASE_USD_MAX, PURCHASE_USD_MIN
 from engine.reservations import RESERVATION_TTL_S_DEFAULT, RESERVATION_TTL_S_MAX
-from engine.usage import NAME_LENGTH_MAX, QUANTITY_DECIMALS_MAX, QUANTITY_MAX, Metric, Quantity
+from engine.usage import (
+    NAME_LENGTH_MAX,
+    QUANTITY_DECIMALS_MAX,
+    QUANTITY_MAX,
+    Metric,
+    Quantity,
+    TokenCount,
+)
+from engine.webhooks import URL_LENGTH_MAX, URL_PATTERN
 
 # --- text rules the document states by reference ----------------------------------------------
 
@@ -319,15 +335,27 @@ class UsageBatchBody(Body):
         extra_json_schema={"items": {"$ref": "#/components/schemas/UsageBody"}})]
 
 
+class PromptBody(Body):
+    """The model call an affordability question is about: its model and prompt size."""
+
+    provider: ModelName
+    model: ModelName
+    input_tokens: TokenCount = 0
+
+
 class UsageCheckBody(Body):
-    """With `provider` and `model` and no positive `required_cents`, the requirement is the
+    """Would `required_cents` be spendable (balance and caps)? With `provider` and `model`
+    (the original service's fields) and no positive `required_cents`, the requirement is the
     model reserve: the price of 2,000 input and 1,000 output tokens of that model (rounded up
-    to credits, at least 1), as the original service reckons it."""
+    to credits, at least 1). With a `prompt` (provider, model and input tokens), the reply
+    also says how many output tokens the caller can afford."""
 
     user_id: uuid.UUID
     required_cents: CostCents = 0
     provider: ModelName | None = None
     model: ModelName | None = None
+    agent_id: AgentIdText | None = None
+    prompt: PromptBody | None = None
 
 
 class QuoteBody(Body):
@@ -343,10 +371,66 @@ class ReserveBody(Body):
     metric: Metric | None = None
     ttl_seconds: Annotated[int, Meta(ge=1, le=RESERVATION_TTL_S_MAX)] = RESERVATION_TTL_S_DEFAULT
     metadata: Metadata = msgspec.field(default_factory=dict)
+    agent_id: AgentIdText | None = None
+    # Hold what the balance and the spend caps allow when that is less than asked.
+    clamp: bool = False
+    # The call the hold is for: the reply says how many output tokens the hold pays for.
+    prompt: PromptBody | None = None
 
     # `Billing.reserve`: exactly one of the two sizes the hold.
     json_schema_rules: ClassVar[dict[str, Any]] = {
         "oneOf": [present("amount_cents"), present("metric")]}
+
+
+EventTypeText = Literal[
+    "balance.low", "balance.depleted", "balance.recovered", "spend_limit.reached",
+    "auto_refill.succeeded", "auto_refill.failed", "auto_refill.disabled",
+    "subscription.renewed", "subscription.past_due", "subscription.ended",
+    "payment.succeeded", "payment.refunded", "credits.expired"]
+require(set(typing.get_args(EventTypeText)) == {kind.value for kind in EventType},
+        "EventTypeText lists every engine.notifications.EventType")
+
+
+class WebhookEndpointBody(Body):
+    """An endpoint for outbound webhooks: where to POST and which events."""
+
+    url: Annotated[str, Meta(max_length=URL_LENGTH_MAX, pattern=URL_PATTERN)]
+    event_types: Annotated[list[EventTypeText], Meta(min_length=1,
+                                                     max_length=len(EventType))]
+
+
+class WebhookResendBody(Body):
+    """Re-send these parked events (their sequences), or all of the endpoint's."""
+
+    sequences: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(max_length=10_000)] | None = None
+
+
+class CapBody(Body):
+    """One spend cap: `hard` refuses what would pass the limit, soft only notifies."""
+
+    period: Literal["day", "week", "month"]
+    limit_cents: AmountCents
+    hard: bool = True
+    scope: Literal["account", "agent", "service"] = "account"
+    name: Annotated[str, Meta(min_length=1, max_length=SCOPE_NAME_LENGTH_MAX)] | None = None
+
+    # `engine.caps.validated_caps`: an agent or service cap names its agent or key; an
+    # account cap names nothing.
+    json_schema_rules: ClassVar[dict[str, Any]] = {"anyOf": [
+        {"properties": {"scope": {"const": "account"}, "name": {"type": "null"}}},
+        {"required": ["scope", "name"],
+         "properties": {"scope": {"enum": ["agent", "service"]}, "name": {"type": "string"}}},
+    ]}
+
+
+class SpendControlsBody(Body):
+    """Replace the caps (what a kept cap spent in its current window stays counted)."""
+
+    caps: Annotated[list[CapBody], Meta(max_length=CAPS_PER_ACCOUNT_MAX)]
+    low_balance_cents: Annotated[list[AmountCents], Meta(
+        max_length=LOW_BALANCE_THRESHOLDS_MAX)] | None = None
+    timezone: Annotated[str, Meta(extra_json_schema={
+        "enum": sorted(timezone_names()), "description": "an IANA time zone name"})] | None = None
 
 
 class CommitBody(Body):
@@ -367,6 +451,14 @@ OFFSET_MAX = 10**9
 ULID_TEXT = "[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
 PAYMENTS_PAGE_MAX = 100
 PAYMENTS_PAGE_DEFAULT = 10
+
+
+class UsageSummaryQuery(Query):
+    """UTC days, both included (default: the 30 days to today); at most 366 are covered."""
+
+    from_: datetime.date | None = msgspec.field(default=None, name="from")
+    to: datetime.date | None = None
+    group_by: Literal["day", "model", "agent"] = "day"
 
 
 class TransactionsQuery(Query):
@@ -477,6 +569,7 @@ class AccountReply(Reply):
     next_expiry: NextExpiryReply | None
     debt_cents: int
     lots: list[LotReply]
+    spend_caps: list[CapReply] = msgspec.field(default_factory=list)
 
 
 class DeletedReply(Reply):
@@ -500,6 +593,8 @@ class BalanceReply(Reply):
     paid_cents: int
     promotional_cents: int
     next_expiry: NextExpiryReply | None
+    # Each cap's spending and what remains of it in its current window.
+    spend_caps: list[CapReply] = msgspec.field(default_factory=list)
 
 
 class LotReply(Reply):
@@ -601,6 +696,95 @@ class UsageCheckReply(Reply):
     balance_cents: int
     available_cents: int
     required_cents: int
+    # What may be spent now under the balance and every hard cap that applies.
+    spendable_micros: int = 0
+    within_caps: bool = True
+    max_output_tokens: int | None = None
+
+
+class CapReply(Reply):
+    """A cap in its current window: spent, held by open reservations, and what remains."""
+
+    scope: Literal["account", "agent", "service"]
+    name: str | None
+    period: Literal["day", "week", "month"]
+    limit_cents: int
+    hard: bool
+    spent_cents: int
+    spent_micros: int
+    held_cents: int
+    remaining_cents: int
+    reached: bool
+    window_start: Timestamp
+    resets_at: Timestamp
+
+
+class WebhookEndpointReply(Reply):
+    """`secret` is shown when the endpoint is created or its secret rotated, never again."""
+
+    endpoint_id: str
+    url: str
+    event_types: list[str]
+    created_at: Timestamp
+    secret: str | None = None
+
+
+class WebhookEndpointsReply(Reply):
+    endpoints: list[WebhookEndpointReply]
+
+
+class ParkedWebhookReply(Reply):
+    sequence: int
+    event_id: str
+    event_type: str
+    user_id: str
+    attempts: int
+    last_error: str
+
+
+class ParkedWebhooksReply(Reply):
+    endpoint_id: str
+    parked: list[ParkedWebhookReply]
+
+
+class ResentReply(Reply):
+    resent: int
+
+
+class UsageTotalsReply(Reply):
+    """`cost_micros` is exact; `debited_cents` the whole credits the ledger debited for it
+    (the sum of those usage entries); input tokens count cached and cache-write ones too."""
+
+    events: int
+    cost_micros: int
+    cost_credits: Annotated[str, Meta(description="exact credits as a decimal string")]
+    debited_cents: int
+    input_tokens: int
+    output_tokens: int
+
+
+class UsageGroupReply(Reply):
+    key: Annotated[str, Meta(description="the day, provider/model ('-': no model) or "
+                                         "agent_id ('': none)")]
+    totals: UsageTotalsReply
+
+
+class UsageSummaryReply(Reply):
+    user_id: uuid.UUID
+    group_by: Literal["day", "model", "agent"]
+    from_: Annotated[str, Meta(description="first UTC day covered")] = msgspec.field(
+        name="from")
+    to: str
+    groups: list[UsageGroupReply]
+    total: UsageTotalsReply
+
+
+class SpendControlsReply(Reply):
+    user_id: uuid.UUID
+    timezone: str
+    caps: list[CapReply]
+    # `balance.low` is announced when the balance falls below each of these.
+    low_balance_cents: list[int] = msgspec.field(default_factory=list)
 
 
 class QuoteReply(Reply):
@@ -626,6 +810,10 @@ class ReservationHeldReply(Reply):
     balance_cents: int
     available_cents: int
     expires_at: Timestamp
+    # A clamped hold held less than `requested_cents`.
+    requested_cents: int = 0
+    clamped: bool = False
+    max_output_tokens: int | None = None
 
 
 class ReservationReply(Reply):

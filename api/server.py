@@ -51,6 +51,7 @@ from integrations.stripe.gateway import StripeGateway
 from integrations.stripe.refill import RefillWorker
 from integrations.stripe.service import StripeService, stripe_service
 from integrations.stripe.webhooks import StripeWebhooks
+from integrations.webhooks.delivery import WebhookDelivery
 
 log = logging.getLogger("zbilling.server")
 
@@ -79,10 +80,18 @@ async def serve(settings: Settings) -> None:
             nursery.start_soon(_stop_on_signal, stop)
             if stripe is not None:
                 await nursery.start(stripe.refills.run)
+            await nursery.start(webhook_delivery_for(settings, billing).run)
             await hypercorn_serve(_CloseAfterReply(app), config,  # type: ignore[arg-type]
                                   shutdown_trigger=partial(_stopping, stop, billing.balance_feed))
             nursery.cancel_scope.cancel()
     print("z-billing stopped; journal flushed", flush=True)
+
+
+def webhook_delivery_for(settings: Settings, billing: Billing) -> WebhookDelivery:
+    """The engine process delivers the outbound webhooks (HTTP workers never do)."""
+    return WebhookDelivery(billing.webhooks, billing.wall_clock_ms,
+                           retry_base_s=settings.webhook_retry_base_ms / 1000,
+                           registry=billing.metrics.registry)
 
 
 def wall_clock_for(settings: Settings) -> WallClock:
@@ -181,6 +190,7 @@ async def serve_engine(settings: Settings, ready: Callable[[], None]) -> None:
             nursery.start_soon(_stop_when_orphaned, stop)
             if stripe is not None:
                 await nursery.start(stripe.refills.run)
+            await nursery.start(webhook_delivery_for(settings, billing).run)
             await nursery.start(engine_socket.serve, engine_socket_path(settings))
             ready()
             await stop.wait()

@@ -21,6 +21,7 @@ SIGNUP_GRANT_CREDITS_DEFAULT = 5000
 REFERRAL_GRANT_CREDITS_DEFAULT = 5000
 REQUEST_TIMEOUT_S_DEFAULT = 30
 REFILL_RETRY_BASE_S_DEFAULT = 30
+WEBHOOK_RETRY_BASE_MS_DEFAULT = 10_000
 
 
 class KeyScope(StrEnum):
@@ -74,6 +75,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     request_timeout_s: int = REQUEST_TIMEOUT_S_DEFAULT
     refill_retry_base_s: int = REFILL_RETRY_BASE_S_DEFAULT
+    # The first retry of a failed webhook delivery waits about this long; each next twice.
+    webhook_retry_base_ms: int = WEBHOOK_RETRY_BASE_MS_DEFAULT
     pricing_path: Path | None = None
     plans: Plans = field(default_factory=lambda: Plans.from_config(None))
     lot_defaults: LotDefaults = field(default_factory=LotDefaults)
@@ -214,6 +217,8 @@ def load_settings(
         cors_origins=_origins_env(env),
         request_timeout_s=_int_env(env, "REQUEST_TIMEOUT_SECONDS", REQUEST_TIMEOUT_S_DEFAULT),
         refill_retry_base_s=_int_env(env, "AUTO_REFILL_RETRY_S", REFILL_RETRY_BASE_S_DEFAULT),
+        webhook_retry_base_ms=_int_env(env, "WEBHOOK_RETRY_BASE_MS",
+                                       WEBHOOK_RETRY_BASE_MS_DEFAULT),
         pricing_path=pricing_path,
         plans=plans or Plans.from_config(None),
         lot_defaults=lot_defaults or LotDefaults(),

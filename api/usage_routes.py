@@ -1,4 +1,5 @@
-"""The usage routes (services): debit one event or a batch, check a balance, price a metric."""
+"""The usage routes: debit one event or a batch, check a balance, price a metric (services),
+and usage summaries (the caller, and an admin about any account)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ from quart import request
 
 from actors.billing import Billing
 from api import schemas
-from api.http import JSON, MSGPACK, BodyDecoder, Register
-from api.replies import error_detail, quote_reply, usage_reply, usage_request
-from api.routes import ERRORS_SERVICE, Caller, Route
+from api.http import JSON, MSGPACK, BodyDecoder, Register, service_key_name
+from api.replies import (
+    agent_id,
+    error_detail,
+    estimate,
+    quote_reply,
+    summary_days,
+    usage_reply,
+    usage_request,
+    usage_summary_reply,
+)
+from api.routes import ERRORS_SERVICE, ERRORS_USER, Caller, Route
 from engine.commands import UsageResult
 from engine.errors import BillingError
-from engine.ids import UserId
+from engine.ids import UserId, parse_user_id
 from engine.metering import UsageRequest
 from engine.pricing import model_reserve_cents
 
@@ -28,7 +38,7 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                     body=schemas.UsageBody, reply=schemas.UsageReply, msgpack=True,
                     errors=(*ERRORS_SERVICE, 402, 404, 409), headers=(schemas.SERVICE_NAME,)))
     async def usage(body: schemas.UsageBody) -> schemas.UsageReply:
-        return usage_reply(await billing.report_usage(usage_request(body)))
+        return usage_reply(await billing.report_usage(usage_request(body, service_key_name())))
 
     @endpoint(Route("POST", "/v1/usage/batch",
                     "Debit up to 1000 events; per-event results, in request order",
@@ -37,10 +47,11 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                     headers=(schemas.SERVICE_NAME,)))
     async def usage_batch(body: schemas.UsageBatchBody) -> schemas.UsageBatchReply:
         content_type = request.mimetype or JSON
+        service = service_key_name()
         parsed: list[UsageRequest | BillingError] = []
         for raw in body.events:
             try:
-                parsed.append(usage_request(_usage_decoder.decode(raw, content_type)))
+                parsed.append(usage_request(_usage_decoder.decode(raw, content_type), service))
             except BillingError as error:
                 parsed.append(error)
         valid = [item for item in parsed if isinstance(item, UsageRequest)]
@@ -58,7 +69,8 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
                 results.append(schemas.UsageFailure(False, event_id, error_detail(outcome)))
         return schemas.UsageBatchReply(results, processed, len(results) - processed)
 
-    @endpoint(Route("POST", "/v1/usage/check", "Would this much be available?",
+    @endpoint(Route("POST", "/v1/usage/check",
+                    "Would this much be spendable, and how many output tokens are affordable?",
                     Caller.SERVICE, body=schemas.UsageCheckBody,
                     reply=schemas.UsageCheckReply, msgpack=True,
                     errors=(*ERRORS_SERVICE, 404, 409)))
@@ -66,9 +78,14 @@ def register_usage_routes(endpoint: Register, billing: Billing) -> None:
         required = body.required_cents
         if required <= 0 and body.provider is not None and body.model is not None:
             required = model_reserve_cents(billing.pricing, body.provider, body.model)
-        check = await billing.check_balance(UserId(body.user_id), required)
+        check = await billing.check_balance(
+            UserId(body.user_id), required, agent_id=agent_id(body.agent_id),
+            service=service_key_name(),
+            estimate=estimate(body.prompt))
         return schemas.UsageCheckReply(check.sufficient, check.balance_cents,
-                                       check.available_cents, check.required_cents)
+                                       check.available_cents, check.required_cents,
+                                       check.spendable_micros, check.within_caps,
+                                       check.max_output_tokens)
 
     @endpoint(Route("POST", "/v1/usage/quote", "Price a metric without debiting",
                     Caller.SERVICE, body=schemas.QuoteBody, reply=schemas.QuoteReply,
@@ -85,3 +102,31 @@ def _event_id_of(raw: bytes, content_type: str) -> str | None:
         return None
     event_id = event.get("event_id") if isinstance(event, dict) else None
     return event_id if isinstance(event_id, str) else None
+
+
+def register_report_routes(endpoint: Register, billing: Billing) -> None:
+    @endpoint(Route("GET", "/v1/usage/summary",
+                    "The caller's usage per day, model or agent (credits and tokens)",
+                    Caller.USER, reply=schemas.UsageSummaryReply, errors=ERRORS_USER,
+                    parameters=schemas.UsageSummaryQuery))
+    async def my_usage_summary(user: UserId, query: schemas.UsageSummaryQuery
+                               ) -> schemas.UsageSummaryReply:
+        await billing.open_account(user)
+        return await _summary(billing, user, query)
+
+    @endpoint(Route("GET", "/v1/admin/accounts/{user_id}/usage/summary",
+                    "An account's usage per day, model or agent (admin)", Caller.ADMIN,
+                    reply=schemas.UsageSummaryReply, errors=(400, 401, 403, 404, 503),
+                    parameters=schemas.UsageSummaryQuery))
+    async def admin_usage_summary(query: schemas.UsageSummaryQuery, user_id: str
+                                  ) -> schemas.UsageSummaryReply:
+        user = parse_user_id(user_id)
+        await billing.get_account(user)
+        return await _summary(billing, user, query)
+
+
+async def _summary(billing: Billing, user: UserId, query: schemas.UsageSummaryQuery
+                   ) -> schemas.UsageSummaryReply:
+    from_day, to_day = summary_days(query)
+    summary = await billing.reports.summary(user, from_day, to_day, query.group_by)
+    return usage_summary_reply(user, summary)

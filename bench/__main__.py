@@ -9,6 +9,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from bench import (
     baseline,
+    controls,
     dashboard,
     engine,
     engine_ipc,
@@ -37,6 +38,7 @@ PARTS = {
     "instructions": instructions.run,
     "wal": wal.run,
     "lots": lots.run,
+    "controls": controls.run,
 }
 # Parts run only when named (not by "all"): the dashboard picture needs Debian's prometheus.
 NAMED_PARTS = {"dashboard": dashboard.run}

@@ -24,6 +24,7 @@ import trio
 
 from actors.runtime import open_billing
 from bench.common import SEED, Options, write_result
+from engine.caps import CapSetting
 from engine.ids import UserId
 from engine.ledger import EntryType
 from engine.lots import LotCategory, LotRequest
@@ -38,6 +39,9 @@ BALANCE_CENTS = 10**9
 DAY_MS = 24 * 3600 * 1000
 VALGRIND_TIMEOUT_S = 1800
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+# Spend caps for the controls variant: hard, on the account, none reached during the run, so
+# each debit checks and counts all of them.
+CAPS = tuple(CapSetting(period, BALANCE_CENTS) for period in ("day", "week", "month"))
 
 
 def lot_request(index: int, now_ms: int) -> LotRequest:
@@ -47,7 +51,8 @@ def lot_request(index: int, now_ms: int) -> LotRequest:
                       priority=40 + index, expires_at_ms=now_ms + (30 + index) * DAY_MS)
 
 
-async def debit(data_dir: Path, lots_per_account: int, debits: int) -> None:
+async def debit(data_dir: Path, lots_per_account: int, debits: int,
+                caps_per_account: int = 0) -> None:
     users = [UserId(uuid.UUID(int=random.Random(SEED + i).getrandbits(128)))
              for i in range(ACCOUNTS)]
     metric = LlmTokens("anthropic", "claude-3-haiku", 1200, 300)
@@ -59,6 +64,8 @@ async def debit(data_dir: Path, lots_per_account: int, debits: int) -> None:
                 await billing.add_credits(user, BALANCE_CENTS // lots_per_account,
                                           entry_type=EntryType.BONUS,
                                           lot=lot_request(index, now_ms))
+            if caps_per_account:
+                await billing.controls.set(user, CAPS[:caps_per_account])
 
         async def produce(index: int) -> None:
             chooser = random.Random(SEED * 1000 + index)
@@ -72,13 +79,13 @@ async def debit(data_dir: Path, lots_per_account: int, debits: int) -> None:
                 nursery.start_soon(produce, index)
 
 
-def instructions(lots_per_account: int, debits: int) -> int:
+def instructions(lots_per_account: int, debits: int, caps_per_account: int = 0) -> int:
     """Instructions callgrind counts for one run of the script."""
     with tempfile.TemporaryDirectory() as tmp:
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                    sys.executable, "-m", "bench.lots", "--lots-per-account",
                    str(lots_per_account), "--debits", str(debits), "--data-dir",
-                   str(Path(tmp) / "data")]
+                   str(Path(tmp) / "data"), "--caps-per-account", str(caps_per_account)]
         done = subprocess.run(command, capture_output=True, text=True, check=True,
                               timeout=VALGRIND_TIMEOUT_S)
     found = _COLLECTED.search(done.stderr)
@@ -115,8 +122,11 @@ def main() -> None:
     parser.add_argument("--lots-per-account", type=int, required=True)
     parser.add_argument("--debits", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--caps-per-account", type=int, default=0,
+                        help=f"hard spend caps that apply to every debit (at most {len(CAPS)})")
     arguments = parser.parse_args()
-    trio.run(debit, arguments.data_dir, arguments.lots_per_account, arguments.debits)
+    trio.run(debit, arguments.data_dir, arguments.lots_per_account, arguments.debits,
+             arguments.caps_per_account)
 
 
 if __name__ == "__main__":

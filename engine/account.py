@@ -6,6 +6,7 @@ from enum import StrEnum
 
 import msgspec
 
+from engine.caps import Controls, holds_problems
 from engine.errors import AccountClosed, AccountNotFound, InvalidInput, require
 from engine.ids import UserId
 from engine.lots import Lots, lots_problems, unspendable_cents
@@ -79,6 +80,8 @@ class Account(msgspec.Struct, frozen=True, gc=False):
     # balance = remaining of all lots - debt.
     lots: Lots = ()
     debt_cents: int = 0
+    # Spend caps, their time zone and per-scope holds (engine/caps.py); None: never set.
+    controls: Controls | None = None
 
     def available_cents(self, now_ms: int) -> int:
         """Credits that may be spent at `now_ms` without an overdraft: the balance less open
@@ -105,6 +108,9 @@ class Account(msgspec.Struct, frozen=True, gc=False):
         problems = lots_problems(self.lots, self.balance_cents, self.debt_cents,
                                  self.held_cents)
         require(not problems, "lots: %s", problems)
+        if self.controls is not None and self.controls.holds:
+            held = holds_problems(self.controls)
+            require(not held, "controls: %s", held)
 
 
 class AccountAt(msgspec.Struct, frozen=True, gc=False):

@@ -111,14 +111,19 @@ class ReportUsage(CommandBase):
     metric: Metric | None = None
     agent_id: AgentId | None = None
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    service: str | None = None  # the reporting service key's name (its caps apply)
 
     def reads(self) -> Reads:
         return Reads((SCOPE_USAGE, self.event_id))
 
 
 class CheckBalance(CommandBase):
+    """Would `required_cents` be available to `agent_id` through service key `service`?"""
+
     user_id: UserId
     required_cents: int
+    agent_id: str | None = None
+    service: str | None = None
 
 
 class SetAutoRefill(CommandBase):
@@ -176,10 +181,19 @@ class CreditResult(_Value):
 
 
 class BalanceCheck(_Value):
+    """`spendable_micros`: what may be spent now under the balance (holds, unbilled
+    fractions and the overdraft counted) and every hard cap that applies; `caps_micros` what
+    those caps alone allow (None: none applies). `max_output_tokens` is set by the facade
+    from a model's prices when the caller named one."""
+
     sufficient: bool
     balance_cents: int
     available_cents: int
     required_cents: int
+    spendable_micros: int
+    within_caps: bool = True
+    caps_micros: int | None = None
+    max_output_tokens: int | None = None
 
 
 Reply = Account | UsageResult | CreditResult | BalanceCheck

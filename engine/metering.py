@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from engine import caps
 from engine.account import Account, live_account
 from engine.commands import (
     Context,
@@ -48,6 +49,8 @@ class UsageRequest(msgspec.Struct, frozen=True, gc=False):
     agent_id: AgentId | None = None
     occurred_at_ms: int | None = None
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    # The name of the service key that reported it (its spend caps apply).
+    service: str | None = None
 
 
 def override_micros(request: UsageRequest) -> int | None:
@@ -78,6 +81,7 @@ def usage_command(request: UsageRequest, pricing: PricingConfig, now_ms: int) ->
         metric=request.metric,
         agent_id=request.agent_id,
         metadata=validate_metadata(request.metadata),
+        service=request.service,
     )
 
 
@@ -88,13 +92,13 @@ def report_usage(account: Account | None, command: ReportUsage, context: Context
     check_prior(command.event_id, command.fingerprint, context.prior)
     live = live_account(account, command.user_id)
     check_cost(command.cost_micros)
-    if not live.can_afford_micros(command.cost_micros, context.now_ms):
+    if not live.can_afford_micros(command.cost_micros, now_ms=context.now_ms):
         raise InsufficientCredits(
             balance_cents=live.balance_cents,
             available_cents=live.available_cents(context.now_ms),
             required_cents=micros_to_cents_ceil(live.unbilled_micros + command.cost_micros),
         )
-    transition = charge_usage(live, command, context, live.held_cents)
+    transition = charge_usage(live, command, context, live.held_cents, enforce_caps=True)
     updated = transition.account
     assert updated is not None
     require(updated.available_cents(context.now_ms) >= -updated.overdraft_limit_cents,
@@ -115,16 +119,22 @@ def charge_usage(
     *,
     extra_metadata: Mapping[str, str] | None = None,
     first: tuple[Draw, ...] = (),
+    enforce_caps: bool = False,
 ) -> Transition:
     """Charge a usage event with the carry rule: the entry, the event record, the reply.
-    `first`: lots the debit burns before the burn order (a reservation's promise)."""
+    `first`: lots the debit burns before the burn order (a reservation's promise);
+    `enforce_caps`: refuse it past a hard spend cap (else count it, even above one)."""
     cost_micros = command.cost_micros
     debit, carried_micros = split_micros(live.unbilled_micros, cost_micros)
     metadata = {**command.metadata, **(extra_metadata or {}), "cost_micros": cost_micros}
+    controls = live.controls
+    if controls is not None:
+        controls = caps.charge(controls, held_cents, command.agent_id, command.service,
+                               cost_micros, now_ms=context.now_ms, enforce=enforce_caps)
     updated, entry = post_entry(live, context, EntryType.USAGE, -debit,
                                 source_key=command.event_id, metadata=metadata,
                                 held_cents=held_cents, unbilled_micros=carried_micros,
-                                first=first)
+                                first=first, controls=controls)
     reply = UsageResult(
         event_id=command.event_id,
         user_id=live.user_id,

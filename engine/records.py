@@ -11,13 +11,16 @@ from engine.commands import KeyRecord, UsageEventRecord, WebhookMarker
 from engine.deadlines import Deadline
 from engine.export import AccountOpened, OutboxAck, RequeueParked
 from engine.ledger import LedgerEntry
+from engine.notifications import Notification
 from engine.payments import RefillIntent, RefillResolved
 from engine.reservations import Reservation
 from engine.subscriptions import LagoMirror
+from engine.webhooks import RequeueWebhooks, WebhookAck, WebhookEndpoint
 
 StoredRecord = (
     LedgerEntry | KeyRecord | UsageEventRecord | WebhookMarker | Reservation | RefillIntent
-    | RefillResolved | Deadline | OutboxAck | RequeueParked
+    | RefillResolved | Deadline | OutboxAck | RequeueParked | Notification | WebhookEndpoint
+    | WebhookAck | RequeueWebhooks
 )
 OutboxOnly = AccountOpened | LagoMirror
 AnyRecord = StoredRecord | OutboxOnly

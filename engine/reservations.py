@@ -13,7 +13,9 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from engine import caps
 from engine.account import Account, live_account
+from engine.caps import Controls
 from engine.commands import (
     SCOPE_USAGE,
     CommandBase,
@@ -39,6 +41,7 @@ from engine.errors import (
 from engine.ids import UserId, transaction_id_str
 from engine.lots import Draw, hold, unhold
 from engine.metering import charge_usage, check_cost
+from engine.money import MICROS_PER_CREDIT
 from engine.posting import repeat_or_conflict
 
 SCOPE_RESERVATION = "reservation"
@@ -73,6 +76,9 @@ class Reservation(msgspec.Struct, frozen=True, gc=False):
     # (lot id, credits) promised to this hold: kept past those lots' expiry until it ends,
     # and burnt first by its commit.
     lots: tuple[Draw, ...] = ()
+    # The agent and service key whose spend caps the hold counts against while open.
+    agent_id: str | None = None
+    service: str | None = None
 
     @property
     def scope(self) -> str:
@@ -124,6 +130,10 @@ class Reserve(CommandBase):
     ttl_s: int
     fingerprint: bytes
     metadata: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    agent_id: str | None = None
+    service: str | None = None
+    # Hold what can be paid (the balance and every cap) when that is less than asked.
+    clamp: bool = False
 
     def reads(self) -> Reads:
         return Reads(reservation_id=self.reservation_id)
@@ -172,6 +182,10 @@ class ReservationHeld(msgspec.Struct, frozen=True, gc=False):
     reservation: Reservation
     balance_cents: int
     held_cents: int
+    # What was asked; more than the hold when a clamped hold held what could be paid.
+    requested_cents: int = 0
+    # Set by the facade for a hold sized for a model call: the output tokens it pays for.
+    max_output_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -243,31 +257,61 @@ def reserve(account: Account | None, command: Reserve, context: Context) -> Tran
     if not 1 <= command.ttl_s <= RESERVATION_TTL_S_MAX:
         raise InvalidInput(f"ttl_seconds must be between 1 and {RESERVATION_TTL_S_MAX}",
                            {"field": "ttl_seconds"})
+    amount = _holdable(live, command, context.now_ms) if command.clamp else command.amount_cents
     available = live.available_cents(context.now_ms)
-    if available - command.amount_cents < -live.overdraft_limit_cents:
+    if available - amount < -live.overdraft_limit_cents:
         raise InsufficientCredits(
             balance_cents=live.balance_cents,
             available_cents=available,
-            required_cents=command.amount_cents,
+            required_cents=amount,
         )
-    lots, promised = hold(live.lots, command.amount_cents, context.now_ms)
+    controls = live.controls
+    if controls is not None:
+        caps.check(controls, live.held_cents, command.agent_id, command.service,
+                   amount * MICROS_PER_CREDIT, now_ms=context.now_ms)
+        controls = caps.hold_scopes(controls, command.agent_id, command.service, amount)
+        controls, _ = caps.mark_reached(caps.roll(controls, context.now_ms),
+                                        live.held_cents + amount, context.now_ms)
+    lots, promised = hold(live.lots, amount, context.now_ms)
     reservation = Reservation(
         reservation_id=command.reservation_id,
         user_id=live.user_id,
-        amount_cents=command.amount_cents,
+        amount_cents=amount,
         created_at_ms=context.now_ms,
         expires_at_ms=context.now_ms + command.ttl_s * 1000,
         fingerprint=command.fingerprint,
         metadata=command.metadata,
         lots=promised,
+        agent_id=command.agent_id,
+        service=command.service,
     )
-    updated = replace(live, held_cents=live.held_cents + command.amount_cents, lots=lots,
-                      updated_at_ms=context.now_ms)
+    updated = replace(live, held_cents=live.held_cents + amount, lots=lots,
+                      updated_at_ms=context.now_ms, controls=controls)
     require(updated.available_cents(context.now_ms) >= -updated.overdraft_limit_cents,
             "hold passed overdraft")
-    reply = ReservationHeld(reservation, updated.balance_cents, updated.held_cents)
+    reply = ReservationHeld(reservation, updated.balance_cents, updated.held_cents,
+                            command.amount_cents)
     expiry = _expiry(reservation, reservation.expires_at_ms)
     return Transition(updated, (reservation, expiry), reply, (reservation,))
+
+
+def _holdable(live: Account, command: Reserve, now_ms: int) -> int:
+    """A clamped hold: what was asked, or less when the balance or a hard cap allows less
+    (at least 1 credit, so a hold that cannot be paid at all is still refused)."""
+    room = live.available_cents(now_ms) + live.overdraft_limit_cents
+    if live.controls is not None:
+        capped = caps.headroom_micros(live.controls, live.held_cents, command.agent_id,
+                                      command.service, now_ms)
+        if capped is not None:
+            room = min(room, capped // MICROS_PER_CREDIT)
+    return max(1, min(command.amount_cents, room))
+
+
+def _unhold_scopes(account: Account, reservation: Reservation) -> Controls | None:
+    if account.controls is None:
+        return None
+    return caps.hold_scopes(account.controls, reservation.agent_id, reservation.service,
+                            -reservation.amount_cents)
 
 
 def _expiry(reservation: Reservation, due_ms: int | None) -> Deadline:
@@ -300,7 +344,8 @@ def commit(account: Account | None, command: CommitReservation, context: Context
     check_cost(usage.cost_micros)
     # The service was delivered: the commit is charged even above the hold or the balance,
     # first from the lots the hold was promised from (even if they expired since).
-    unheld = replace(live, lots=unhold(live.lots, reservation.lots))
+    unheld = replace(live, lots=unhold(live.lots, reservation.lots),
+                     controls=_unhold_scopes(live, reservation))
     transition = charge_usage(unheld, usage, context,
                               live.held_cents - reservation.amount_cents,
                               extra_metadata={"reservation_id": reservation.reservation_id},
@@ -335,7 +380,8 @@ def _close_hold(
     if account is None:
         raise AccountNotFound(f"no account for user {reservation.user_id}")
     updated = replace(account, held_cents=account.held_cents - reservation.amount_cents,
-                      lots=unhold(account.lots, reservation.lots), updated_at_ms=context.now_ms)
+                      lots=unhold(account.lots, reservation.lots), updated_at_ms=context.now_ms,
+                      controls=_unhold_scopes(account, reservation))
     closed = replace(reservation, status=status, closed_at_ms=context.now_ms,
                      released_cents=reservation.amount_cents)
     reply = ReservationReleased(reservation.reservation_id, reservation.user_id, status,

@@ -14,8 +14,9 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine import expiry, grants, metering, payments, reservations, subscriptions, undo
+from engine import controls, expiry, grants, metering, payments, reservations, subscriptions, undo
 from engine.account import Account, AccountStatus, live_account
+from engine.caps import headroom_micros
 from engine.commands import (
     AddCredits,
     BalanceCheck,
@@ -30,6 +31,7 @@ from engine.commands import (
     SetAutoRefill,
     Transition,
 )
+from engine.controls import ControlsCommand
 from engine.errors import AccountExists, AccountNotFound, InvalidInput, require
 from engine.expiry import ExpireLots, rearm
 from engine.export import AccountOpened
@@ -37,6 +39,7 @@ from engine.grants import GrantCommand
 from engine.ledger import EntryType
 from engine.lots import validate_terms
 from engine.money import MICROS_PER_CREDIT
+from engine.notifications import derive
 from engine.payments import PaymentCommand, enabling_clears_error, settle_refill
 from engine.posting import check_prior, post_entry
 from engine.reservations import ReservationCommand
@@ -44,7 +47,7 @@ from engine.subscriptions import SubscriptionCommand
 from engine.undo import UndoCommand
 
 AnyCommand = (Command | ReservationCommand | PaymentCommand | SubscriptionCommand | ExpireLots
-              | UndoCommand | GrantCommand)
+              | UndoCommand | GrantCommand | ControlsCommand)
 Handler = Callable[[Account | None, Any, Context], Transition]
 
 
@@ -55,6 +58,10 @@ def apply(account: Account | None, command: AnyCommand, context: Context) -> Tra
         deadline = rearm(account, transition.account)
         if deadline is not None:
             transition = replace(transition, records=(*transition.records, deadline))
+        events = derive(account, transition.account, transition.records, context.now_ms,
+                        context.transaction_id)
+        if events:
+            transition = replace(transition, records=(*transition.records, *events))
     # Records looked up by key before their commit must be among those stored.
     for record in transition.keyed:
         require(record in transition.records, "%s keyed a record it does not store",
@@ -101,13 +108,21 @@ def _check_balance(
     account: Account | None, command: CheckBalance, context: Context
 ) -> Transition:
     live = live_account(account, command.user_id)
-    sufficient = live.can_afford_micros(command.required_cents * MICROS_PER_CREDIT,
-                                        context.now_ms)
+    required_micros = command.required_cents * MICROS_PER_CREDIT
+    available = live.available_cents(context.now_ms)
+    spendable = ((available + live.overdraft_limit_cents) * MICROS_PER_CREDIT
+                 - live.unbilled_micros)
+    capped = None if live.controls is None else headroom_micros(
+        live.controls, live.held_cents, command.agent_id, command.service, context.now_ms)
+    within_caps = capped is None or required_micros <= capped
     reply = BalanceCheck(
-        sufficient=sufficient,
+        sufficient=spendable >= required_micros and within_caps,
         balance_cents=live.balance_cents,
-        available_cents=live.available_cents(context.now_ms),
+        available_cents=available,
         required_cents=command.required_cents,
+        spendable_micros=max(0, spendable if capped is None else min(spendable, capped)),
+        within_caps=within_caps,
+        caps_micros=capped,
     )
     return Transition(live, (), reply)
 
@@ -163,6 +178,7 @@ _FEATURE_HANDLERS: tuple[dict[type, Handler], ...] = (
     expiry.HANDLERS,  # type: ignore[dict-item]
     undo.HANDLERS,  # type: ignore[dict-item]
     grants.HANDLERS,  # type: ignore[dict-item]
+    controls.HANDLERS,  # type: ignore[dict-item]
 )
 _HANDLERS: dict[type, Handler] = {
     command: handler for handlers in _FEATURE_HANDLERS for command, handler in handlers.items()

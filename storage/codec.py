@@ -10,29 +10,44 @@ import cbor2
 import msgspec
 
 from engine.account import Account, AccountStatus, AutoRefillSettings
+from engine.caps import Controls, ScopeHold, SpendCap
 from engine.commands import CreditResult, KeyRecord, UsageEventRecord, UsageResult, WebhookMarker
 from engine.export import ParkedEvent
 from engine.ids import AgentId, TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
 from engine.lots import Lot, balance_as_lots
+from engine.notifications import EventType
 from engine.payments import RefillIntent
+from engine.reports import Totals
 from engine.reservations import OpenHold, Reservation, ReservationStatus
 from engine.subscription_state import Manager, Subscription, SubscriptionStatus
 from engine.usage import metric_to_wire, parse_metric
+from engine.webhooks import ParkedWebhook, WebhookEndpoint
 
-ACCOUNT_FORMAT = 3
+ACCOUNT_FORMAT = 4
+ACCOUNT_FORMAT_V3 = 3  # before spend controls: read with none
 ACCOUNT_FORMAT_V2 = 2  # before credit lots: the balance is read as one paid lot
 ACCOUNT_FORMAT_V1 = 1  # before auto-refill state; read with its defaults
 ENTRY_FORMAT = 2
 ENTRY_FORMAT_V1 = 1  # before lot draws
 USAGE_EVENT_FORMAT = 1
 KEY_FORMAT = 1
-RESERVATION_FORMAT = 2
+RESERVATION_FORMAT = 3
+RESERVATION_FORMAT_V2 = 2  # before the agent and service key a hold counts against
 RESERVATION_FORMAT_V1 = 1  # before lots promised to a hold
 OPEN_HOLD_FORMAT = 1
 PARKED_FORMAT = 1
 WEBHOOK_FORMAT = 1
+ENDPOINT_FORMAT = 1
+PARKED_WEBHOOK_FORMAT = 1
+TOTALS_FORMAT = 1
 REFILL_FORMAT = 1
+
+
+_controls_encoder = msgspec.msgpack.Encoder()
+_controls_decoder = msgspec.msgpack.Decoder(Controls)
+_totals_encoder = msgspec.msgpack.Encoder()
+_totals_decoder = msgspec.msgpack.Decoder(tuple[int, ...])
 
 
 class CodecError(ValueError):
@@ -54,7 +69,8 @@ ACCOUNT_FIELDS_V2 = (
     "subscription",
 )
 ACCOUNT_FIELDS_V3 = (*ACCOUNT_FIELDS_V2, "lots", "debt_cents")
-assert Account.__struct_fields__ == ACCOUNT_FIELDS_V3, "Account changed: add ACCOUNT_FORMAT 4"
+ACCOUNT_FIELDS_V4 = (*ACCOUNT_FIELDS_V3, "controls")
+assert Account.__struct_fields__ == ACCOUNT_FIELDS_V4, "Account changed: add ACCOUNT_FORMAT 5"
 # Format 1 had no auto-refill state; its accounts are read with these appended.
 _ACCOUNT_V1_MISSING = (0, False, 0, None, None)
 assert ACCOUNT_FIELDS_V2[-len(_ACCOUNT_V1_MISSING):] == (
@@ -65,6 +81,7 @@ _AUTO_REFILL = ACCOUNT_FIELDS_V3.index("auto_refill")
 _STATUS = ACCOUNT_FIELDS_V3.index("status")
 _SUBSCRIPTION = ACCOUNT_FIELDS_V3.index("subscription")
 _LOTS = ACCOUNT_FIELDS_V3.index("lots")
+_CONTROLS = ACCOUNT_FIELDS_V4.index("controls")
 _SUBSCRIPTION_V2_FIELDS = 9  # format 2's subscription had no grant_rollover
 _STORED_FIELDS = {
     LedgerEntry: ("transaction_id", "user_id", "entry_type", "amount", "balance_after",
@@ -77,12 +94,21 @@ _STORED_FIELDS = {
     CreditResult: ("user_id", "transaction_id", "entry_type", "amount_cents", "balance_cents"),
     Reservation: ("reservation_id", "user_id", "amount_cents", "created_at_ms",
                   "expires_at_ms", "fingerprint", "status", "metadata", "closed_at_ms",
-                  "released_cents", "commit", "commit_fingerprint", "lots"),
+                  "released_cents", "commit", "commit_fingerprint", "lots", "agent_id",
+                    "service"),
     WebhookMarker: ("provider", "event_id", "event_type", "received_at_ms"),
     RefillIntent: ("user_id", "number", "amount_cents", "plan", "customer_id", "declines"),
     Subscription: ("subscription_id", "plan", "status", "managed_by", "monthly_credits",
                    "period_start_ms", "period_end_ms", "last_granted_period_ms",
                    "past_due_since_ms", "grant_rollover"),
+    WebhookEndpoint: ("endpoint_id", "url", "event_types", "secret", "created_at_ms",
+                      "previous_secret", "previous_valid_until_ms", "deleted", "cursor"),
+    Totals: ("events", "cost_micros", "debited_cents", "input_tokens", "output_tokens"),
+    ParkedWebhook: ("endpoint_id", "sequence", "event", "attempts", "last_error"),
+    Controls: ("timezone", "caps", "holds", "low_balance_cents"),
+    SpendCap: ("scope", "name", "period", "limit_cents", "hard", "window_start_ms",
+               "resets_at_ms", "spent_micros", "reached"),
+    ScopeHold: ("scope", "name", "held_cents"),
     Lot: ("lot_id", "source", "category", "priority", "effective_at_ms", "expires_at_ms",
           "original_cents", "drawn_cents", "expired_cents", "voided_cents", "held_cents",
           "paid_usd_cents", "rollover_cents", "rollover_expires_at_ms"),
@@ -107,7 +133,19 @@ def encode_account(account: Account) -> bytes:
     values[_STATUS] = account.status.value
     values[_SUBSCRIPTION] = _subscription_fields(account.subscription)
     values[_LOTS] = _LOTS_ENCODER.encode(account.lots) if account.lots else b""
+    values[_CONTROLS] = _controls_fields(account.controls)
     return cbor2.dumps([ACCOUNT_FORMAT, *values])
+
+
+def _controls_fields(controls: Controls | None) -> bytes | None:
+    """Spend controls as one msgpack value inside the CBOR account: the caps are rewritten
+    on every debit of a capped account, and msgspec encodes them in about a sixth of the
+    time cbor2 takes for the same nested lists (measured: 2 µs against 12 µs for three)."""
+    return None if controls is None else _controls_encoder.encode(controls)
+
+
+def _controls(data: bytes | None) -> Controls | None:
+    return None if data is None else _controls_decoder.decode(data)
 
 
 def _subscription_fields(subscription: Subscription | None) -> list[Any] | None:
@@ -141,16 +179,17 @@ def decode_account(data: bytes, *, checked: bool = True) -> Account:
     if fields and fields[0] == ACCOUNT_FORMAT_V2:
         if len(fields) != 1 + len(ACCOUNT_FIELDS_V2):
             raise CodecError(f"account record has {len(fields) - 1} fields")
-        fields = [ACCOUNT_FORMAT, *fields[1:], (), 0]
         lots, debt = balance_as_lots(fields[1 + _BALANCE])
-        fields[1 + _LOTS] = lots
-        fields[-1] = debt
+        fields = [ACCOUNT_FORMAT, *fields[1:], lots, debt, None]
     else:
+        if fields and fields[0] == ACCOUNT_FORMAT_V3:
+            fields = [ACCOUNT_FORMAT, *fields[1:], None]
         _expect(fields, ACCOUNT_FORMAT, "account")
-        if len(fields) != 1 + len(ACCOUNT_FIELDS_V3):
+        if len(fields) != 1 + len(ACCOUNT_FIELDS_V4):
             raise CodecError(f"account record has {len(fields) - 1} fields")
         lots = fields[1 + _LOTS]
         fields[1 + _LOTS] = _LOTS_DECODER.decode(lots) if lots else ()
+        fields[1 + _CONTROLS] = _controls(fields[1 + _CONTROLS])
     values = fields[1:]
     values[_USER_ID] = UserId(uuid.UUID(bytes=values[_USER_ID]))
     values[_AUTO_REFILL] = AutoRefillSettings(*values[_AUTO_REFILL])
@@ -309,6 +348,8 @@ def encode_reservation(reservation: Reservation) -> bytes:
             None if commit is None else _usage_result_fields(commit),
             reservation.commit_fingerprint,
             [list(promised) for promised in reservation.lots],
+            reservation.agent_id,
+            reservation.service,
         ]
     )
 
@@ -316,7 +357,9 @@ def encode_reservation(reservation: Reservation) -> bytes:
 def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
     fields = cbor2.loads(data)
     if fields and fields[0] == RESERVATION_FORMAT_V1:
-        fields = [RESERVATION_FORMAT, *fields[1:], []]
+        fields = [RESERVATION_FORMAT_V2, *fields[1:], []]
+    if fields and fields[0] == RESERVATION_FORMAT_V2:
+        fields = [RESERVATION_FORMAT, *fields[1:], None, None]
     _expect(fields, RESERVATION_FORMAT, "reservation")
     (
         _,
@@ -332,6 +375,8 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         commit,
         commit_fingerprint,
         lots,
+        agent_id,
+        service,
     ) = fields
     user_id = UserId(uuid.UUID(bytes=user_bytes))
     return Reservation(
@@ -348,6 +393,8 @@ def decode_reservation(reservation_id: str, data: bytes) -> Reservation:
         commit=_usage_result(user_id, commit) if commit is not None else None,
         commit_fingerprint=commit_fingerprint,
         lots=tuple((lot_id, cents) for lot_id, cents in lots),
+        agent_id=agent_id,
+        service=service,
     )
 
 
@@ -399,3 +446,42 @@ def decode_refill(user_id: UserId, data: bytes) -> RefillIntent:
     _expect(fields, REFILL_FORMAT, "refill")
     _, number, amount_cents, plan, customer_id, declines = fields
     return RefillIntent(user_id, number, amount_cents, plan, customer_id, declines)
+
+
+def encode_endpoint(endpoint: WebhookEndpoint) -> bytes:
+    """The endpoint id is the key; a deleted endpoint is never stored."""
+    return cbor2.dumps([ENDPOINT_FORMAT, endpoint.url,
+                        [kind.value for kind in endpoint.event_types], endpoint.secret,
+                        endpoint.created_at_ms, endpoint.previous_secret,
+                        endpoint.previous_valid_until_ms, endpoint.cursor])
+
+
+def decode_endpoint(endpoint_id: str, data: bytes) -> WebhookEndpoint:
+    fields = cbor2.loads(data)
+    _expect(fields, ENDPOINT_FORMAT, "webhook endpoint")
+    _, url, kinds, secret, created_at_ms, previous, previous_until_ms, cursor = fields
+    return WebhookEndpoint(endpoint_id, url, tuple(EventType(kind) for kind in kinds), secret,
+                           created_at_ms, previous, previous_until_ms, False, cursor)
+
+
+def encode_parked_webhook(parked: ParkedWebhook) -> bytes:
+    return cbor2.dumps([PARKED_WEBHOOK_FORMAT, parked.endpoint_id, parked.sequence,
+                        parked.event, parked.attempts, parked.last_error])
+
+
+def decode_parked_webhook(data: bytes) -> ParkedWebhook:
+    fields = cbor2.loads(data)
+    _expect(fields, PARKED_WEBHOOK_FORMAT, "parked webhook")
+    return ParkedWebhook(*fields[1:])
+
+
+def encode_totals(totals: Totals) -> bytes:
+    """Three of these are rewritten on every debit: msgpack (msgspec) rather than cbor2, for
+    the reason `_controls_fields` gives."""
+    return _totals_encoder.encode((TOTALS_FORMAT, *msgspec.structs.astuple(totals)))
+
+
+def decode_totals(data: bytes) -> Totals:
+    fields = _totals_decoder.decode(data)
+    _expect(list(fields[:1]), TOTALS_FORMAT, "usage totals")
+    return Totals(*fields[1:])

@@ -30,9 +30,12 @@ from engine.errors import require
 from engine.export import OutboxAck, ParkedEvent, RequeueParked
 from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
+from engine.notifications import Notification, webhook_event
 from engine.payments import RefillIntent, RefillResolved
 from engine.records import StoredRecord
+from engine.reports import Totals, aggregate_rows
 from engine.reservations import OpenHold, Reservation
+from engine.webhooks import ParkedWebhook, RequeueWebhooks, WebhookAck, WebhookEndpoint
 from storage import codec, keys
 from storage.overlay import ABSENT, Generation, Overlay, Write
 from storage.store import CommitBatch, EntryPage, MapFull, StoreError
@@ -61,14 +64,25 @@ DATABASE_NAMES = (
     # due ms ‖ kind ‖ key -> user id: the same deadlines by due time, for the scheduler.
     "deadlines_by_due",
     "meta",
+    # sequence -> an outbound webhook event (msgpack) not yet past every endpoint's cursor.
+    "webhook_outbox",
+    # endpoint id -> the endpoint with its secret and delivery cursor.
+    "webhook_endpoints",
+    # endpoint id ‖ sequence -> an event the endpoint did not take within the retry window.
+    "webhook_dead_letters",
+    # user id ‖ UTC day ‖ group kind ‖ group -> usage totals of that day (engine/reports.py).
+    "usage_aggregates",
 )
 _NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
 # Read by key range while the server runs (the transaction list, the exporter, the scheduler).
-RANGE_READ_DATABASES = ("outbox", "deadlines_by_due", "dead_letters")
+RANGE_READ_DATABASES = ("outbox", "deadlines_by_due", "dead_letters", "webhook_outbox",
+                        "webhook_endpoints", "webhook_dead_letters", "usage_aggregates")
 # Read by range within one user's keys (the transaction list): the prefix is the user id.
 PREFIX_READ_DATABASES = {"transactions_by_user": keys.USER_ID_BYTES}
 # Read back by writers within a commit (a deadline's earlier due time, acks, re-queues).
-_READ_BACK = frozenset(_NUMBER[name] for name in ("deadlines", "dead_letters", "outbox"))
+_READ_BACK = frozenset(_NUMBER[name] for name in (
+    "deadlines", "dead_letters", "outbox", "webhook_outbox", "webhook_dead_letters",
+    "usage_aggregates"))
 MAP_SIZE_INITIAL_BYTES = 256 * 1024 * 1024
 MAP_SIZE_MAX_BYTES = 1 << 40
 # Grow before the map is this full, so a checkpoint rarely meets MapFull at all.
@@ -184,6 +198,13 @@ class LmdbStore:
         self._outbox_next = self._last_key_number("outbox") + 1
         self._outbox_pending = self._outbox_next
         self._outbox_depth = self._count("outbox")
+        # Webhook endpoints live in memory too: every event's writer asks who wants it.
+        self._endpoints = {endpoint.endpoint_id: endpoint for endpoint in (
+            codec.decode_endpoint(key.decode(), data)
+            for key, data in self._scan("webhook_endpoints", b"", None))}
+        self._endpoints_pending: dict[str, WebhookEndpoint] | None = None
+        self._webhook_next = self._last_key_number("webhook_outbox") + 1
+        self._webhook_pending = self._webhook_next
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -312,6 +333,8 @@ class LmdbStore:
         with self._writing:
             writes = _Writes(self)
             self._outbox_pending = self._outbox_next
+            self._webhook_pending = self._webhook_next
+            self._endpoints_pending = None
             depth = self._outbox_depth
             try:
                 for event in batch.outbox:
@@ -335,6 +358,9 @@ class LmdbStore:
                 raise
             self._overlay.apply(writes.list, sequence)
             self._outbox_next = self._outbox_pending
+            self._webhook_next = self._webhook_pending
+            if self._endpoints_pending is not None:
+                self._endpoints = self._endpoints_pending
 
     def _append_outbox(self, writes: _Writes, row: bytes) -> None:
         writes.put("outbox", keys.sequence_key(self._outbox_pending), row)
@@ -350,6 +376,12 @@ class LmdbStore:
     def _put_usage_event(self, writes: _Writes, event: UsageEventRecord) -> None:
         writes.put("usage_events", keys.text_key(event.event_id),
                    codec.encode_usage_event(event))
+        # The reports' aggregates move in the same commit as the event they count.
+        for day, kind, group, added in aggregate_rows(event):
+            key = keys.aggregate_key(event.user_id, day, kind.value, group)
+            known = writes.get("usage_aggregates", key)
+            totals = added if known is None else codec.decode_totals(known) + added
+            writes.put("usage_aggregates", key, codec.encode_totals(totals))
 
     def _put_key(self, writes: _Writes, record: KeyRecord) -> None:
         writes.put("idempotency", keys.idempotency_key(record.scope, record.key),
@@ -407,6 +439,103 @@ class LmdbStore:
             parked = codec.decode_parked(data)
             self._append_outbox(writes, _packer.encode(parked.event))
             writes.delete("dead_letters", key)
+
+    # --- outbound webhooks ---------------------------------------------------------------
+
+    def _pending_endpoints(self) -> dict[str, WebhookEndpoint]:
+        """The endpoints as this commit leaves them (copied on the first change)."""
+        if self._endpoints_pending is None:
+            self._endpoints_pending = dict(self._endpoints)
+        return self._endpoints_pending
+
+    def _append_webhook(self, writes: _Writes, event: dict[str, Any], only: str | None) -> None:
+        writes.put("webhook_outbox", keys.sequence_key(self._webhook_pending),
+                   _packer.encode({"event": event, "only": only}))
+        self._webhook_pending += 1
+
+    def _put_notification(self, writes: _Writes, notification: Notification) -> None:
+        endpoints = self._endpoints_pending or self._endpoints
+        # Kept only for someone who wants it: with no endpoint, events cost nothing at rest.
+        if any(endpoint.wants(notification.event_type) for endpoint in endpoints.values()):
+            self._append_webhook(writes, webhook_event(notification), None)
+
+    def _put_endpoint(self, writes: _Writes, endpoint: WebhookEndpoint) -> None:
+        endpoints = self._pending_endpoints()
+        known = endpoints.get(endpoint.endpoint_id)
+        key = endpoint.endpoint_id.encode()
+        if endpoint.deleted:
+            endpoints.pop(endpoint.endpoint_id, None)
+            writes.delete("webhook_endpoints", key)
+            self._trim_webhooks(writes)
+            return
+        # A new endpoint hears of events from now on; a rotation keeps its place.
+        cursor = known.cursor if known is not None else self._webhook_pending - 1
+        stored = msgspec.structs.replace(endpoint, cursor=cursor)
+        endpoints[endpoint.endpoint_id] = stored
+        writes.put("webhook_endpoints", key, codec.encode_endpoint(stored))
+
+    def _webhook_acknowledge(self, writes: _Writes, ack: WebhookAck) -> None:
+        endpoints = self._pending_endpoints()
+        endpoint = endpoints.get(ack.endpoint_id)
+        if endpoint is None:
+            return  # deleted while its last delivery was in flight
+        for parked in ack.parked:
+            writes.put("webhook_dead_letters",
+                       keys.webhook_letter_key(parked.endpoint_id, parked.sequence),
+                       codec.encode_parked_webhook(parked))
+        moved = msgspec.structs.replace(endpoint, cursor=max(endpoint.cursor, ack.sequence))
+        endpoints[ack.endpoint_id] = moved
+        writes.put("webhook_endpoints", ack.endpoint_id.encode(), codec.encode_endpoint(moved))
+        self._trim_webhooks(writes)
+
+    def _trim_webhooks(self, writes: _Writes) -> None:
+        """Drop outbox rows every endpoint is past (all of them when none is left)."""
+        endpoints = self._pending_endpoints()
+        low = min((endpoint.cursor for endpoint in endpoints.values()),
+                  default=self._webhook_pending - 1)
+        for key, _ in writes.scan("webhook_outbox", b"", keys.sequence_key(low + 1)):
+            writes.delete("webhook_outbox", key)
+
+    def _webhook_requeue(self, writes: _Writes, requeue: RequeueWebhooks) -> None:
+        for sequence in requeue.sequences:
+            key = keys.webhook_letter_key(requeue.endpoint_id, sequence)
+            data = writes.get("webhook_dead_letters", key)
+            if data is None:
+                continue
+            parked = codec.decode_parked_webhook(data)
+            self._append_webhook(writes, parked.event, requeue.endpoint_id)
+            writes.delete("webhook_dead_letters", key)
+
+    def usage_aggregates(self, user_id: UserId, from_day: int, to_day: int
+                         ) -> Iterator[tuple[int, str, str, Totals]]:
+        """(day, group kind, group, totals) of the user's days in [from_day, to_day]."""
+        low, high = keys.aggregate_range(user_id, from_day, to_day)
+        for key, data in self._scan("usage_aggregates", low, high):
+            day, kind, group = keys.aggregate_parts(key)
+            yield day, kind, group, codec.decode_totals(data)
+
+    def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        return list(self._endpoints.values())
+
+    def read_webhooks(self, after_sequence: int, limit: int
+                      ) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` outbox rows after `after_sequence`, oldest first: `{event, only}`."""
+        rows: list[tuple[int, dict[str, Any]]] = []
+        for key, value in self._scan("webhook_outbox", keys.sequence_key(after_sequence + 1),
+                                     None):
+            if len(rows) == limit:
+                break
+            rows.append((int.from_bytes(key, "big"), _unpacker.decode(value)))
+        return rows
+
+    def last_webhook_sequence(self) -> int:
+        return self._webhook_next - 1
+
+    def webhook_dead_letters(self, endpoint_id: str | None = None) -> list[ParkedWebhook]:
+        low, high = (keys.webhook_letter_range(endpoint_id) if endpoint_id is not None
+                     else (b"", None))
+        return [codec.decode_parked_webhook(data)
+                for _, data in self._scan("webhook_dead_letters", low, high)]
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -683,6 +812,10 @@ _WRITERS: dict[type, Callable[[LmdbStore, _Writes, Any], None]] = {
     Deadline: LmdbStore._put_deadline,
     OutboxAck: LmdbStore._acknowledge,
     RequeueParked: LmdbStore._requeue,
+    Notification: LmdbStore._put_notification,
+    WebhookEndpoint: LmdbStore._put_endpoint,
+    WebhookAck: LmdbStore._webhook_acknowledge,
+    RequeueWebhooks: LmdbStore._webhook_requeue,
 }
 assert set(_WRITERS) == set(get_args(StoredRecord)), "a stored record type has no writer"
 assert set(RANGE_READ_DATABASES) | set(PREFIX_READ_DATABASES) <= set(DATABASE_NAMES)

@@ -15,7 +15,9 @@ from engine.ids import TransactionId, UserId
 from engine.ledger import LedgerEntry
 from engine.payments import RefillIntent
 from engine.records import StoredRecord
+from engine.reports import Totals
 from engine.reservations import OpenHold, Reservation
+from engine.webhooks import ParkedWebhook, WebhookEndpoint
 
 
 class StoreError(RuntimeError):
@@ -138,5 +140,25 @@ class Store(Protocol):
     def export_cursor(self) -> int: ...
 
     def dead_letters(self) -> list[ParkedEvent]: ...
+
+    # --- outbound webhooks (engine/webhooks.py) ---------------------------------------------
+
+    def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        """Every registered endpoint with its cursor, as last committed."""
+        ...
+
+    def read_webhooks(self, after_sequence: int, limit: int
+                      ) -> list[tuple[int, dict[str, Any]]]:
+        """Webhook outbox rows `{event, only}` after `after_sequence`, oldest first."""
+        ...
+
+    def last_webhook_sequence(self) -> int: ...
+
+    def webhook_dead_letters(self, endpoint_id: str | None = None) -> list[ParkedWebhook]: ...
+
+    def usage_aggregates(self, user_id: UserId, from_day: int, to_day: int
+                         ) -> Iterator[tuple[int, str, str, Totals]]:
+        """The user's usage aggregates of those UTC days: (day, group kind, group, totals)."""
+        ...
 
     def close(self) -> None: ...

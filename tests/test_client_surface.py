@@ -53,6 +53,10 @@ SAMPLE_ARGUMENTS: dict[str, Any] = {
     "events": [],
     "lot_id": "01J00000000000000000000000",
     "event_id": "evt-1",
+    "caps": [{"period": "day", "limit_cents": 100}],
+    "url": "http://127.0.0.1:9/hook",
+    "event_types": ["balance.low"],
+    "endpoint_id": "we_1",
 }
 # Every call is refused at once, without retries: one request per call.
 REFUSAL = {"error": {"code": "bad_request", "message": "recorded", "details": {}}}

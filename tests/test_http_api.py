@@ -131,7 +131,8 @@ def test_check_quote_and_decimal_quantities(server):
     check = httpx.post(f"{server.url}/v1/usage/check", headers=service_headers(),
                        json={"user_id": str(user), "required_cents": 60}).json()
     assert check == {"sufficient": False, "balance_cents": 50, "available_cents": 50,
-                     "required_cents": 60}
+                     "required_cents": 60, "spendable_micros": 50_000_000,
+                     "within_caps": True, "max_output_tokens": None}
     quote = httpx.post(f"{server.url}/v1/usage/quote", headers=service_headers(),
                        json={"metric": LLM}).json()
     assert (quote["cost_micros"], quote["cost_cents"], quote["cost_cents_exact"]) == (

@@ -16,6 +16,7 @@ from engine.errors import AccountClosed, DuplicateEvent, InvalidInput
 from engine.ids import TransactionId, UserId
 from engine.ledger import EntryType, LedgerEntry
 from engine.lots import balance_as_lots
+from engine.notifications import EventType, Notification
 from engine.payments import (
     REFILL_ATTEMPTS_MAX,
     SCOPE_STRIPE_PAYMENT,
@@ -126,7 +127,9 @@ def test_a_payment_is_credited_once_with_its_webhook_marker():
     assert done.account.balance_cents == 5_000
     assert done.account.lifetime_purchased_cents == 5_000
     kinds = {type(record) for record in done.records}
-    assert kinds == {LedgerEntry, KeyRecord, WebhookMarker}
+    assert kinds == {LedgerEntry, KeyRecord, WebhookMarker, Notification}
+    events = [record.event_type for record in done.records if isinstance(record, Notification)]
+    assert events == [EventType.PAYMENT_SUCCEEDED, EventType.BALANCE_RECOVERED]
     key = next(record for record in done.records if isinstance(record, KeyRecord))
     assert (key.scope, key.key) == (SCOPE_STRIPE_PAYMENT, "pi_1")
     with pytest.raises(DuplicateEvent) as again:
@@ -232,8 +235,11 @@ def test_declines_are_counted_then_auto_refill_switches_off_with_the_reason():
     final = apply(state, DeclineRefill(USER, 1, "card_declined"), ctx(9))
     assert final.reply == RefillDeclined(REFILL_ATTEMPTS_MAX, True)
     # Resolved, and nothing is due for it any more.
-    assert final.records == (RefillResolved(USER),
-                             user_deadline(DeadlineKind.AUTO_REFILL, USER, None))
+    resolved, deadline, *events = final.records
+    assert (resolved, deadline) == (RefillResolved(USER),
+                                    user_deadline(DeadlineKind.AUTO_REFILL, USER, None))
+    assert [event.event_type for event in events] == [EventType.AUTO_REFILL_FAILED,
+                                                      EventType.AUTO_REFILL_DISABLED]
     assert not final.account.auto_refill.enabled
     assert not final.account.refill_pending
     assert "card_declined" in final.account.auto_refill_error

@@ -16,6 +16,7 @@ from engine.commands import (
     CloseAccount,
     CreditResult,
     GetAccount,
+    KeyRecord,
     OpenAccount,
     ReportUsage,
     SetAutoRefill,
@@ -49,6 +50,7 @@ from engine.ids import (
 from engine.ledger import EntryType, LedgerEntry
 from engine.lots import balance_as_lots
 from engine.money import format_usd, require_amount_cents, round_half_even, split_micros
+from engine.notifications import Notification
 from engine.transitions import Context, apply
 
 USER = UserId(uuid.UUID("00000000-0000-4000-8000-000000000001"))
@@ -207,9 +209,10 @@ def test_add_credits_writes_an_entry_and_feeds_the_right_lifetime_counter():
         assert updated.balance_cents == 150
         assert getattr(updated, field) == 50
         assert updated.seq == 1
-        (entry,) = transition.records
+        entry, *events = transition.records
         assert isinstance(entry, LedgerEntry)
         assert (entry.amount, entry.balance_after, entry.entry_type) == (50, 150, kind)
+        assert all(isinstance(event, Notification) for event in events)
         assert isinstance(transition.reply, CreditResult)
     bonus = apply(account(), grant(5, kind=EntryType.BONUS), ctx()).account
     assert bonus is not None
@@ -219,7 +222,7 @@ def test_add_credits_writes_an_entry_and_feeds_the_right_lifetime_counter():
 
 def test_add_credits_with_a_key_records_it_and_a_retry_gets_the_original():
     first = apply(account(), grant(50, key="grant-1"), ctx(tid=3))
-    key_record = first.records[-1]
+    key_record = next(record for record in first.records if isinstance(record, KeyRecord))
     with pytest.raises(DuplicateEvent) as duplicate:
         apply(first.account, grant(50, key="grant-1"), ctx(tid=4, prior=key_record))
     assert duplicate.value.original["transaction_id"] == transaction_id_str(3)
@@ -334,7 +337,7 @@ def test_balance_check_uses_available_credits_and_changes_nothing():
     transition = apply(state, CheckBalance(USER, 6), ctx())
     assert transition.account is state
     assert transition.records == ()
-    assert transition.reply == BalanceCheck(True, 10, 6, 6)
+    assert transition.reply == BalanceCheck(True, 10, 6, 6, 6_000_000)
     assert apply(state, CheckBalance(USER, 7), ctx()).reply.sufficient is False
 
 

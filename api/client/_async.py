@@ -11,7 +11,7 @@ from typing import Any, Self
 import anyio
 import httpx
 
-from ._requests import T, _Attempts, _headers, _Routes, _Spec, _Wait
+from ._requests import T, _Attempts, _headers, _prompt, _Routes, _Spec, _Wait
 from ._results import (
     AutoRefill,
     Balance,
@@ -25,6 +25,7 @@ from ._results import (
     GrantResult,
     Health,
     Lots,
+    ParkedWebhooks,
     PaymentsPage,
     Portal,
     Purchase,
@@ -32,11 +33,16 @@ from ._results import (
     Ready,
     ReferralGrantResult,
     ReleaseResult,
+    Resent,
     Reservation,
     ReservationHeld,
+    SpendControls,
     SubscriptionState,
     TransactionPage,
     UsageResult,
+    UsageSummary,
+    WebhookEndpoint,
+    WebhookEndpoints,
 )
 
 # The async twin under the sync name, so that both clients' signatures read alike.
@@ -194,22 +200,85 @@ class AsyncBillingClient:
         return await self._send(_Routes.report_usage_batch(events))
 
     async def check_balance(self, user_id: object, required_cents: int = 0, *,
-                            provider: str | None = None, model: str | None = None
-                            ) -> BalanceCheck:
-        """With `provider` and `model` and no `required_cents`: the model's reserve."""
-        return await self._send(_Routes.check_balance(user_id, required_cents, provider,
-                                                      model))
+                      agent_id: object | None = None, provider: str | None = None,
+                      model: str | None = None, input_tokens: int | None = None
+                      ) -> BalanceCheck:
+        """Is `required_cents` spendable (balance and caps)? A model alone asks for its
+        reserve (the original service's rule, with `required_cents` 0); with the prompt's
+        input tokens too, the reply has `max_output_tokens`, the most the caller can afford."""
+        return await self._send(_Routes.check_balance(
+            user_id, required_cents, agent_id=agent_id, provider=provider, model=model,
+            input_tokens=input_tokens))
+
+    async def spend_controls(self) -> SpendControls:
+        return await self._send(_Routes.spend_controls())
+
+    async def set_spend_controls(self, caps: Sequence[Mapping[str, Any]], *,
+                           timezone: str | None = None,
+                           low_balance_cents: Sequence[int] | None = None) -> SpendControls:
+        """Replace the caller's caps: each `{"period", "limit_cents", "hard", "scope",
+        "name"}` (scope "account", "agent" or "service"); `low_balance_cents`: the balances
+        below which `balance.low` is sent."""
+        return await self._send(_Routes.set_spend_controls(caps, timezone, low_balance_cents))
+
+    async def admin_spend_controls(self, user_id: object) -> SpendControls:
+        return await self._send(_Routes.admin_spend_controls(user_id))
+
+    async def admin_set_spend_controls(self, user_id: object, caps: Sequence[Mapping[str, Any]],
+                                 *, timezone: str | None = None,
+                                 low_balance_cents: Sequence[int] | None = None
+                                 ) -> SpendControls:
+        return await self._send(_Routes.admin_set_spend_controls(user_id, caps, timezone,
+                                                                low_balance_cents))
+
+    async def usage_summary(self, *, from_day: datetime.date | str | None = None,
+                      to_day: datetime.date | str | None = None, group_by: str = "day"
+                      ) -> UsageSummary:
+        """The caller's usage per UTC day, model or agent between two days (both included)."""
+        return await self._send(_Routes.usage_summary(None, from_day, to_day, group_by))
+
+    async def admin_usage_summary(self, user_id: object, *,
+                            from_day: datetime.date | str | None = None,
+                            to_day: datetime.date | str | None = None, group_by: str = "day"
+                            ) -> UsageSummary:
+        return await self._send(_Routes.usage_summary(user_id, from_day, to_day, group_by))
+
+    async def create_webhook(self, url: str, event_types: Sequence[str]) -> WebhookEndpoint:
+        """Register an endpoint (admin). Keep the reply's `secret`: it is shown only now."""
+        return await self._send(_Routes.create_webhook(url, event_types))
+
+    async def webhooks(self) -> WebhookEndpoints:
+        return await self._send(_Routes.webhooks())
+
+    async def rotate_webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        """A new signing secret (in the reply); the old one signs too for a day."""
+        return await self._send(_Routes.rotate_webhook(endpoint_id))
+
+    async def delete_webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        return await self._send(_Routes.delete_webhook(endpoint_id))
+
+    async def webhook_dead_letters(self, endpoint_id: str) -> ParkedWebhooks:
+        return await self._send(_Routes.webhook_dead_letters(endpoint_id))
+
+    async def resend_webhooks(self, endpoint_id: str, sequences: Sequence[int] | None = None
+                        ) -> Resent:
+        return await self._send(_Routes.resend_webhooks(endpoint_id, sequences))
 
     async def quote(self, metric: Mapping[str, Any]) -> Quote:
         return await self._send(_Routes.quote(metric))
 
     async def reserve(self, user_id: object, *, reservation_id: str | None = None,
-                      amount_cents: int | None = None,
-                      metric: Mapping[str, Any] | None = None, ttl_seconds: int = 300,
-                      metadata: Mapping[str, Any] | None = None) -> ReservationHeld:
+                amount_cents: int | None = None, metric: Mapping[str, Any] | None = None,
+                ttl_seconds: int = 300, metadata: Mapping[str, Any] | None = None,
+                agent_id: object | None = None, clamp: bool = False,
+                provider: str | None = None, model: str | None = None,
+                input_tokens: int | None = None) -> ReservationHeld:
+        """Hold credits; `clamp` holds what the balance and caps allow when that is less
+        (the reply's `clamped`); naming the model and prompt answers `max_output_tokens`."""
         return await self._send(_Routes.reserve(
             user_id, reservation_id=reservation_id, amount_cents=amount_cents, metric=metric,
-            ttl_seconds=ttl_seconds, metadata=metadata))
+            ttl_seconds=ttl_seconds, metadata=metadata, agent_id=agent_id, clamp=clamp,
+            prompt=_prompt(provider, model, input_tokens)))
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         return await self._send(_Routes.get_reservation(reservation_id))

@@ -10,6 +10,7 @@ The hierarchy (error codes in brackets); catch a parent to catch its family:
     │   └── AccountNotFound  [account_not_found]
     ├── MethodNotAllowed  [method_not_allowed]
     ├── InsufficientCredits  [insufficient_credits]
+    │   └── SpendLimitExceeded  [spend_limit_exceeded]
     ├── Conflict  [conflict]
     │   ├── DuplicateEvent  [duplicate_event]
     │   ├── IdempotencyConflict  [idempotency_conflict]
@@ -75,6 +76,17 @@ class InsufficientCredits(BillingApiError):
         self.balance_cents: int | None = self.details.get("balance_cents")
         self.available_cents: int | None = self.details.get("available_cents")
         self.required_cents: int | None = self.details.get("required_cents")
+
+
+class SpendLimitExceeded(InsufficientCredits):
+    """A hard spend cap would be passed (402): `resets_at` says when its window restarts."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(status, code, message, details)
+        self.limit_cents: int | None = self.details.get("limit_cents")
+        self.spent_cents: int | None = self.details.get("spent_cents")
+        self.resets_at: str | None = self.details.get("resets_at")
 
 
 class Conflict(BillingApiError):
@@ -152,6 +164,7 @@ _ERRORS: dict[str, type[BillingApiError]] = {
     "account_not_found": AccountNotFound,
     "method_not_allowed": MethodNotAllowed,
     "insufficient_credits": InsufficientCredits,
+    "spend_limit_exceeded": SpendLimitExceeded,
     "conflict": Conflict,
     "duplicate_event": DuplicateEvent,
     "idempotency_conflict": IdempotencyConflict,

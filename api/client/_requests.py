@@ -33,6 +33,7 @@ from ._results import (
     GrantResult,
     Health,
     Lots,
+    ParkedWebhooks,
     PaymentsPage,
     Portal,
     Purchase,
@@ -40,11 +41,16 @@ from ._results import (
     Ready,
     ReferralGrantResult,
     ReleaseResult,
+    Resent,
     Reservation,
     ReservationHeld,
+    SpendControls,
     SubscriptionState,
     TransactionPage,
     UsageResult,
+    UsageSummary,
+    WebhookEndpoint,
+    WebhookEndpoints,
 )
 
 T = TypeVar("T")
@@ -207,6 +213,22 @@ def _new_id() -> str:
 def _fields(**values: Any) -> dict[str, Any]:
     """A request body without the optional fields the caller left out."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def _prompt(provider: str | None, model: str | None, input_tokens: int | None
+            ) -> dict[str, Any]:
+    """The model call an affordability question is about (sent only when named)."""
+    if provider is None and model is None:
+        return {}
+    return {"prompt": {"provider": provider, "model": model,
+                       **_fields(input_tokens=input_tokens)}}
+
+
+def _controls_body(caps: Sequence[Mapping[str, Any]], timezone: str | None,
+                   low_balance_cents: Sequence[int] | None) -> dict[str, Any]:
+    return {"caps": [dict(cap) for cap in caps], **_fields(
+        timezone=timezone,
+        low_balance_cents=None if low_balance_cents is None else list(low_balance_cents))}
 
 
 def _segment(value: str) -> str:
@@ -403,11 +425,84 @@ class _Routes:
                      retry=True)
 
     @staticmethod
-    def check_balance(user_id: object, required_cents: int, provider: str | None,
-                      model: str | None) -> _Spec[BalanceCheck]:
+    def check_balance(user_id: object, required_cents: int, *, agent_id: object | None,
+                      provider: str | None, model: str | None, input_tokens: int | None
+                      ) -> _Spec[BalanceCheck]:
+        """A model without `input_tokens` asks the original's way (its reserve when
+        `required_cents` is 0); with them, how many output tokens are affordable."""
         body = {"user_id": str(user_id), "required_cents": required_cents,
-                **_fields(provider=provider, model=model)}
+                **_fields(agent_id=None if agent_id is None else str(agent_id)),
+                **(_fields(provider=provider, model=model) if input_tokens is None
+                   else _prompt(provider, model, input_tokens))}
         return _Spec("POST", "/v1/usage/check", _plain(BalanceCheck), body=body, retry=True)
+
+    @staticmethod
+    def spend_controls() -> _Spec[SpendControls]:
+        return _Spec("GET", "/v1/credits/spend-controls", _plain(SpendControls), retry=True)
+
+    @staticmethod
+    def set_spend_controls(caps: Sequence[Mapping[str, Any]], timezone: str | None,
+                           low_balance_cents: Sequence[int] | None) -> _Spec[SpendControls]:
+        # Retried: the same settings twice are the same settings.
+        body = _controls_body(caps, timezone, low_balance_cents)
+        return _Spec("POST", "/v1/credits/spend-controls", _plain(SpendControls), body=body,
+                     retry=True)
+
+    @staticmethod
+    def admin_spend_controls(user_id: object) -> _Spec[SpendControls]:
+        return _Spec("GET", f"/v1/admin/accounts/{_segment(str(user_id))}/spend-controls",
+                     _plain(SpendControls), retry=True)
+
+    @staticmethod
+    def admin_set_spend_controls(user_id: object, caps: Sequence[Mapping[str, Any]],
+                                 timezone: str | None, low_balance_cents: Sequence[int] | None
+                                 ) -> _Spec[SpendControls]:
+        body = _controls_body(caps, timezone, low_balance_cents)
+        return _Spec("POST", f"/v1/admin/accounts/{_segment(str(user_id))}/spend-controls",
+                     _plain(SpendControls), body=body, retry=True)
+
+    @staticmethod
+    def usage_summary(user_id: object | None, from_day: datetime.date | str | None,
+                      to_day: datetime.date | str | None, group_by: str
+                      ) -> _Spec[UsageSummary]:
+        params: dict[str, str | int] = {"group_by": group_by, **_fields(
+            **{"from": None if from_day is None else str(from_day),
+               "to": None if to_day is None else str(to_day)})}
+        path = ("/v1/usage/summary" if user_id is None
+                else f"/v1/admin/accounts/{_segment(str(user_id))}/usage/summary")
+        return _Spec("GET", path, _plain(UsageSummary), params=params, retry=True)
+
+    @staticmethod
+    def create_webhook(url: str, event_types: Sequence[str]) -> _Spec[WebhookEndpoint]:
+        # Not retried: a retry would register a second endpoint with another secret.
+        return _Spec("POST", "/v1/admin/webhooks", _plain(WebhookEndpoint),
+                     body={"url": url, "event_types": list(event_types)})
+
+    @staticmethod
+    def webhooks() -> _Spec[WebhookEndpoints]:
+        return _Spec("GET", "/v1/admin/webhooks", _plain(WebhookEndpoints), retry=True)
+
+    @staticmethod
+    def rotate_webhook(endpoint_id: str) -> _Spec[WebhookEndpoint]:
+        # Not retried: each rotation makes a new secret.
+        return _Spec("POST", f"/v1/admin/webhooks/{_segment(endpoint_id)}/rotate",
+                     _plain(WebhookEndpoint), body={})
+
+    @staticmethod
+    def delete_webhook(endpoint_id: str) -> _Spec[WebhookEndpoint]:
+        return _Spec("DELETE", f"/v1/admin/webhooks/{_segment(endpoint_id)}",
+                     _plain(WebhookEndpoint))
+
+    @staticmethod
+    def webhook_dead_letters(endpoint_id: str) -> _Spec[ParkedWebhooks]:
+        return _Spec("GET", f"/v1/admin/webhooks/{_segment(endpoint_id)}/dead-letters",
+                     _plain(ParkedWebhooks), retry=True)
+
+    @staticmethod
+    def resend_webhooks(endpoint_id: str, sequences: Sequence[int] | None) -> _Spec[Resent]:
+        body = _fields(sequences=None if sequences is None else list(sequences))
+        return _Spec("POST", f"/v1/admin/webhooks/{_segment(endpoint_id)}/resend",
+                     _plain(Resent), body=body)
 
     @staticmethod
     def quote(metric: Mapping[str, Any]) -> _Spec[Quote]:
@@ -417,11 +512,15 @@ class _Routes:
     @staticmethod
     def reserve(user_id: object, *, reservation_id: str | None, amount_cents: int | None,
                 metric: Mapping[str, Any] | None, ttl_seconds: int,
-                metadata: Mapping[str, Any] | None) -> _Spec[ReservationHeld]:
+                metadata: Mapping[str, Any] | None, agent_id: object | None = None,
+                clamp: bool = False, prompt: Mapping[str, Any] | None = None
+                ) -> _Spec[ReservationHeld]:
         body = {"reservation_id": reservation_id or _new_id(), "user_id": str(user_id),
                 "ttl_seconds": ttl_seconds,
                 **_fields(amount_cents=amount_cents, metric=_metric(metric),
-                          metadata=None if metadata is None else dict(metadata))}
+                          metadata=None if metadata is None else dict(metadata),
+                          agent_id=None if agent_id is None else str(agent_id),
+                          clamp=clamp or None, **(prompt or {}))}
         return _Spec("POST", "/v1/reservations", _plain(ReservationHeld), body=body,
                      retry=True, replay=_replay_as(ReservationHeld, record=True))
 

@@ -114,6 +114,59 @@ class LotDraw(_Result):
     amount_cents: int
 
 
+class SpendCap(_Result):
+    scope: str
+    name: str | None
+    period: str
+    limit_cents: int
+    hard: bool
+    spent_cents: int = 0
+    spent_micros: int = 0
+    held_cents: int = 0
+    remaining_cents: int = 0
+    reached: bool = False
+    window_start: str | None = None
+    resets_at: str | None = None
+
+
+class SpendControls(_Result):
+    user_id: str
+    timezone: str
+    caps: list[SpendCap] = msgspec.field(default_factory=list)
+    low_balance_cents: list[int] = msgspec.field(default_factory=list)
+
+
+class WebhookEndpoint(_Result):
+    endpoint_id: str
+    url: str
+    event_types: list[str]
+    created_at: str | None = None
+    # Only in the answer to create and rotate: keep it, it is not shown again.
+    secret: str | None = None
+
+
+class WebhookEndpoints(_Result):
+    endpoints: list[WebhookEndpoint]
+
+
+class ParkedWebhook(_Result):
+    sequence: int
+    event_id: str
+    event_type: str
+    user_id: str
+    attempts: int
+    last_error: str
+
+
+class ParkedWebhooks(_Result):
+    endpoint_id: str
+    parked: list[ParkedWebhook]
+
+
+class Resent(_Result):
+    resent: int
+
+
 class BillingAccount(_Result):
     user_id: str
     balance_cents: int
@@ -136,6 +189,7 @@ class BillingAccount(_Result):
     next_expiry: NextExpiry | None = None
     debt_cents: int = 0
     lots: list[Lot] = msgspec.field(default_factory=list)
+    spend_caps: list[SpendCap] = msgspec.field(default_factory=list)
 
 
 class Deleted(_Result):
@@ -152,6 +206,7 @@ class Balance(_Result):
     paid_cents: int = 0
     promotional_cents: int = 0
     next_expiry: NextExpiry | None = None
+    spend_caps: list[SpendCap] = msgspec.field(default_factory=list)
 
 
 class Transaction(_Result):
@@ -226,6 +281,9 @@ class BalanceCheck(_Result):
     balance_cents: int
     available_cents: int
     required_cents: int
+    spendable_micros: int = 0
+    within_caps: bool = True
+    max_output_tokens: int | None = None
 
 
 class Quote(_Result):
@@ -249,6 +307,9 @@ class ReservationHeld(_Result):
     balance_cents: int | None = None
     available_cents: int | None = None
     expires_at: str | None = None
+    requested_cents: int | None = None
+    clamped: bool = False
+    max_output_tokens: int | None = None
 
 
 class Reservation(_Result):
@@ -307,3 +368,24 @@ class BalanceEvent(_Result):
     heldCents: int = 0
     availableCents: int = 0
     seq: int = 0
+class UsageTotals(_Result):
+    events: int
+    cost_micros: int
+    cost_credits: str
+    debited_cents: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class UsageGroup(_Result):
+    key: str
+    totals: UsageTotals
+
+
+class UsageSummary(_Result):
+    user_id: str
+    group_by: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    groups: list[UsageGroup]
+    total: UsageTotals

@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import httpx
 
-from ._requests import T, _Attempts, _headers, _Routes, _Spec, _Wait
+from ._requests import T, _Attempts, _headers, _prompt, _Routes, _Spec, _Wait
 from ._results import (
     AutoRefill,
     Balance,
@@ -25,6 +25,7 @@ from ._results import (
     GrantResult,
     Health,
     Lots,
+    ParkedWebhooks,
     PaymentsPage,
     Portal,
     Purchase,
@@ -32,11 +33,16 @@ from ._results import (
     Ready,
     ReferralGrantResult,
     ReleaseResult,
+    Resent,
     Reservation,
     ReservationHeld,
+    SpendControls,
     SubscriptionState,
     TransactionPage,
     UsageResult,
+    UsageSummary,
+    WebhookEndpoint,
+    WebhookEndpoints,
 )
 from ._ws import BalanceEvents, _read_refusal
 
@@ -188,20 +194,85 @@ class BillingClient:
         return self._send(_Routes.report_usage_batch(events))
 
     def check_balance(self, user_id: object, required_cents: int = 0, *,
-                      provider: str | None = None, model: str | None = None) -> BalanceCheck:
-        """With `provider` and `model` and no `required_cents`: the model's reserve."""
-        return self._send(_Routes.check_balance(user_id, required_cents, provider, model))
+                      agent_id: object | None = None, provider: str | None = None,
+                      model: str | None = None, input_tokens: int | None = None
+                      ) -> BalanceCheck:
+        """Is `required_cents` spendable (balance and caps)? A model alone asks for its
+        reserve (the original service's rule, with `required_cents` 0); with the prompt's
+        input tokens too, the reply has `max_output_tokens`, the most the caller can afford."""
+        return self._send(_Routes.check_balance(
+            user_id, required_cents, agent_id=agent_id, provider=provider, model=model,
+            input_tokens=input_tokens))
+
+    def spend_controls(self) -> SpendControls:
+        return self._send(_Routes.spend_controls())
+
+    def set_spend_controls(self, caps: Sequence[Mapping[str, Any]], *,
+                           timezone: str | None = None,
+                           low_balance_cents: Sequence[int] | None = None) -> SpendControls:
+        """Replace the caller's caps: each `{"period", "limit_cents", "hard", "scope",
+        "name"}` (scope "account", "agent" or "service"); `low_balance_cents`: the balances
+        below which `balance.low` is sent."""
+        return self._send(_Routes.set_spend_controls(caps, timezone, low_balance_cents))
+
+    def admin_spend_controls(self, user_id: object) -> SpendControls:
+        return self._send(_Routes.admin_spend_controls(user_id))
+
+    def admin_set_spend_controls(self, user_id: object, caps: Sequence[Mapping[str, Any]],
+                                 *, timezone: str | None = None,
+                                 low_balance_cents: Sequence[int] | None = None
+                                 ) -> SpendControls:
+        return self._send(_Routes.admin_set_spend_controls(user_id, caps, timezone,
+                                                                low_balance_cents))
+
+    def usage_summary(self, *, from_day: datetime.date | str | None = None,
+                      to_day: datetime.date | str | None = None, group_by: str = "day"
+                      ) -> UsageSummary:
+        """The caller's usage per UTC day, model or agent between two days (both included)."""
+        return self._send(_Routes.usage_summary(None, from_day, to_day, group_by))
+
+    def admin_usage_summary(self, user_id: object, *,
+                            from_day: datetime.date | str | None = None,
+                            to_day: datetime.date | str | None = None, group_by: str = "day"
+                            ) -> UsageSummary:
+        return self._send(_Routes.usage_summary(user_id, from_day, to_day, group_by))
+
+    def create_webhook(self, url: str, event_types: Sequence[str]) -> WebhookEndpoint:
+        """Register an endpoint (admin). Keep the reply's `secret`: it is shown only now."""
+        return self._send(_Routes.create_webhook(url, event_types))
+
+    def webhooks(self) -> WebhookEndpoints:
+        return self._send(_Routes.webhooks())
+
+    def rotate_webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        """A new signing secret (in the reply); the old one signs too for a day."""
+        return self._send(_Routes.rotate_webhook(endpoint_id))
+
+    def delete_webhook(self, endpoint_id: str) -> WebhookEndpoint:
+        return self._send(_Routes.delete_webhook(endpoint_id))
+
+    def webhook_dead_letters(self, endpoint_id: str) -> ParkedWebhooks:
+        return self._send(_Routes.webhook_dead_letters(endpoint_id))
+
+    def resend_webhooks(self, endpoint_id: str, sequences: Sequence[int] | None = None
+                        ) -> Resent:
+        return self._send(_Routes.resend_webhooks(endpoint_id, sequences))
 
     def quote(self, metric: Mapping[str, Any]) -> Quote:
         return self._send(_Routes.quote(metric))
 
     def reserve(self, user_id: object, *, reservation_id: str | None = None,
                 amount_cents: int | None = None, metric: Mapping[str, Any] | None = None,
-                ttl_seconds: int = 300, metadata: Mapping[str, Any] | None = None
-                ) -> ReservationHeld:
+                ttl_seconds: int = 300, metadata: Mapping[str, Any] | None = None,
+                agent_id: object | None = None, clamp: bool = False,
+                provider: str | None = None, model: str | None = None,
+                input_tokens: int | None = None) -> ReservationHeld:
+        """Hold credits; `clamp` holds what the balance and caps allow when that is less
+        (the reply's `clamped`); naming the model and prompt answers `max_output_tokens`."""
         return self._send(_Routes.reserve(
             user_id, reservation_id=reservation_id, amount_cents=amount_cents, metric=metric,
-            ttl_seconds=ttl_seconds, metadata=metadata))
+            ttl_seconds=ttl_seconds, metadata=metadata, agent_id=agent_id, clamp=clamp,
+            prompt=_prompt(provider, model, input_tokens)))
 
     def get_reservation(self, reservation_id: str) -> Reservation:
         return self._send(_Routes.get_reservation(reservation_id))

@@ -1,0 +1,1 @@
+"""Outbound webhooks: delivery of the engine's notifications to registered endpoints."""
