@@ -23,7 +23,9 @@ ENDPOINTS_MAX = 64
 SECRET_OVERLAP_MS = 24 * 3600 * 1000
 # Scheme, host (name or IPv4, optional port), then a path or query of printable ASCII other
 # than '#' and '"'. Read alike by Python's `re` and ECMA-262 (the document's pattern).
-URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?][!$-~]*)?$"
+# A host's labels are 1..63 characters (DNS; a longer one fails at name resolution).
+URL_PATTERN = (r"^https?://[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*\.?(:[0-9]{1,5})?"
+               r"([/?][!$-~]*)?$")
 # Python's `$` also matches before a final newline: `\Z` is the pattern's end here.
 URL_RULE = re.compile(URL_PATTERN[:-1] + r"\Z")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -27,6 +28,7 @@ from engine.webhooks import (
     validated_event_types,
     validated_url,
 )
+from integrations.webhooks.delivery import WebhookDelivery
 from storage import codec
 from storage.lmdb_store import LmdbStore
 from storage.store import CommitBatch
@@ -210,3 +212,24 @@ def test_the_cli_lists_endpoints_and_parked_events_and_resends_them(tmp_path):
         assert (row["event"]["id"], row["only"]) == ("evt_1", "we_a")
     finally:
         reopened.close()
+
+
+def test_a_host_label_longer_than_dns_allows_is_refused_and_never_reaches_delivery():
+    with pytest.raises(InvalidInput):
+        validated_url(f"https://{'a' * 64}.example.com/hook")
+    assert validated_url(f"https://{'a' * 63}.example.com/hook")
+
+
+async def test_an_attempt_that_fails_outside_httpx_is_a_failed_attempt_not_a_crash():
+    """A URL stored before a rule tightened (or one the resolver refuses) must cost one
+    attempt, not the delivery task: getaddrinfo raises UnicodeError for a 64-byte label."""
+    endpoint = WebhookEndpoint("we_1", f"http://{'a' * 64}.invalid/h", (EventType.BALANCE_LOW,),
+                               "whsec_x", NOW)
+    delivery = WebhookDelivery(_NoWebhooks(), lambda: NOW)  # type: ignore[arg-type]
+    async with httpx.AsyncClient() as client:
+        error = await delivery._post(client, endpoint, "evt_1", b"{}")
+    assert error is not None and error.startswith(("request:", "connection:"))
+
+
+class _NoWebhooks:
+    """The delivery's view of the store, unused by a single attempt."""

@@ -198,8 +198,10 @@ def test_usage_check_with_a_model_requires_its_reserve(server, keys, issuer):
     check = post(server, "/v1/usage/check", {"user_id": str(user), "required_cents": 0,
                                              "provider": "anthropic",
                                              "model": "claude-3-5-sonnet"})
+    # The v0.1 fields, exactly; spend controls (issue 16) add what the caps allow.
     assert check.json() == {"sufficient": False, "balance_cents": 1, "available_cents": 1,
-                            "required_cents": reserve}
+                            "required_cents": reserve, "spendable_micros": 1_000_000,
+                            "within_caps": True, "max_output_tokens": None}
     stated = post(server, "/v1/usage/check", {"user_id": str(user), "required_cents": 1,
                                               "provider": "anthropic",
                                               "model": "claude-3-5-sonnet"})

@@ -159,6 +159,10 @@ class WebhookDelivery:
             return "timeout"
         except httpx.HTTPError as failure:
             return f"connection: {type(failure).__name__}"
+        except Exception as failure:
+            # An attempt's failure (a name that does not resolve, a URL httpx refuses) is
+            # that attempt's: retried, then parked, never the delivery task's or the server's.
+            return f"request: {type(failure).__name__}"
         if 200 <= response.status_code < 300:
             return None
         return f"HTTP {response.status_code}: {response.text[:200]}"
