@@ -155,16 +155,23 @@ def _grant(account: Account, opened: tuple[AccountOpened, ...], context: Context
     return Transition(updated, (*opened, entry, record), outcome, (record,))
 
 
-def signup_grant(account: Account | None, command: SignupGrant, context: Context
-                 ) -> Transition:
+def _once(account: Account | None, command: SignupGrant | ReferralGrant, context: Context,
+          *, entry_type: EntryType, scope: str, key: str, description: str) -> Transition:
+    """The command's amount, once per key: the key's prior outcome refuses a repeat."""
     live, opened = _opened(account, command.user_id, context)
     if context.prior is not None:
         return _refused(live, opened, GrantRefusal.ALREADY_GRANTED)
     if command.amount_cents <= 0:
         return _refused(live, opened, GrantRefusal.DISABLED)
-    return _grant(live, opened, context, entry_type=EntryType.SIGNUP_GRANT,
-                  amount_cents=command.amount_cents, scope=SCOPE_SIGNUP_GRANT,
-                  key=str(command.user_id), description="signup grant", lot=command.lot)
+    return _grant(live, opened, context, entry_type=entry_type,
+                  amount_cents=command.amount_cents, scope=scope, key=key,
+                  description=description, lot=command.lot)
+
+
+def signup_grant(account: Account | None, command: SignupGrant, context: Context
+                 ) -> Transition:
+    return _once(account, command, context, entry_type=EntryType.SIGNUP_GRANT,
+                 scope=SCOPE_SIGNUP_GRANT, key=str(command.user_id), description="signup grant")
 
 
 def daily_grant(account: Account | None, command: DailyGrant, context: Context
@@ -188,15 +195,9 @@ def daily_grant(account: Account | None, command: DailyGrant, context: Context
 
 def referral_grant(account: Account | None, command: ReferralGrant, context: Context
                    ) -> Transition:
-    live, opened = _opened(account, command.user_id, context)
-    if context.prior is not None:
-        return _refused(live, opened, GrantRefusal.ALREADY_GRANTED)
-    if command.amount_cents <= 0:
-        return _refused(live, opened, GrantRefusal.DISABLED)
-    return _grant(live, opened, context, entry_type=EntryType.REFERRAL_GRANT,
-                  amount_cents=command.amount_cents, scope=SCOPE_REFERRAL_GRANT,
-                  key=f"{command.invitee_id}:{command.side.value}",
-                  description=f"referral grant ({command.side.value})", lot=command.lot)
+    return _once(account, command, context, entry_type=EntryType.REFERRAL_GRANT,
+                 scope=SCOPE_REFERRAL_GRANT, key=f"{command.invitee_id}:{command.side.value}",
+                 description=f"referral grant ({command.side.value})")
 
 
 HANDLERS = {

@@ -6,16 +6,22 @@ engine process and two HTTP worker processes. Modules whose `server` fixture tak
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30
@@ -106,3 +112,40 @@ def service_headers(**extra: str) -> dict[str, str]:
 
 def user_headers(user: object) -> dict[str, str]:
     return {"Authorization": f"Bearer test-token:{user}"}
+
+
+class JwksServer:
+    """A JWKS issuer on 127.0.0.1 (threads) serving `keys` at /.well-known/jwks.json (404
+    elsewhere), optionally slow to answer."""
+
+    def __init__(self, keys: list[dict[str, Any]], delay_s: float = 0.0) -> None:
+        document = json.dumps({"keys": keys}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                del format, args
+
+            def do_GET(self) -> None:
+                time.sleep(delay_s)
+                status = 200 if self.path == "/.well-known/jwks.json" else 404
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(document)))
+                self.end_headers()
+                self.wfile.write(document)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def rsa_signing_key(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
+    """A fresh RS256 key and its public JWK (`kid` as given)."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    public_jwk.update({"kid": kid, "alg": "RS256", "use": "sig"})
+    return private, public_jwk

@@ -9,55 +9,24 @@ import hmac
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.http_support import ROOT, Server
+from tests.http_support import ROOT, JwksServer, Server, rsa_signing_key
 
 AUDIENCE = "z-billing"
 HS256_SECRET = "shared-secret-for-tests-0123456789abcdef"
 
 
-class JwksServer:
-    def __init__(self, keys: list[dict[str, Any]]) -> None:
-        document = json.dumps({"keys": keys}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                del format, args
-
-            def do_GET(self) -> None:
-                status = 200 if self.path == "/.well-known/jwks.json" else 404
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(document)))
-                self.end_headers()
-                self.wfile.write(document)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture(scope="module")
 def keys():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
-    public_jwk.update({"kid": "key-1", "alg": "RS256", "use": "sig"})
-    return private, public_jwk
+    return rsa_signing_key("key-1")
 
 
 @pytest.fixture(scope="module")

@@ -6,27 +6,30 @@ also tests/test_grants.py (engine)."""
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 import trio
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from actors.config import load_pricing
 from api.http import ROUTE_REQUESTS_IN_FLIGHT_MAX
 from engine.pricing import model_reserve_cents
 from tests.conftest import new_user
 from tests.fake_stripe import API_KEY, WEBHOOK_SECRET, FakeStripe
-from tests.http_support import ADMIN_KEY, SERVICE_KEY, Server, service_headers
+from tests.http_support import (
+    ADMIN_KEY,
+    SERVICE_KEY,
+    JwksServer,
+    Server,
+    rsa_signing_key,
+    service_headers,
+)
 
 AUDIENCE = "z-billing"
 CONCURRENT_CALLS = 10
@@ -36,44 +39,14 @@ REQUEST_TIMEOUT_S = 1
 SOCKET_TIMEOUT_S = 10.0
 
 
-class Issuer:
-    """A JWKS on 127.0.0.1 (threads), optionally slow to answer."""
-
-    def __init__(self, public_jwk: dict[str, Any], delay_s: float = 0.0) -> None:
-        document = json.dumps({"keys": [public_jwk]}).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                del format, args
-
-            def do_GET(self) -> None:
-                time.sleep(delay_s)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(document)))
-                self.end_headers()
-                self.wfile.write(document)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture(scope="module")
 def keys():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
-    public_jwk.update({"kid": "k1", "alg": "RS256", "use": "sig"})
-    return private, public_jwk
+    return rsa_signing_key("k1")
 
 
 @pytest.fixture(scope="module")
 def issuer(keys):
-    running = Issuer(keys[1])
+    running = JwksServer([keys[1]])
     yield running
     running.close()
 
@@ -370,7 +343,7 @@ def test_a_reply_before_the_body_was_read_closes_the_connection(server, status,
 
 async def test_a_slow_request_times_out_in_the_error_format_and_the_route_bound_holds(
         tmp_path, keys):
-    slow = Issuer(keys[1], delay_s=SLOW_JWKS_S)
+    slow = JwksServer([keys[1]], delay_s=SLOW_JWKS_S)
     running = Server(tmp_path / "data", dev=False, env={
         "AUTH_BASE_URL": slow.url, "REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_S)})
     try:
@@ -386,7 +359,7 @@ async def test_a_slow_request_times_out_in_the_error_format_and_the_route_bound_
 
 
 async def test_past_the_route_bound_requests_are_refused_at_once(tmp_path, keys):
-    slow = Issuer(keys[1], delay_s=SLOW_JWKS_S)
+    slow = JwksServer([keys[1]], delay_s=SLOW_JWKS_S)
     running = Server(tmp_path / "data", dev=False, env={"AUTH_BASE_URL": slow.url})
     headers = {"Authorization": f"Bearer {token(keys, slow, sub=str(new_user()))}"}
     statuses: list[int] = []
