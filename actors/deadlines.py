@@ -22,6 +22,7 @@ from actors.journal import Batch
 from actors.system import ActorSystem, Pending, WallClock
 from engine.deadlines import Deadline, DeadlineKind
 from engine.errors import BillingError, EngineStopped
+from engine.expiring import NoticeExpiringLot, lot_of_notice
 from engine.expiry import ExpireLots
 from engine.reservations import ExpireReservation
 from engine.subscriptions import SweepSubscription
@@ -47,6 +48,8 @@ COMMAND_FOR: dict[DeadlineKind, Callable[[Deadline], AnyCommand]] = {
     DeadlineKind.RESERVATION_EXPIRY: lambda due: ExpireReservation(due.user_id, due.key),
     DeadlineKind.SUBSCRIPTION: lambda due: SweepSubscription(due.user_id),
     DeadlineKind.LOT_EXPIRY: lambda due: ExpireLots(due.user_id),
+    DeadlineKind.LOT_EXPIRY_NOTICE: lambda due: NoticeExpiringLot(due.user_id,
+                                                                  lot_of_notice(due.key)),
 }
 Handler = Callable[[Deadline], None]
 _Name = tuple[DeadlineKind, str]

@@ -386,7 +386,7 @@ EventTypeText = Literal[
     "balance.low", "balance.depleted", "balance.recovered", "spend_limit.reached",
     "auto_refill.succeeded", "auto_refill.failed", "auto_refill.disabled",
     "subscription.renewed", "subscription.past_due", "subscription.ended",
-    "payment.succeeded", "payment.refunded", "credits.expired"]
+    "payment.succeeded", "payment.refunded", "credits.expiring", "credits.expired"]
 require(set(typing.get_args(EventTypeText)) == {kind.value for kind in EventType},
         "EventTypeText lists every engine.notifications.EventType")
 

@@ -20,6 +20,7 @@ class DeadlineKind(StrEnum):
     SUBSCRIPTION = "subscription"  # key: the user id (period end, grace end, renewal)
     AUTO_REFILL = "auto_refill"  # key: the user id; due at once, retried by the worker
     LOT_EXPIRY = "lot_expiry"  # key: the user id (its next lot expiry, engine/expiry.py)
+    LOT_EXPIRY_NOTICE = "lot_expiry_notice"  # key: user id ":" lot id (engine/expiring.py)
 
 
 class Deadline(msgspec.Struct, frozen=True, gc=False):

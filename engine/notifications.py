@@ -34,6 +34,7 @@ class EventType(StrEnum):
     SUBSCRIPTION_ENDED = "subscription.ended"
     PAYMENT_SUCCEEDED = "payment.succeeded"
     PAYMENT_REFUNDED = "payment.refunded"
+    CREDITS_EXPIRING = "credits.expiring"  # engine/expiring.py, by its own timer
     CREDITS_EXPIRED = "credits.expired"
 
 

@@ -14,7 +14,17 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from engine import controls, expiry, grants, metering, payments, reservations, subscriptions, undo
+from engine import (
+    controls,
+    expiring,
+    expiry,
+    grants,
+    metering,
+    payments,
+    reservations,
+    subscriptions,
+    undo,
+)
 from engine.account import Account, AccountStatus, live_account
 from engine.caps import headroom_micros
 from engine.commands import (
@@ -33,6 +43,7 @@ from engine.commands import (
 )
 from engine.controls import ControlsCommand
 from engine.errors import AccountExists, AccountNotFound, InvalidInput, require
+from engine.expiring import NoticeExpiringLot, notice_deadline
 from engine.expiry import ExpireLots, rearm
 from engine.export import AccountOpened
 from engine.grants import GrantCommand
@@ -47,7 +58,7 @@ from engine.subscriptions import SubscriptionCommand
 from engine.undo import UndoCommand
 
 AnyCommand = (Command | ReservationCommand | PaymentCommand | SubscriptionCommand | ExpireLots
-              | UndoCommand | GrantCommand | ControlsCommand)
+              | UndoCommand | GrantCommand | ControlsCommand | NoticeExpiringLot)
 Handler = Callable[[Account | None, Any, Context], Transition]
 
 
@@ -55,9 +66,11 @@ def apply(account: Account | None, command: AnyCommand, context: Context) -> Tra
     transition = _HANDLERS[type(command)](account, command, context)
     if transition.account is not None:
         transition.account.check_invariants()
-        deadline = rearm(account, transition.account)
-        if deadline is not None:
-            transition = replace(transition, records=(*transition.records, deadline))
+        deadlines = tuple(deadline for deadline in (
+            rearm(account, transition.account), notice_deadline(transition.account, context))
+            if deadline is not None)
+        if deadlines:
+            transition = replace(transition, records=(*transition.records, *deadlines))
         events = derive(account, transition.account, transition.records, context.now_ms,
                         context.transaction_id)
         if events:
@@ -179,6 +192,7 @@ _FEATURE_HANDLERS: tuple[dict[type, Handler], ...] = (
     undo.HANDLERS,  # type: ignore[dict-item]
     grants.HANDLERS,  # type: ignore[dict-item]
     controls.HANDLERS,  # type: ignore[dict-item]
+    expiring.HANDLERS,  # type: ignore[dict-item]
 )
 _HANDLERS: dict[type, Handler] = {
     command: handler for handlers in _FEATURE_HANDLERS for command, handler in handlers.items()

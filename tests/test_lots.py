@@ -21,8 +21,9 @@ from engine.errors import (
     InvariantViolation,
     NotFound,
 )
+from engine.expiring import EXPIRING_NOTICE_MS, NoticeExpiringLot, notice_key
 from engine.expiry import ExpireLots
-from engine.ids import TransactionId, UserId
+from engine.ids import TransactionId, UserId, transaction_id_str
 from engine.ledger import EntryType, LedgerEntry
 from engine.lots import (
     LOT_DEFAULTS,
@@ -37,6 +38,7 @@ from engine.lots import (
     grant_terms,
     summarize,
 )
+from engine.notifications import EventType, Notification
 from engine.payments import RefillIntent, TakeBackCredits
 from engine.reservations import CommitReservation, ReleaseReservation, Reserve
 from engine.transitions import apply
@@ -362,3 +364,43 @@ def test_an_expiry_or_a_manual_debit_below_the_trigger_raises_one_refill():
     book.run(ExpireLots(USER), NOW + DAY_MS)  # 400 left: below it
     assert [r.amount_cents for r in book.records if isinstance(r, RefillIntent)] == [2_500]
     assert book.account.refill_pending
+
+
+def notices(book: Book) -> list[Deadline]:
+    return [r for r in book.records
+            if isinstance(r, Deadline) and r.kind is DeadlineKind.LOT_EXPIRY_NOTICE]
+
+
+def expiring_events(book: Book) -> list[Notification]:
+    return [r for r in book.records
+            if isinstance(r, Notification) and r.event_type is EventType.CREDITS_EXPIRING]
+
+
+def test_a_lot_with_an_expiry_is_announced_once_before_it_expires():
+    book = Book()
+    never = book.grant(100)
+    lot = book.grant(300, terms=LotTerms(expires_at_ms=NOW + 10 * DAY_MS))
+    assert [(n.key, n.due_ms) for n in notices(book)] == [
+        (notice_key(USER, lot), NOW + 10 * DAY_MS - EXPIRING_NOTICE_MS)]  # none for `never`
+    assert never != lot
+    due = NOW + 10 * DAY_MS - EXPIRING_NOTICE_MS
+    book.spend(50, "before-the-notice", now_ms=due - 1)
+    book.run(NoticeExpiringLot(USER, lot), now_ms=due)
+    (event,) = expiring_events(book)
+    assert (event.event_id, event.data["remaining_cents"], event.data["expires_at_ms"]) == (
+        f"evt_expiring_{transaction_id_str(lot)}_{NOW + 10 * DAY_MS}", 250, NOW + 10 * DAY_MS)
+    assert notices(book)[-1].due_ms is None  # the timer is dropped in the same commit
+    book.run(NoticeExpiringLot(USER, lot), now_ms=due + 1)  # a repeat announces nothing new
+    assert len(expiring_events(book)) == 2 and expiring_events(book)[1].event_id == event.event_id
+
+
+def test_a_lot_expiring_sooner_than_the_notice_is_announced_at_once_and_a_spent_one_never():
+    book = Book()
+    soon = book.grant(100, terms=LotTerms(expires_at_ms=NOW + DAY_MS))
+    assert notices(book)[-1].due_ms == NOW
+    spent = book.grant(40, terms=LotTerms(expires_at_ms=NOW + 2 * DAY_MS, priority=0))
+    book.spend(40, "all-of-it")
+    book.run(NoticeExpiringLot(USER, spent), now_ms=NOW + 1)
+    assert expiring_events(book) == []
+    book.run(NoticeExpiringLot(USER, soon), now_ms=NOW + 1)
+    assert [event.data["lot_id"] for event in expiring_events(book)] == [transaction_id_str(soon)]

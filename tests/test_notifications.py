@@ -7,17 +7,19 @@ import uuid
 
 import httpx
 import pytest
+import trio
 from click.testing import CliRunner
 
+from actors.runtime import open_billing
 from api.cli import main
 from engine.account import Account
 from engine.caps import CapSetting, validated_caps
 from engine.commands import AddCredits, ReportUsage, credits_fingerprint, usage_fingerprint
 from engine.controls import SetSpendControls
 from engine.errors import InvalidInput
-from engine.ids import TransactionId, UserId
+from engine.ids import TransactionId, UserId, transaction_id_str
 from engine.ledger import EntryType
-from engine.lots import balance_as_lots
+from engine.lots import LotRequest, balance_as_lots
 from engine.notifications import EventType, Notification
 from engine.transitions import Context, apply
 from engine.webhooks import (
@@ -32,6 +34,7 @@ from integrations.webhooks.delivery import WebhookDelivery
 from storage import codec
 from storage.lmdb_store import LmdbStore
 from storage.store import CommitBatch
+from tests.conftest import new_user
 
 USER = UserId(uuid.UUID(int=21))
 NOW = 1_800_000_000_000
@@ -233,3 +236,26 @@ async def test_an_attempt_that_fails_outside_httpx_is_a_failed_attempt_not_a_cra
 
 class _NoWebhooks:
     """The delivery's view of the store, unused by a single attempt."""
+
+
+async def test_credits_expiring_reaches_the_webhook_outbox_from_the_lots_own_timer(data_dir):
+    """A lot expiring within the notice is announced at once by its timer, through the
+    deadline scheduler, in a commit of its own; a lot that never expires is not."""
+    user = new_user()
+    async with open_billing(data_dir) as billing:
+        endpoint = await billing.webhooks.create("http://127.0.0.1:9/hook",
+                                                 ["credits.expiring"])
+        await billing.open_account(user)
+        await billing.add_credits(user, 500)
+        expires_at_ms = billing.wall_clock_ms() + 86_400_000
+        granted = await billing.add_credits(user, 300,
+                                            lot=LotRequest(expires_at_ms=expires_at_ms))
+        with trio.fail_after(10):
+            while not (rows := billing.webhooks.outbox_after(endpoint.cursor, 10)):
+                await trio.sleep(0.02)
+    (row,) = [event for _, event in rows]
+    event = row["event"]
+    assert (event["type"], event["user_id"]) == ("credits.expiring", str(user))
+    assert event["data"]["lot_id"] == transaction_id_str(granted.transaction_id)
+    assert (event["data"]["remaining_cents"], event["data"]["expires_at_ms"]) == (
+        300, expires_at_ms)
