@@ -76,9 +76,12 @@ DATABASE_NAMES = (
 _NUMBER = {name: number for number, name in enumerate(DATABASE_NAMES)}
 # Read by key range while the server runs (the transaction list, the exporter, the scheduler).
 RANGE_READ_DATABASES = ("outbox", "deadlines_by_due", "dead_letters", "webhook_outbox",
-                        "webhook_endpoints", "webhook_dead_letters", "usage_aggregates")
-# Read by range within one user's keys (the transaction list): the prefix is the user id.
-PREFIX_READ_DATABASES = {"transactions_by_user": keys.USER_ID_BYTES}
+                        "webhook_endpoints", "webhook_dead_letters")
+# Read by range within one user's keys (the transaction list, a usage summary): the prefix is
+# the user id, and a commit adds few keys per user, so a small list per user beats one sorted
+# list of every key.
+PREFIX_READ_DATABASES = {"transactions_by_user": keys.USER_ID_BYTES,
+                         "usage_aggregates": keys.USER_ID_BYTES}
 # Read back by writers within a commit (a deadline's earlier due time, acks, re-queues).
 _READ_BACK = frozenset(_NUMBER[name] for name in (
     "deadlines", "dead_letters", "outbox", "webhook_outbox", "webhook_dead_letters",

@@ -49,8 +49,9 @@ class Overlay:
         # come; the others are sorted on the rare range read (start-up, verify, the CLI).
         self._sorted_databases = frozenset(sorted_databases)
         # Databases read by range within one key prefix (database -> prefix length: a user's
-        # transactions) keep a list per prefix instead: their keys arrive in order within a
-        # prefix (transaction ids only grow), so a write is an append, not a sorted insert.
+        # transactions, a user's usage totals) keep a list per prefix instead: few keys per
+        # prefix, most arriving in order (transaction ids only grow), so a write is an append
+        # or a short insert, not an insert into one sorted list of every key.
         self._grouped_databases = dict(grouped_databases or {})
         self._lock = threading.Lock()
         self._generations: list[Generation] = [Generation()]
