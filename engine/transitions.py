@@ -66,11 +66,12 @@ def apply(account: Account | None, command: AnyCommand, context: Context) -> Tra
     transition = _HANDLERS[type(command)](account, command, context)
     if transition.account is not None:
         transition.account.check_invariants()
-        deadlines = tuple(deadline for deadline in (
-            rearm(account, transition.account), notice_deadline(transition.account, context))
-            if deadline is not None)
-        if deadlines:
-            transition = replace(transition, records=(*transition.records, *deadlines))
+        expiry_due = rearm(account, transition.account)
+        notice_due = notice_deadline(transition.account, context)
+        if expiry_due is not None or notice_due is not None:  # a transition that changed lots
+            transition = replace(transition, records=(
+                *transition.records,
+                *(due for due in (expiry_due, notice_due) if due is not None)))
         events = derive(account, transition.account, transition.records, context.now_ms,
                         context.transaction_id)
         if events:
