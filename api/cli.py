@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -59,11 +60,17 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_BAD_INPUT)
 
 
-def open_read_only(data_dir: Path) -> LmdbStore:
+@contextmanager
+def read_only_store(data_dir: Path) -> Iterator[LmdbStore]:
+    """The data directory read beside a running server (one snapshot), closed after use."""
     try:
-        return LmdbStore(data_dir, readonly=True)
+        store = LmdbStore(data_dir, readonly=True)
     except StoreError as error:
         fail(str(error))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def on_data_dir(data_dir: Path, use: Callable[[Billing], Awaitable[T]], hint: str) -> T:
@@ -130,11 +137,8 @@ def serve(listen: str | None, data_dir: Path, config_path: Path | None, dev: boo
 @data_dir_option
 def verify(data_dir: Path) -> None:
     """Check the ledger invariants over the whole data directory (exit 1 on violations)."""
-    store = open_read_only(data_dir)
-    try:
+    with read_only_store(data_dir) as store:
         report = verify_store(store)
-    finally:
-        store.close()
     click.echo(f"{report.accounts} accounts, {report.entries} entries, "
                f"{report.outcomes} idempotency keys checked")
     click.echo(f"log: checkpointed through record {report.log_position} of "
@@ -154,11 +158,8 @@ def backup(destination: Path, data_dir: Path) -> None:
     """A consistent, compacted copy of the data directory, while the server runs."""
     if destination.exists():
         fail(f"{destination} exists; give a new directory")
-    store = open_read_only(data_dir)
-    try:
+    with read_only_store(data_dir) as store:
         store.backup(destination)
-    finally:
-        store.close()
     click.echo(f"backup written to {destination}")
 
 
@@ -178,14 +179,11 @@ def accounts_show(user: str, data_dir: Path, limit: int) -> None:
         user_id = parse_user_id(user)
     except BillingError as error:
         fail(error.message)
-    store = open_read_only(data_dir)
-    try:
+    with read_only_store(data_dir) as store:
         account = store.get_account(user_id)
         if account is None:
             fail(f"no account for user {user_id}")
         page = store.list_entries(user_id, limit)
-    finally:
-        store.close()
     click.echo(f"user        {account.user_id}  ({account.status.value}, plan {account.plan})")
     balance = account.balance_cents
     click.echo(f"balance     {format_usd(balance)}  ({balance} credits)")
@@ -270,12 +268,9 @@ for _name, _command in lago_deployment.commands.items():
 @data_dir_option
 def lago_dead_letters(data_dir: Path) -> None:
     """Events Lago refused on their own, with Lago's answer."""
-    store = open_read_only(data_dir)
-    try:
+    with read_only_store(data_dir) as store:
         parked = store.dead_letters()
         depth = store.outbox_depth()
-    finally:
-        store.close()
     click.echo(f"{len(parked)} dead letters, {depth} events waiting in the outbox")
     for event in parked:
         click.echo(f"  #{event.sequence} {event.event.get('transaction_id', 'customer')}  "
@@ -301,12 +296,9 @@ def webhooks() -> None:
 @data_dir_option
 def webhooks_list(data_dir: Path) -> None:
     """The registered endpoints, their event types and delivery cursors."""
-    store = open_read_only(data_dir)
-    try:
+    with read_only_store(data_dir) as store:
         endpoints = store.webhook_endpoints()
         last = store.last_webhook_sequence()
-    finally:
-        store.close()
     click.echo(f"{len(endpoints)} endpoints; last event #{last}")
     for endpoint in endpoints:
         kinds = ", ".join(kind.value for kind in endpoint.event_types)
@@ -318,11 +310,8 @@ def webhooks_list(data_dir: Path) -> None:
 @click.option("--endpoint", "endpoint_id", default=None, help="only this endpoint's")
 def webhooks_dead_letters(data_dir: Path, endpoint_id: str | None) -> None:
     """Events an endpoint did not take within the retry window, with the last error."""
-    store = open_read_only(data_dir)
-    try:
+    with read_only_store(data_dir) as store:
         parked = store.webhook_dead_letters(endpoint_id)
-    finally:
-        store.close()
     click.echo(f"{len(parked)} parked webhook events")
     for letter in parked:
         click.echo(f"  {letter.endpoint_id} #{letter.sequence} {letter.event['type']} "
